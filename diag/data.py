@@ -111,7 +111,12 @@ class DataSet:
     def describe(self) -> dict[str, object]:
         """A JSON-native summary for manifests and reports."""
         counts = (
-            {c: int(n) for c, n in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)))}
+            {
+                c: int(n)
+                for c, n in zip(
+                    self.classes, np.bincount(self.labels, minlength=len(self.classes)), strict=True
+                )
+            }
             if self.labels is not None
             else None
         )
@@ -261,7 +266,9 @@ def _read_table(path: Path) -> list[dict[str, object]]:
                             "A .jsonl file holds one JSON object per line."
                         ) from None
                     if not isinstance(obj, dict):
-                        raise DataError(f"{path}: line {lineno} is a {type(obj).__name__}, not a JSON object.")
+                        raise DataError(
+                            f"{path}: line {lineno} is a {type(obj).__name__}, not a JSON object."
+                        )
                     rows.append(obj)
             return rows
         import pandas as pd
@@ -270,11 +277,14 @@ def _read_table(path: Path) -> list[dict[str, object]]:
             df = pd.read_csv(path, keep_default_na=True, dtype=object)
         else:
             df = pd.read_parquet(path)
-        return df.to_dict(orient="records")  # type: ignore[return-value]
+        records: list[dict[str, object]] = df.to_dict(orient="records")
+        return records
     except DataError:
         raise
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8.") from None
+        raise DataError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8."
+        ) from None
     except Exception as exc:
         raise DataError(f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc}).") from None
 
@@ -304,7 +314,9 @@ def open_text_table(
     name = name or str(path)
     clean = tuple(str(t) for t in texts)
     if label_column in columns:
-        labels, classes = encode_labels([r.get(label_column) for r in rows], where=f"{path} column {label_column!r}")
+        labels, classes = encode_labels(
+            [r.get(label_column) for r in rows], where=f"{path} column {label_column!r}"
+        )
         return DataSet(name, "text", ids, labels, classes, texts=clean, root=path.parent)
     return DataSet(name, "text", ids, texts=clean, root=path.parent)
 
@@ -331,6 +343,9 @@ def texts_dataset(
 def open_npz(path: Path, *, name: str | None = None) -> DataSet:
     """An ``.npz`` with ``images`` (or ``x``): (n, H, W), (n, H, W, C) or (n, C, H, W), or ``texts``;
     and optionally ``labels`` (or ``y``)."""
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise DataError(f"{path}: not a readable .npz file (not a zip archive). Save it with np.savez.")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -375,7 +390,9 @@ def open_npz(path: Path, *, name: str | None = None) -> DataSet:
 def _normalise_image_array(a: np.ndarray, *, where: str) -> np.ndarray:
     """To uint8 (n, H, W) or (n, H, W, C) with C in {1, 3, 4}."""
     if a.ndim not in (3, 4):
-        raise DataError(f"{where}: images must be (n, H, W), (n, H, W, C) or (n, C, H, W); got shape {a.shape}.")
+        raise DataError(
+            f"{where}: images must be (n, H, W), (n, H, W, C) or (n, C, H, W); got shape {a.shape}."
+        )
     if a.ndim == 4 and a.shape[1] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
         a = np.transpose(a, (0, 2, 3, 1))
     if a.ndim == 4 and a.shape[-1] == 1:

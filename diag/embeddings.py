@@ -146,7 +146,9 @@ class Embeddings:
         try:
             manifest = json.loads(mpath.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise CacheError(f"{mpath}: unreadable manifest ({exc}). Delete the folder and embed again.") from None
+            raise CacheError(
+                f"{mpath}: unreadable manifest ({exc}). Delete the folder and embed again."
+            ) from None
         if manifest.get("kind") != "diag.embeddings":
             raise CacheError(f"{mpath}: not a diag embeddings manifest (kind={manifest.get('kind')!r}).")
         if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:
@@ -211,6 +213,7 @@ def check_finite(features: Mapping[str, np.ndarray], *, where: str) -> None:
         if bad.any():
             rows = np.flatnonzero(bad)
             raise DataError(
-                f"{where}: probe {name!r} has NaN/inf features in {bad.sum()} rows (first: {rows[:5].tolist()}). "
+                f"{where}: probe {name!r} has NaN/inf features in {bad.sum()} rows "
+                f"(first: {rows[:5].tolist()}). "
                 "The backbone overflowed on these inputs: try --precision fp32, or check those items."
             )

@@ -79,7 +79,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu.")
+        raise ConfigError(
+            f"device {device!r} was asked for but CUDA is not available here; use --device cpu."
+        )
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}.")
     return dev
@@ -133,7 +135,9 @@ def _image_batches(
     )
 
 
-def _text_batches(backbone: HFTextBackbone, data: DataSet, batch_size: int) -> list[tuple[torch.Tensor, TextBatch]]:
+def _text_batches(
+    backbone: HFTextBackbone, data: DataSet, batch_size: int
+) -> list[tuple[torch.Tensor, TextBatch]]:
     """Length-bucketed batches: texts sorted by token count, so padding is minimal; rows are put back in
     order after the pass."""
     assert data.texts is not None
@@ -181,7 +185,9 @@ def extract(
     if channels_last and backbone.modality == "image":
         model.to(memory_format=torch.channels_last)
     autocast = (
-        torch.autocast(device.type, dtype=_DTYPES[precision]) if precision in _DTYPES else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=_DTYPES[precision])
+        if precision in _DTYPES
+        else contextlib.nullcontext()
     )
 
     n = len(data)

@@ -51,7 +51,11 @@ def embed(
     cfg = config or ExtractConfig()
     t0 = time.perf_counter()
     ds = open_data(data)
-    bb = backbone if isinstance(backbone, Backbone) else load(backbone, pretrained=pretrained, image_size=image_size)
+    bb = (
+        backbone
+        if isinstance(backbone, Backbone)
+        else load(backbone, pretrained=pretrained, image_size=image_size)
+    )
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     key = cache.cache_key(bb, ds, precision=precision)
     prep_s = time.perf_counter() - t0

@@ -1,0 +1,77 @@
+"""Shared fixtures. Tests run offline (HF_HUB_OFFLINE=1) with a private embedding cache."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA, and this machine has no CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIAG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "diag-cache"))
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from diag.backbones import load
+
+    return load("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from diag.backbones import load
+
+    return load("minilm")
+
+
+@pytest.fixture(scope="session")
+def tiny_image_backbone():
+    """timm's tiny EfficientNet, random init: fast plumbing tests, no weights needed."""
+    from diag.backbones import load
+
+    return load("timm:test_efficientnet", pretrained=False, image_size=32)
+
+
+def write_digit_folder(root: Path, *, per_class: int = 4, classes: tuple[str, ...] = ("0", "1", "2")) -> Path:
+    """A small labelled image folder of real MNIST digits from the bundled sample."""
+    from diag.samples import open_sample
+
+    src = open_sample("mnist")
+    assert src.labels is not None
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        idx = np.flatnonzero(np.asarray(src.classes)[src.labels] == c)[:per_class]
+        for j, i in enumerate(idx):
+            src.load_image(int(i)).save(root / c / f"{j:03d}.png")
+    return root
+
+
+@pytest.fixture
+def digit_folder(tmp_path: Path) -> Path:
+    return write_digit_folder(tmp_path / "digits")
+
+
+def solid_png(path: Path, value: int, size: int = 16) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+    return path

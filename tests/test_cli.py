@@ -1,0 +1,102 @@
+"""The `diag` command line, end to end on the bundled samples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diag.cli import build_parser, main
+
+
+def test_embed_mnist_writes_a_manifest_listing_every_probe(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "mnist"
+    rc = main(
+        [
+            "embed",
+            "samples:mnist",
+            "--backbone",
+            "efficientnet_lite0",
+            "--image-size",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert [p["name"] for p in m["probes"]] == ["stem"] + [f"blocks.{i}" for i in range(7)] + ["pooled"]
+    assert [p["dim"] for p in m["probes"]] == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
+    assert m["n"] == 300 and m["data"]["class_counts"]["7"] == 30 and m["has_logits"]
+    assert m["timings"]["items_per_s"] > 0 and len(m["cache_key"]) == 64
+    assert (out / "embeddings.safetensors").stat().st_size > 300 * 1280 * 4
+    assert "wrote" in capsys.readouterr().out
+    assert (
+        main(["embed", "samples:mnist", "-b", "efficientnet_lite0", "--image-size", "64", "-o", str(out)])
+        == 0
+    )
+    assert "cache hit (no forward pass)" in capsys.readouterr().out
+
+
+def test_embed_debates_with_minilm(tmp_path: Path) -> None:
+    out = tmp_path / "debates"
+    assert main(["embed", "samples:debates", "--backbone", "minilm", "--out", str(out), "-q"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert [p["name"] for p in m["probes"]] == [
+        "embeddings",
+        *[f"layer.{i}" for i in range(6)],
+        "cls",
+        "pooled",
+    ]
+    assert m["classes"] == ["democrat", "republican"] and not m["has_logits"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["embed", "/no/such/dir", "-b", "minilm", "-o", "x"], "/no/such/dir: no such file or folder"),
+        (["embed", "samples:nope", "-b", "minilm", "-o", "x"], "mnist"),
+        (["embed", "samples:mnist", "-b", "bert", "-o", "x"], "unknown backbone 'bert'"),
+        (
+            ["embed", "samples:mnist", "-b", "minilm", "-o", "x"],
+            "holds images but backbone 'minilm' takes texts",
+        ),
+        (["embed", "samples:mnist", "-b", "minilm", "-o", "x", "--precision", "fp7"], "precision must be"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_status_2(argv, message, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_backbones_lists_bundled_names_with_probes(capsys) -> None:
+    assert main(["backbones", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "minilm"} <= set(rows)
+    assert rows["efficientnet_lite0"]["probes"][-1] == {"name": "pooled", "dim": 1280}
+    assert len(rows["minilm"]["probes"]) == 9 and "timm:resnet50" in rows
+
+
+def test_help_documents_every_flag() -> None:
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, p in sub.items():
+        text = p.format_help()
+        for action in p._actions:
+            for opt in action.option_strings:
+                assert opt in text, (name, opt)
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.dest)
+
+
+def test_console_script_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "diag.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "embed" in proc.stdout and "backbones" in proc.stdout
