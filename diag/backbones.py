@@ -240,17 +240,19 @@ def _pool(x: torch.Tensor, *, nhwc: bool = False) -> torch.Tensor:
     raise BackboneError(f"cannot pool a feature map of shape {tuple(x.shape)}")
 
 
-def _stage_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's stages/blocks in depth order: the units we probe (and, later, freeze)."""
+def _stage_modules(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], bool]:
+    """The model's stages/blocks in depth order (the units we probe and, later, freeze), and whether the
+    input of the first one is a separate stem probe (False when timm's feature_info already starts at
+    the stem, as in ResNet's ``act1``)."""
     for attr in ("blocks", "stages", "layers"):
         container = getattr(model, attr, None)
         if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container) >= 2:
-            return [(f"{attr}.{i}", m) for i, m in enumerate(container)]
+            return [(f"{attr}.{i}", m) for i, m in enumerate(container)], True
     info = getattr(model, "feature_info", None)
     if info is not None:
         names = [f["module"] for f in info] if isinstance(info, list) else list(info.module_name())
         mods = dict(model.named_modules())
-        return [(n, mods[n]) for n in names if n in mods]
+        return [(n, mods[n]) for n in names if n in mods], False
     raise BackboneError(
         f"{type(model).__name__}: cannot find its stages (no 'blocks', 'stages' or 'layers' container "
         "and no feature_info). Only timm models with one of these are supported."
@@ -265,7 +267,8 @@ class TimmBackbone(Backbone):
 
     def __init__(self, *, image_size: int | None = None, **kw: Any) -> None:
         model: nn.Module = kw["model"]
-        self._stages = _stage_modules(model)
+        self._stages, self._stem_probe = _stage_modules(model)
+        self._token_probes: set[str] = set()
         self._nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
         import timm.data
 
@@ -296,13 +299,10 @@ class TimmBackbone(Backbone):
         for i, (n, t) in enumerate(out.items()):
             if n == "logits":
                 continue
-            kind = "stem" if n == "stem" else "pooled" if n == "pooled" else "block"
-            pooling = "model" if n == "pooled" else "token-mean" if self._is_tokens(n) else "gap"
+            kind = "stem" if i == 0 else "pooled" if n == "pooled" else "block"
+            pooling = "model" if n == "pooled" else "token-mean" if n in self._token_probes else "gap"
             probes.append(ProbePoint(name=n, index=i, dim=int(t.shape[1]), kind=kind, pooling=pooling))
         return probes
-
-    def _is_tokens(self, name: str) -> bool:
-        return getattr(self, "_token_names", set()).__contains__(name)
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """PIL image -> normalised CHW float tensor (timm's eval transform for this config)."""
@@ -338,7 +338,7 @@ class TimmBackbone(Backbone):
 
             return hook
 
-        handles = [self._stages[0][1].register_forward_pre_hook(pre_hook)]
+        handles = [self._stages[0][1].register_forward_pre_hook(pre_hook)] if self._stem_probe else []
         handles += [m.register_forward_hook(make_hook(n)) for n, m in self._stages]
         try:
             model: Any = self.model
@@ -350,7 +350,7 @@ class TimmBackbone(Backbone):
         finally:
             for h in handles:
                 h.remove()
-        self._token_names = token_names
+        self._token_probes = token_names
         return out
 
 

@@ -193,3 +193,9 @@ def test_bad_options_are_rejected(kw) -> None:
 
 def test_bundled_registry_names_every_offline_backbone() -> None:
     assert set(BUNDLED) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "minilm"}
+
+
+def test_feature_info_models_get_no_duplicate_stem() -> None:
+    bb = load("timm:test_resnet", pretrained=False, image_size=64)
+    assert [p.name for p in bb.probes] == ["act1", "layer1", "layer2", "layer3", "layer4", "pooled"]
+    assert bb.probes[0].kind == "stem"
