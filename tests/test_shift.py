@@ -1,0 +1,390 @@
+"""Shift statistics against reference formulas, closed forms and calibration rates."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from scipy import stats
+from scipy.spatial.distance import cdist
+
+from diag import shift
+from diag.errors import ConfigError, DataError
+from diag.shift import c2st, coral_distance, frechet_distance, knn_shift_scores, label_shift, mmd_test
+
+
+def gaussian_pair(m: int, n: int, d: int, *, shift_by: float = 0.0, seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(m, d)), rng.normal(size=(n, d)) + shift_by
+
+
+def direct_mmd2(x: np.ndarray, y: np.ndarray, widths: list[float]) -> float:
+    """The unbiased MMD² of Gretton et al. (2012), eq. (3), written as plain sums over pairs."""
+
+    def k(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d2 = cdist(a, b, "sqeuclidean")
+        return np.mean([np.exp(-d2 / (2 * w * w)) for w in widths], axis=0)
+
+    m, n = len(x), len(y)
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    xx = sum(kxx[i, j] for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(kyy[i, j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    return float(xx + yy - 2 * kxy.sum() / (m * n))
+
+
+# --------------------------------------------------------------------------------------------------
+# MMD
+
+
+@pytest.mark.parametrize("widths", [[0.8], [0.4, 0.8, 1.6]])
+def test_mmd2_equals_direct_formula(widths: list[float]) -> None:
+    x, y = gaussian_pair(7, 9, 3, shift_by=0.5, seed=1)
+    res = mmd_test(x, y, bandwidths=widths, n_permutations=10, random_state=0, device="cpu")
+    assert res.mmd2 == pytest.approx(direct_mmd2(x, y, widths), abs=1e-10)
+    assert res.bandwidths == widths
+    assert res.method == "exact"
+
+
+def test_batched_permutation_statistics_equal_direct_formula() -> None:
+    # Every permuted statistic comes from K @ A; check each against the formula on the permuted data.
+    x, y = gaussian_pair(6, 8, 2, shift_by=1.0, seed=2)
+    z = np.concatenate([x, y])
+    widths = [0.7, 1.4]
+    k = shift._gaussian_kernel_matrix(torch.as_tensor(z, dtype=torch.float64), widths)
+    sums = shift._exact_sums(k)
+    perms = np.random.default_rng(3).permuted(np.tile(np.arange(14), (5, 1)), axis=1)
+    a = shift._indicator(perms[:, :6], 14, torch.float64, torch.device("cpu"))
+    batched = shift._unbiased_mmd2(*sums(a), 6, 8).numpy()
+    for p, value in zip(perms, batched, strict=True):
+        assert value == pytest.approx(direct_mmd2(z[p[:6]], z[p[6:]], widths), abs=1e-6)
+
+
+def test_rff_sums_equal_exact_sums_of_the_feature_kernel() -> None:
+    # The random-feature path must compute the same statistic as the exact path on K = ΦΦᵀ.
+    x, y = gaussian_pair(10, 12, 3, shift_by=0.5, seed=4)
+    z = torch.as_tensor(np.concatenate([x, y]))
+    phi = shift._fourier_features(z, [1.0, 2.0], np.random.default_rng(0))
+    assert torch.allclose((phi * phi).sum(dim=1), torch.ones(22, dtype=torch.float64))
+    perms = np.random.default_rng(5).permuted(np.tile(np.arange(22), (4, 1)), axis=1)[:, :10]
+    a = shift._indicator(perms, 22, torch.float64, torch.device("cpu"))
+    via_features = shift._unbiased_mmd2(*shift._rff_sums(phi)(a), 10, 12)
+    via_matrix = shift._unbiased_mmd2(*shift._exact_sums(phi @ phi.T)(a), 10, 12)
+    torch.testing.assert_close(via_features, via_matrix, rtol=0, atol=1e-12)
+
+
+def test_rff_kernel_approximates_gaussian_kernel() -> None:
+    z = torch.as_tensor(np.random.default_rng(6).normal(size=(30, 4)))
+    phi = shift._fourier_features(z, [2.0], np.random.default_rng(0))
+    exact = shift._gaussian_kernel_matrix(z, [2.0])
+    assert float((phi @ phi.T - exact).abs().max()) < 0.15  # 512 frequencies: error ~ 1/sqrt(512)
+
+
+def test_mmd_calibrated_on_same_distribution_splits() -> None:
+    # A level-α test must reject about α of the time when there is no shift.
+    p_values = []
+    for i in range(200):
+        z = np.random.default_rng(1000 + i).normal(size=(80, 5))
+        p_values.append(mmd_test(z[:40], z[40:], n_permutations=200, random_state=i, device="cpu").p_value)
+    p = np.array(p_values)
+    assert 0.02 <= np.mean(p <= 0.05) <= 0.09
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+
+
+def test_mmd_identical_sets_near_zero_and_not_significant() -> None:
+    x, y = gaussian_pair(50, 50, 4, shift_by=1.0, seed=7)
+    same = mmd_test(x, x, n_permutations=200, random_state=0, device="cpu")
+    shifted = mmd_test(x, y, n_permutations=200, random_state=0, device="cpu")
+    assert abs(same.mmd2) < 0.1 * shifted.mmd2
+    assert same.p_value > 0.5
+    assert not same.is_shift()
+
+
+def test_clear_mean_shift_is_detected() -> None:
+    x, y = gaussian_pair(60, 60, 5, shift_by=1.0, seed=8)
+    res = mmd_test(x, y, n_permutations=200, random_state=0, device="cpu")
+    assert res.p_value < 0.01 and res.p_value == pytest.approx(1 / 201)
+    assert res.is_shift(0.01)
+    c = c2st(x, y, random_state=0)
+    assert c.auc > 0.9
+    assert c.auc_ci[0] < c.auc < c.auc_ci[1] and c.auc_ci[0] > 0.8
+    assert c.p_value < 0.01
+    assert c.accuracy > 0.8 and c.proxy_a_distance == pytest.approx(2 * (1 - 2 * (1 - c.accuracy)))
+
+
+def test_mmd_is_symmetric_and_reproducible() -> None:
+    x, y = gaussian_pair(30, 45, 6, shift_by=0.3, seed=9)
+    xy = mmd_test(x, y, n_permutations=100, random_state=0, device="cpu")
+    yx = mmd_test(y, x, n_permutations=100, random_state=0, device="cpu")
+    assert xy.mmd2 == pytest.approx(yx.mmd2, rel=1e-12)
+    assert xy.bandwidths == pytest.approx(yx.bandwidths, rel=1e-12)
+    assert mmd_test(x, y, n_permutations=100, random_state=0, device="cpu") == xy
+
+
+def test_mmd_chunking_does_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = gaussian_pair(20, 25, 3, shift_by=0.4, seed=10)
+    whole = mmd_test(x, y, n_permutations=150, random_state=3, device="cpu")
+    monkeypatch.setattr(shift, "_CHUNK_ELEMS", 100)  # row blocks of 2 and permutation batches of 2
+    chunked = mmd_test(x, y, n_permutations=150, random_state=3, device="cpu")
+    assert chunked.mmd2 == pytest.approx(whole.mmd2, abs=1e-12)
+    assert chunked.p_value == whole.p_value
+
+
+def test_median_heuristic_bandwidths() -> None:
+    x, y = gaussian_pair(20, 20, 3, seed=11)
+    z = np.concatenate([x, y])
+    median = np.median(cdist(z, z)[np.triu_indices(40, 1)])
+    res = mmd_test(x, y, n_permutations=10, random_state=0, device="cpu")
+    assert res.bandwidths == pytest.approx([0.5 * median, median, 2 * median], rel=1e-9)
+
+
+def test_rff_path_detects_shift_and_holds_level() -> None:
+    x, y = gaussian_pair(150, 150, 4, shift_by=0.7, seed=12)
+    res = mmd_test(x, y, n_permutations=100, random_state=0, device="cpu", max_exact=50)
+    assert res.method == "rff"
+    assert res.p_value < 0.01
+    p = []
+    for i in range(30):
+        z = np.random.default_rng(2000 + i).normal(size=(200, 4))
+        r = mmd_test(z[:100], z[100:], n_permutations=100, random_state=i, device="cpu", max_exact=50)
+        p.append(r.p_value)
+    assert np.mean(np.array(p) <= 0.05) <= 0.15
+    assert np.median(p) > 0.2
+
+
+def test_mmd_result_is_frozen_and_json_native() -> None:
+    x, y = gaussian_pair(10, 10, 2, seed=13)
+    res = mmd_test(x, y, n_permutations=20, random_state=0, device="cpu")
+    assert json.loads(json.dumps(res.to_dict())) == res.to_dict()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.mmd2 = 0.0  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="alpha"):
+        res.is_shift(1.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# C2ST
+
+
+def test_c2st_same_distribution_holds_level() -> None:
+    # The per-fold Bonferroni p-value must not reject more than α (pooling out-of-fold scores did: ~11%).
+    p, covers = [], []
+    for i in range(120):
+        z = np.random.default_rng(3000 + i).normal(size=(100, 5))
+        res = c2st(z[:50], z[50:], n_bootstrap=50, random_state=i)
+        p.append(res.p_value)
+        covers.append(res.auc_ci[0] <= 0.5 <= res.auc_ci[1])
+    assert np.mean(np.array(p) <= 0.05) <= 0.08
+    assert np.mean(covers) > 0.7
+
+
+def test_c2st_unequal_sizes_and_json() -> None:
+    x, y = gaussian_pair(30, 90, 4, shift_by=1.5, seed=14)
+    res = c2st(x, y, n_splits=3, n_bootstrap=200, random_state=0)
+    assert res.auc > 0.9 and 0.5 < res.accuracy <= 1.0
+    assert (res.n_x, res.n_y, res.n_splits) == (30, 90, 3)
+    assert json.loads(json.dumps(res.to_dict())) == res.to_dict()
+    assert c2st(x, y, n_splits=3, n_bootstrap=200, random_state=0) == res
+
+
+def test_weighted_auc_equals_auc_of_the_resample() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(15)
+    s0, s1 = np.round(rng.normal(size=40), 1), np.round(rng.normal(size=30) + 0.5, 1)  # with ties
+    i0, i1 = rng.integers(0, 40, 40), rng.integers(0, 30, 30)
+    order = np.argsort(s0)
+    c0 = np.bincount(i0, minlength=40)[order][None, :]
+    c1 = np.bincount(i1, minlength=30)[None, :]
+    got = shift._weighted_auc(s0[order], s1, c0, c1)[0]
+    want = roc_auc_score(np.r_[np.zeros(40), np.ones(30)], np.r_[s0[i0], s1[i1]])
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fréchet and CORAL
+
+
+def reference_frechet(x: np.ndarray, y: np.ndarray, cov_x=None, cov_y=None) -> float:
+    cov_x = np.cov(x, rowvar=False) if cov_x is None else cov_x
+    cov_y = np.cov(y, rowvar=False) if cov_y is None else cov_y
+    root = scipy.linalg.sqrtm(cov_x @ cov_y)
+    mean = np.sum((x.mean(0) - y.mean(0)) ** 2)
+    return float(mean + np.trace(cov_x) + np.trace(cov_y) - 2 * np.trace(root).real)
+
+
+def test_frechet_matches_closed_form_of_two_gaussians() -> None:
+    rng = np.random.default_rng(16)
+    mu1, mu2 = np.array([0.0, 1.0, -1.0]), np.array([1.0, 1.0, 0.5])
+    cov1 = np.diag([1.0, 2.0, 0.5])
+    a = rng.normal(size=(3, 3))
+    cov2 = a @ a.T + 0.5 * np.eye(3)
+    x = rng.multivariate_normal(mu1, cov1, size=20000)
+    y = rng.multivariate_normal(mu2, cov2, size=20000)
+    truth = float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * scipy.linalg.sqrtm(cov1 @ cov2).real))
+    got = frechet_distance(x, y)
+    assert got == pytest.approx(truth, rel=0.05)
+    assert got == pytest.approx(reference_frechet(x, y), rel=1e-6)
+    assert frechet_distance(y, x) == pytest.approx(got, rel=1e-10)
+
+
+def test_frechet_more_dimensions_than_samples() -> None:
+    x, y = gaussian_pair(10, 12, 30, shift_by=0.3, seed=17)
+    got = frechet_distance(x, y)
+    assert got == pytest.approx(reference_frechet(x, y), rel=1e-6)
+    # Independent exact form: Tr (Σx Σy)^½ is the nuclear norm of X̃Ỹᵀ / sqrt((m-1)(n-1)).
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    nuclear = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt(9 * 11)
+    exact = np.sum((x.mean(0) - y.mean(0)) ** 2) + (xc**2).sum() / 9 + (yc**2).sum() / 11 - 2 * nuclear
+    assert got == pytest.approx(exact, rel=1e-10)
+    assert frechet_distance(y, x) == pytest.approx(got, rel=1e-10)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("dim", [4, 40])  # d < m + n and the projected path d > m + n
+def test_frechet_shrinkage_matches_shrunk_covariances(dim: int) -> None:
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    x, y = gaussian_pair(12, 15, dim, shift_by=0.2, seed=18)
+
+    def shrunk(a: np.ndarray, alpha: float) -> np.ndarray:
+        c = np.cov(a, rowvar=False)
+        return (1 - alpha) * c + alpha * np.trace(c) / dim * np.eye(dim)
+
+    got = frechet_distance(x, y, shrinkage=0.3)
+    assert got == pytest.approx(reference_frechet(x, y, shrunk(x, 0.3), shrunk(y, 0.3)), rel=1e-8)
+    ax, ay = ledoit_wolf_shrinkage(x), ledoit_wolf_shrinkage(y)
+    assert shift._ledoit_wolf_shrinkage(x - x.mean(0)) == pytest.approx(ax, rel=1e-10)
+    got = frechet_distance(x, y, shrinkage="ledoit-wolf")
+    assert got == pytest.approx(reference_frechet(x, y, shrunk(x, ax), shrunk(y, ay)), rel=1e-8)
+    assert frechet_distance(x, y, shrinkage=0.0) == pytest.approx(frechet_distance(x, y), rel=1e-10)
+
+
+@pytest.mark.parametrize("dim", [3, 60])  # direct d x d path and the Gram path (d > m + n)
+def test_coral_equals_direct_formula(dim: int) -> None:
+    x, y = gaussian_pair(20, 15, dim, seed=19)
+    y = y * np.linspace(0.5, 2.0, dim)
+    diff = np.cov(x, rowvar=False) - np.cov(y, rowvar=False)
+    want = float(np.sum(diff**2) / (4 * dim**2))
+    assert coral_distance(x, y) == pytest.approx(want, rel=1e-10)
+    assert coral_distance(y, x) == pytest.approx(want, rel=1e-10)
+    assert coral_distance(x, x) == pytest.approx(0.0, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# k-NN scores
+
+
+def test_knn_scores_typical_and_shifted() -> None:
+    rng = np.random.default_rng(20)
+    source = rng.normal(size=(600, 5))
+    same = knn_shift_scores(source, rng.normal(size=(300, 5)), k=10, device="cpu")
+    far = knn_shift_scores(source, rng.normal(size=(300, 5)) + 3.0, k=10, device="cpu")
+    assert same.shape == (300,) and same.dtype == np.float64
+    assert 0.8 <= np.median(same) <= 1.25
+    assert np.median(far) > 2.0
+
+
+def test_knn_scores_equal_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shift, "_CHUNK_ELEMS", 200)  # several row blocks
+    rng = np.random.default_rng(21)
+    source, target = rng.normal(size=(50, 3)), rng.normal(size=(23, 3)) + 0.5
+    k = 4
+    d_ss = cdist(source, source)
+    np.fill_diagonal(d_ss, np.inf)
+    reference = np.median(np.sort(d_ss, axis=1)[:, :k].mean(axis=1))
+    want = np.sort(cdist(target, source), axis=1)[:, :k].mean(axis=1) / reference
+    got = knn_shift_scores(source, target, k=k, device="cpu")
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Label shift
+
+
+def test_label_shift_counts_tv_and_chi2() -> None:
+    out = label_shift(["a", "b", "b", "c", "a", "a"], ["a", "c", "c", "c"], classes=["a", "b", "c"])
+    assert out["source_counts"] == [3, 2, 1] and out["target_counts"] == [1, 0, 3]
+    assert out["source_proportions"] == pytest.approx([0.5, 1 / 3, 1 / 6])
+    assert out["total_variation"] == pytest.approx(0.5 * (0.25 + 1 / 3 + (0.75 - 1 / 6)))
+    ref = stats.chi2_contingency(np.array([[3, 2, 1], [1, 0, 3]]), correction=False)
+    assert out["chi2"] == pytest.approx(ref.statistic) and out["p_value"] == pytest.approx(ref.pvalue)
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_label_shift_index_labels_and_no_shift() -> None:
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    out = label_shift(labels, labels[::-1].copy(), classes=("cat", "dog", "eel"))
+    assert out["classes"] == ["cat", "dog", "eel"]
+    assert out["total_variation"] == 0.0 and out["p_value"] == pytest.approx(1.0)
+    with pytest.raises(DataError, match=r"outside 0\.\.2"):
+        label_shift(np.array([0, 3]), labels, classes=("cat", "dog", "eel"))
+    with pytest.raises(DataError, match="not in classes"):
+        label_shift([1, 2, 7], [1, 2], classes=[1, 2])
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input
+
+
+ALL_PAIR_STATISTICS = [
+    lambda x, y: mmd_test(x, y, n_permutations=5, device="cpu"),
+    lambda x, y: c2st(x, y, n_bootstrap=5),
+    frechet_distance,
+    coral_distance,
+    lambda x, y: knn_shift_scores(x, y, k=2, device="cpu"),
+]
+
+
+@pytest.mark.parametrize("statistic", ALL_PAIR_STATISTICS)
+def test_bad_input_is_a_data_error(statistic) -> None:
+    x, y = gaussian_pair(10, 10, 3)
+    with pytest.raises(DataError, match=r"same number of features.*\(10, 3\).*\(10, 4\)"):
+        statistic(x, np.ones((10, 4)))
+    with pytest.raises(DataError, match="has 3 samples.*at least 5"):
+        statistic(x[:3], y)
+    bad = y.copy()
+    bad[0, 0], bad[1, 1], bad[2, 2] = np.nan, np.nan, np.inf
+    with pytest.raises(DataError, match="2 NaN and 1 inf"):
+        statistic(x, bad)
+    with pytest.raises(DataError, match=r"2-D.*reshape\(-1, 1\)"):
+        statistic(x[:, 0], y)
+
+
+def test_bad_parameters_are_config_errors() -> None:
+    x, y = gaussian_pair(10, 10, 3)
+    with pytest.raises(ConfigError, match="n_permutations must be an integer >= 1; got 0"):
+        mmd_test(x, y, n_permutations=0)
+    with pytest.raises(ConfigError, match="bandwidths"):
+        mmd_test(x, y, bandwidths=[1.0, -2.0])
+    with pytest.raises(ConfigError, match="device"):
+        mmd_test(x, y, device="tpu")
+    with pytest.raises(ConfigError, match="n_splits must be at most"):
+        c2st(x[:6], y, n_splits=7)
+    with pytest.raises(ConfigError, match="k must be at most"):
+        knn_shift_scores(x, y, k=10)
+    with pytest.raises(ConfigError, match="shrinkage"):
+        frechet_distance(x, y, shrinkage="oas")
+    with pytest.raises(ConfigError, match="shrinkage"):
+        frechet_distance(x, y, shrinkage=1.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu() -> None:
+    x, y = gaussian_pair(300, 200, 16, shift_by=0.2, seed=22)
+    cpu = mmd_test(x, y, n_permutations=200, random_state=0, device="cpu")
+    gpu = mmd_test(x, y, n_permutations=200, random_state=0, device="cuda")
+    assert gpu.mmd2 == pytest.approx(cpu.mmd2, rel=1e-6)
+    assert gpu.p_value == pytest.approx(cpu.p_value, abs=2 / 201)
+    big = mmd_test(x, y, n_permutations=200, random_state=0, device="cuda", max_exact=100)
+    assert big.method == "rff" and big.p_value < 0.05
+    np.testing.assert_allclose(
+        knn_shift_scores(x, y, device="cuda"), knn_shift_scores(x, y, device="cpu"), rtol=1e-4
+    )
