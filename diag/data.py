@@ -8,7 +8,6 @@ content fingerprint for the embedding cache. Nothing here touches a model.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -452,10 +451,3 @@ def open_data(
     if suffix in IMAGE_EXTENSIONS:
         raise DataError(f"{path}: is a single image. Pass the folder that holds the images instead.")
     raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}. Pass {_SUPPORTED}.")
-
-
-def image_from_bytes(data: bytes) -> Image.Image:
-    """Decode encoded image bytes to RGB (used by tests and the dashboard's thumbnails)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return _to_rgb(im)

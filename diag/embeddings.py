@@ -175,10 +175,6 @@ class Embeddings:
             manifest=manifest,
         )
 
-    def summary(self) -> dict[str, Any]:
-        """The manifest without the per-item ids (for printing)."""
-        return {k: v for k, v in self.manifest.items() if k != "ids"}
-
 
 def _probe_dict(p: ProbePoint) -> dict[str, Any]:
     return {"name": p.name, "index": p.index, "dim": p.dim, "kind": p.kind, "pooling": p.pooling}

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -61,11 +61,6 @@ class ExtractConfig:
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
             raise ConfigError(f"num_workers must be an integer >= 0; got {self.num_workers!r}.")
         resolve_device(self.device)  # validates the name
-
-    @classmethod
-    def field_help(cls) -> dict[str, tuple[Any, str]]:
-        """``{name: (default, help)}`` for building CLI flags."""
-        return {f.name: (f.default, f.metadata.get("help", "")) for f in fields(cls)}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -193,7 +188,6 @@ def extract(
     n = len(data)
     pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
     skipped: list[dict[str, str]] = []
-    n_done = 0
     t0 = time.perf_counter()
     progress.on_start(n, f"embed {data.name} [{backbone.name}]")
     try:
@@ -216,7 +210,6 @@ def extract(
                     out = backbone.capture(batch)
                     pending.append((idx, {k: _to_host(v, cuda) for k, v in out.items()}))
                 step = len(idx) + len(failed)
-                n_done += step
                 progress.on_advance(step)
         if cuda:
             torch.cuda.synchronize(device)
