@@ -16,6 +16,9 @@ Names
     Any timm model; pretrained weights come from the Hugging Face hub (needs a network once).
 ``hf:ID_OR_PATH``
     Any Hugging Face encoder id or a local model folder.
+``NAME@PATH``
+    The architecture of ``NAME`` with your own weights: a ``diag finetune`` run folder (``best.pt``), a
+    ``.safetensors`` file or a ``torch.save``'d state dict (read with ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -600,6 +603,131 @@ def _load_hf(name: str, ref: str, *, pretrained: bool, seed: int, max_length: in
 
 
 # ======================================================================================================
+# Weights from a file: NAME@PATH
+
+
+def _split_weights(name: str) -> tuple[str, Path | None]:
+    """``"efficientnet_lite0@runs/ft/best.pt"`` -> (``"efficientnet_lite0"``, that path)."""
+    base, sep, path = name.partition("@")
+    if not sep:
+        return name, None
+    if not base.strip() or not path.strip():
+        raise ConfigError(
+            f"backbone {name!r}: write NAME@PATH, e.g. efficientnet_lite0@runs/ft (a diag finetune run "
+            "folder), efficientnet_lite0@model.safetensors or timm:resnet18@weights.pt."
+        )
+    return base.strip(), Path(path.strip()).expanduser()
+
+
+def _tensor_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    ok = isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj)
+    return obj if ok and all(isinstance(v, torch.Tensor) for v in obj.values()) else None
+
+
+def _read_weights(name: str, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(backbone state dict, fine-tuned head state dict or {}) from a file or a diag finetune run folder.
+
+    Accepted: a diag fine-tuning checkpoint (``best.pt``/``last.pt``, or the run folder holding it), a
+    ``.safetensors`` state dict, or a ``.pt``/``.pth``/``.bin`` state dict (read with
+    ``weights_only=True``: no pickled code runs), optionally wrapped as ``{"state_dict": ...}`` or
+    ``{"model": ...}`` and with DataParallel's ``module.`` prefix.
+    """
+    if path.is_dir():
+        found = [path / f for f in ("best.pt", "last.pt") if (path / f).is_file()]
+        if not found:
+            raise BackboneError(
+                f"backbone {name!r}: the folder {path} holds no best.pt or last.pt. Pass a diag finetune "
+                "run folder (run with save_best or keep_checkpoint), or a weights file."
+            )
+        path = found[0]
+    if not path.is_file():
+        raise BackboneError(f"backbone {name!r}: no such weights file {path}.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BackboneError(
+            f"backbone {name!r}: cannot read {path} as weights ({type(exc).__name__}: {str(exc)[:200]}). "
+            "Give a .safetensors file or a state dict saved with torch.save(model.state_dict(), path)."
+        ) from None
+    if isinstance(obj, dict) and obj.get("format") is not None and isinstance(obj.get("model"), dict):
+        # a diag fine-tuning checkpoint: {"format", "model": FinetuneModel.state_dict(), ...}
+        sd = obj["model"]
+        body = {k[len("body.") :]: v for k, v in sd.items() if k.startswith("body.")}
+        head = {k[len("head.") :]: v for k, v in sd.items() if k.startswith("head.")}
+        return body, head
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and _tensor_dict(obj.get(key)) is not None:
+            obj = obj[key]
+            break
+    sd = _tensor_dict(obj)
+    if sd is None:
+        raise BackboneError(
+            f"backbone {name!r}: {path} holds no state dict (a mapping of names to tensors); "
+            "save one with torch.save(model.state_dict(), path)."
+        )
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd, {}
+
+
+def _apply_weights(bb: Backbone, name: str, path: Path) -> None:
+    """Load the weights in ``path`` into ``bb.model`` (strictly: every backbone tensor must match)."""
+    body, head = _read_weights(name, path)
+    arch = name.partition("@")[0]
+    model: Any = bb.model
+    classifier: dict[str, torch.Tensor] = {}
+    if isinstance(bb, TimmBackbone):
+        cls_name = model.default_cfg.get("classifier", "classifier") if hasattr(model, "default_cfg") else ""
+        prefix = f"{cls_name}." if cls_name else "\0"
+        classifier = {k[len(prefix) :]: v for k, v in body.items() if k.startswith(prefix)}
+        body = {k: v for k, v in body.items() if not k.startswith(prefix)}
+        classifier = head or classifier  # a diag run's fine-tuned head is the new source head
+        weight = classifier.get("weight")
+        model.reset_classifier(int(weight.shape[0]) if weight is not None else 0)
+        if weight is not None:
+            try:
+                model.get_classifier().load_state_dict(classifier)
+            except RuntimeError as exc:
+                raise BackboneError(
+                    f"backbone {name!r}: the classifier in {path} does not fit {arch!r} "
+                    f"({str(exc).splitlines()[-1].strip()[:200]})."
+                ) from None
+        expected = set(model.state_dict()) - {f"{cls_name}.{k}" for k in model.get_classifier().state_dict()}
+    else:
+        expected = set(model.state_dict())
+    missing = sorted(expected - set(body))
+    unexpected = sorted(set(body) - expected)
+    if missing or unexpected:
+        what = []
+        if missing:
+            what.append(f"{len(missing)} tensor(s) missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            what.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise BackboneError(
+            f"backbone {name!r}: {path} does not hold weights of {arch!r}: {'; '.join(what)}. "
+            "Check that the architecture before '@' is the one the weights were saved from."
+        )
+    try:
+        model.load_state_dict(body, strict=False)
+    except RuntimeError as exc:
+        raise BackboneError(
+            f"backbone {name!r}: {path} does not fit {arch!r} ({str(exc).splitlines()[-1].strip()[:300]})."
+        ) from None
+    bb.model.eval()
+    bb.weights = f"file:{path}"
+    bb._fingerprint = None
+    if isinstance(bb, TimmBackbone):
+        n = int(getattr(model, "num_classes", 0) or 0)
+        bb._has_head = n > 0
+        bb.source_head = SourceHead(name=f"{name} head", num_classes=n) if n > 0 else None
+
+
+# ======================================================================================================
 # The factory
 
 
@@ -617,7 +745,9 @@ def load(
     ----------
     name : str
         A bundled name (``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``,
-        ``minilm``), ``timm:MODEL`` or ``hf:ID_OR_FOLDER``.
+        ``minilm``), ``timm:MODEL`` or ``hf:ID_OR_FOLDER``; ``NAME@PATH`` takes the architecture of
+        ``NAME`` and the weights in ``PATH``: a ``diag finetune`` run folder (its fine-tuned head becomes
+        the source head), a ``.safetensors`` file or a ``torch.save``'d state dict.
     pretrained : bool, default True
         False gives the random-init twin of the same architecture: the no-transfer baseline.
     seed : int, default 0
@@ -640,6 +770,15 @@ def load(
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
         raise ConfigError(f"max_length must be an integer >= 2; got {max_length!r}.")
     name = name.strip()
+    base, weights_path = _split_weights(name)
+    if weights_path is not None:
+        # The architecture of ``base`` (random init), then the file's weights; the twin stays random.
+        bb = load(base, pretrained=False, seed=seed, image_size=image_size, max_length=max_length)
+        bb.name = name
+        if pretrained:
+            bb.pretrained, bb.seed = True, None
+            _apply_weights(bb, name, weights_path)
+        return bb
     if name in BUNDLED:
         b = BUNDLED[name]
         if b.kind == "efficientnet_lite":

@@ -199,3 +199,75 @@ def test_feature_info_models_get_no_duplicate_stem() -> None:
     bb = load("timm:test_resnet", pretrained=False, image_size=64)
     assert [p.name for p in bb.probes] == ["act1", "layer1", "layer2", "layer3", "layer4", "pooled"]
     assert bb.probes[0].kind == "stem"
+
+
+# -- NAME@PATH: the architecture of NAME, the weights of a file ----------------------------------------
+
+
+def test_weights_file_round_trip_is_bit_identical(lite0, tmp_path) -> None:
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in lite0.model.state_dict().items()}}, tmp_path / "w.pt"
+    )
+    bb = load(f"efficientnet_lite0@{tmp_path / 'w.pt'}")
+    assert bb.pretrained and bb.weights == f"file:{tmp_path / 'w.pt'}"
+    assert bb.weights_fingerprint() == lite0.weights_fingerprint()
+    assert bb.source_head is not None and bb.source_head.num_classes == 1000
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = lite0.capture(x), bb.capture(x)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_safetensors_without_classifier_has_no_source_head(tiny_image_backbone, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    sd = {
+        k: v.clone() + 1 for k, v in tiny_image_backbone.model.state_dict().items() if "classifier" not in k
+    }
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    bb = load(f"timm:test_efficientnet@{tmp_path / 'w.safetensors'}", image_size=32)
+    assert bb.source_head is None
+    state = bb.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in sd.items())
+    with torch.inference_mode():
+        assert "logits" not in bb.capture(torch.zeros(1, 3, 32, 32))
+    twin = load(f"timm:test_efficientnet@{tmp_path / 'w.safetensors'}", pretrained=False, image_size=32)
+    assert twin.weights == "random-init"  # the twin is the plain architecture, whatever the file holds
+    assert twin.weights_fingerprint() == tiny_image_backbone.weights_fingerprint()
+
+
+def test_a_finetune_run_folder_is_a_backbone_whose_head_is_the_source_head(
+    tiny_image_backbone, tmp_path
+) -> None:
+    from diag.finetune import FinetuneConfig, finetune, load_finetuned
+    from tests.conftest import write_digit_folder
+
+    data = write_digit_folder(tmp_path / "digits", per_class=4)
+    cfg = FinetuneConfig(epochs=1, batch_size=8, image_size=32, val_fraction=0.25)
+    finetune(data, tiny_image_backbone, cfg, out=tmp_path / "run")
+    model, res = load_finetuned(tmp_path / "run")
+    bb = load(f"timm:test_efficientnet@{tmp_path / 'run'}", image_size=32)
+    assert bb.source_head is not None and bb.source_head.num_classes == len(res.classes) == 3
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = bb.capture(x)
+        assert torch.allclose(out["logits"], model(x), atol=1e-5)
+        assert torch.allclose(out["pooled"], model.features(x), atol=1e-5)
+
+
+def test_bad_weights_get_a_clear_error(lite0, tmp_path) -> None:
+    torch.save(lite0.model.state_dict(), tmp_path / "lite0.pt")
+    with pytest.raises(BackboneError, match=r"does not hold weights of 'efficientnet_lite1'.*missing"):
+        load(f"efficientnet_lite1@{tmp_path / 'lite0.pt'}")
+    with pytest.raises(BackboneError, match="no such weights file"):
+        load(f"efficientnet_lite0@{tmp_path / 'nope.pt'}")
+    with pytest.raises(BackboneError, match="no best.pt or last.pt"):
+        load(f"efficientnet_lite0@{tmp_path}")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(BackboneError, match="holds no state dict"):
+        load(f"efficientnet_lite0@{tmp_path / 'list.pt'}")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file of tensors")
+    with pytest.raises(BackboneError, match="cannot read"):
+        load(f"efficientnet_lite0@{tmp_path / 'junk.safetensors'}")
+    with pytest.raises(ConfigError, match="NAME@PATH"):
+        load("efficientnet_lite0@")
