@@ -1,23 +1,30 @@
 """Check diag's predictions against fine-tuning: freeze depth, negative transfer, transferability scores.
 
-For every scenario with a sweep (``benchmarks/run_sweeps.sh`` writes them; ``sweep.json`` copies are
-committed under ``benchmarks/results/sweeps/``), this script runs ``diag diagnose`` on the same pair at the
-same input size and compares:
+Every scenario pairs a ``diag diagnose`` run with a fine-tuning sweep of the same target and backbone at
+the same input size (the truth table: mean held-out accuracy per freeze depth over seeds, and from
+scratch). ``benchmarks/make_scenarios.py`` builds the extra data (held-out validation sets of 500
+images, inverted digits, the shuffled-label MNIST that damages a backbone); ``benchmarks/run_sweeps.sh``
+trains the damaged backbones and runs the sweeps (resumable). The ``sweep.json`` of each is committed
+under ``benchmarks/results/sweeps/``.
+
+Compared, per scenario:
 
 - **freeze depth**: accuracy at the recommended depth as a fraction of the best depth's (goal ≥ 0.98 on
-  average), next to the two fixed defaults "tune everything" (K = 0) and "linear probe" (K = n). When the
-  recommended depth is not in the sweep yet, the script runs it (``--run-missing``), with the sweep's
-  budget and seeds, so every figure is measured, not interpolated;
+  average), next to the fixed defaults "tune everything" (K = 0) and "linear probe" (K = n) and to
+  alternative rules evaluated on the same evidence. A recommended depth not in the sweep is fine-tuned
+  (``--run-missing``) with the sweep's budget and seeds: every figure is measured, not interpolated;
 - **negative transfer**: the predicted risk against the measured gap (best pretrained depth's mean
-  accuracy minus from-scratch mean); a prediction is right when ``risk == "high"`` exactly when the gap
-  is negative;
-- **transferability scores**: Spearman rank correlation, across the swept depths K ≥ 1, between each
-  score at the last frozen block's probe point and the fine-tuned accuracy at that depth.
+  accuracy minus from-scratch mean); right when ``risk == "high"`` exactly when the gap is negative; the
+  AUROC of the predicted probability over all scenarios;
+- **transferability scores**: Spearman rank correlation with fine-tuned accuracy across backbones on the
+  same target (scores at the pooled embedding vs each backbone's best fine-tuned accuracy, beside the
+  parameter-count baseline) and across freeze depths within a scenario (score at the last frozen block).
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_predict.py            # uses the sweeps in runs/sweeps/
-    .venv/bin/python benchmarks/bench_predict.py --run-missing
+    .venv/bin/python benchmarks/make_scenarios.py
+    bash benchmarks/run_sweeps.sh                                # hours on 2 CPU cores
+    .venv/bin/python benchmarks/bench_predict.py [--run-missing]
 """
 
 from __future__ import annotations
@@ -36,34 +43,35 @@ from scipy import stats
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+SC = "runs/scenarios"
+DIGITS = ["--preset", "small", "--image-size", "32", "--epochs", "6", "--seeds", "0,1"]
+
+
+def _digits(name: str, backbone: str, target: str = "samples:uci-digits", val: str = f"{SC}/uci-val") -> dict:
+    return {
+        "name": name, "source": "samples:mnist", "target": target, "val": val, "backbone": backbone,
+        "options": {"image_size": 32}, "sweep": f"v2/{name}", "sweep_args": DIGITS,
+    }  # fmt: skip
+
 
 SCENARIOS = [
+    _digits("mnist-uci", "efficientnet_lite0"),
+    _digits("mnist-opencv", "efficientnet_lite0", "samples:opencv-digits", f"{SC}/opencv-val"),
+    _digits("mnist-uci-inverted", "efficientnet_lite0", f"{SC}/uci-inverted", f"{SC}/uci-inverted-val"),
+    _digits("lite1-uci", "efficientnet_lite1"),
+    _digits("lite2-uci", "efficientnet_lite2"),
+    _digits("damaged-light-uci", f"efficientnet_lite0@{SC}/damaged-light-lite0/last.pt"),
+    _digits("damaged-uci", f"efficientnet_lite0@{SC}/damaged-lite0/last.pt"),
+    _digits("memorizer-uci", f"efficientnet_lite0@{SC}/memorizer-lite0/last.pt"),
     {
-        "name": "mnist-uci",
-        "source": "samples:mnist",
-        "target": "samples:uci-digits",
-        "backbone": "efficientnet_lite0",
-        "options": {"image_size": 32},
-        "sweep_args": ["--preset", "small", "--image-size", "32", "--epochs", "6", "--seeds", "0,1"],
-    },
-    {
-        "name": "mnist-opencv",
-        "source": "samples:mnist",
-        "target": "samples:opencv-digits",
-        "backbone": "efficientnet_lite0",
-        "options": {"image_size": 32},
-        "sweep_args": ["--preset", "small", "--image-size", "32", "--epochs", "6", "--seeds", "0,1"],
-    },
-    {
-        "name": "speeches-debates",
-        "source": "samples:speeches",
-        "target": "samples:debates",
-        "backbone": "minilm",
-        "options": {"max_length": 128},
+        "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
+        "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",
         "sweep_args": ["--preset", "small", "--epochs", "6", "--seeds", "0"],
     },
-]
-SCORES = ("logme", "knn_accuracy", "linear_probe_accuracy")
+]  # fmt: skip
+#: Scenarios on the same target (UCI digits, same validation set): the across-backbone comparison.
+SAME_TARGET = [s["name"] for s in SCENARIOS if s["target"] == "samples:uci-digits"]
+LAYER_SCORES = ("logme", "knn_accuracy", "linear_probe_accuracy")
 
 
 def by_depth(sweep: dict) -> tuple[dict[int, float], float | None]:
@@ -79,63 +87,129 @@ def by_depth(sweep: dict) -> tuple[dict[int, float], float | None]:
 def run_depth(sc: dict, sweep_dir: Path, depths: list[int]) -> None:
     cmd = [
         str(ROOT / ".venv/bin/diag"), "sweep", "-t", sc["target"], "-b", sc["backbone"], "-o", str(sweep_dir),
-        "--depths", ",".join(str(d) for d in depths), "--no-keep-checkpoint", "-q", *sc["sweep_args"],
+        "--depths", ",".join(str(d) for d in depths), "--no-keep-checkpoint", "--no-save-best", "-q",
+        *(["--val", sc["val"]] if sc["val"] else []), *sc["sweep_args"],
     ]  # fmt: skip
     print("running", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def evaluate(sc: dict, sweep_root: Path, run_missing: bool) -> dict:
+# -- alternative freeze rules, on the evidence the report keeps ---------------------------------------
+
+
+def rule_probe_peak(ev: dict, blocks: list[str]) -> int:
+    """Freeze through the shallowest probe within the tolerance of the best (no small-target step)."""
+    return min(len(blocks), blocks.index(ev["peak_layer"]) + 1) if ev["peak_layer"] in blocks else len(blocks)
+
+
+def rule_last_near_peak(ev: dict, blocks: list[str]) -> int:
+    """Freeze through the deepest probe still within the tolerance of the best."""
+    lp, tol = ev["linear_probe"], ev["tolerance"]
+    top = max(lp.values())
+    near = [b for b in blocks if b in lp and lp[b] >= top - tol]
+    return blocks.index(near[-1]) + 1 if near else len(blocks)
+
+
+def rule_rgn_argmax(ev: dict, blocks: list[str]) -> int | None:
+    """Tune from the block with the largest relative gradient norm on (Auto-RGN's strongest block)."""
+    rgn = ev.get("rgn")
+    if not rgn:
+        return None
+    return blocks.index(max(rgn, key=lambda b: rgn[b]))
+
+
+ALT_RULES = {
+    "probe peak": rule_probe_peak,
+    "last near peak": rule_last_near_peak,
+    "RGN argmax": rule_rgn_argmax,
+}
+
+
+def auroc(scores: list[float], positive: list[bool]) -> float | None:
+    pos = [s for s, p in zip(scores, positive, strict=True) if p]
+    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
+    if not pos or not neg:
+        return None
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path) -> dict:
     import diag
 
-    sweep_dir = sweep_root / sc["name"]
+    sweep_dir = sweep_root / sc["sweep"]
     path = sweep_dir / "sweep.json"
     if not path.is_file():
         return {"name": sc["name"], "status": f"no sweep at {path}"}
     if json.loads(path.read_text()).get("status") != "completed":
         return {"name": sc["name"], "status": f"sweep at {path} not finished: rerun benchmarks/run_sweeps.sh"}
     t0 = time.perf_counter()
-    rep = diag.diagnose(sc["source"], sc["target"], sc["backbone"], n_permutations=500, **sc["options"])
+    rep = diag.diagnose(
+        sc["source"],
+        sc["target"],
+        sc["backbone"],
+        n_permutations=500,
+        out=reports / sc["name"],
+        **sc["options"],
+    )
     diag_s = time.perf_counter() - t0
     fr, nt = rep.sections["freeze"], rep.sections["negative_transfer"]
     k_rec, n = int(fr["depth"]), int(fr["n_blocks"])
     sweep = json.loads(path.read_text())
+    blocks = sweep["blocks"]
     acc, scratch = by_depth(sweep)
-    if k_rec not in acc and run_missing:
-        done = sorted({*acc, k_rec})
-        run_depth(sc, sweep_dir, done)
-        sweep = json.loads(path.read_text())
-        acc, scratch = by_depth(sweep)
+    alt = {name: rule(fr["evidence"], blocks) for name, rule in ALT_RULES.items()}
+    if run_missing:
+        missing = sorted({k for k in [k_rec, *alt.values()] if k is not None} - set(acc))
+        if missing:
+            run_depth(sc, sweep_dir, sorted({*acc, *missing}))
+            sweep = json.loads(path.read_text())
+            acc, scratch = by_depth(sweep)
     best_k = max(acc, key=lambda k: acc[k])
     best = acc[best_k]
+
+    def ratio(k: int | None) -> float | None:
+        return None if k is None or k not in acc else acc[k] / best
+
     out: dict = {
         "name": sc["name"],
+        "backbone": sc["backbone"],
+        "target": sc["target"],
         "status": sweep.get("status"),
         "n_blocks": n,
+        "blocks": blocks,
         "accuracy_by_depth": {str(k): acc[k] for k in sorted(acc)},
+        "std_by_depth": {
+            str(int(d["freeze"])): d.get("std") for d in sweep["depths"] if not d["from_scratch"]
+        },
+        "val": (sweep.get("val") or {}).get("n") if isinstance(sweep.get("val"), dict) else None,
         "scratch": scratch,
         "best_depth": best_k,
         "best_accuracy": best,
         "recommended_depth": k_rec,
         "recommended_accuracy": acc.get(k_rec),
-        "ratio_recommended": None if k_rec not in acc else acc[k_rec] / best,
-        "ratio_tune_all": acc[0] / best if 0 in acc else None,
-        "ratio_linear_probe": acc[n] / best if n in acc else None,
+        "ratio_recommended": ratio(k_rec),
+        "ratio_tune_all": ratio(0),
+        "ratio_linear_probe": ratio(n),
+        "alternative_rules": {name: {"depth": k, "ratio": ratio(k)} for name, k in alt.items()},
         "lr_scheme": fr["lr_scheme"],
         "rationale": fr["rationale"],
+        "freeze_evidence": fr["evidence"],
         "diagnose_s": round(diag_s, 1),
     }
     if scratch is not None:
         gap = best - scratch
         out["measured_gap"] = gap
+        out["measured_gap_tune_all"] = acc[0] - scratch if 0 in acc else None
         out["negative_transfer_measured"] = gap < 0
         out["risk"], out["probability"] = nt["risk"], nt["probability"]
         out["negative_transfer_correct"] = (nt["risk"] == "high") == (gap < 0)
-    # Score at the last frozen block's probe vs accuracy at that depth (K >= 1).
-    blocks = sweep["blocks"]
+        out["nt_signals"] = nt["signals"]
+        out["nt_drivers"] = nt["drivers"]
     layers = rep.sections["transferability"]["layers"]
+    out["pooled_scores"] = rep.sections["transferability"]["scores"]
     corr = {}
-    for s in SCORES:
+    for s in LAYER_SCORES:
         xs, ys = [], []
         for k in sorted(acc):
             if 1 <= k <= len(blocks) and blocks[k - 1] in layers and s in layers[blocks[k - 1]]["scores"]:
@@ -144,58 +218,139 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool) -> dict:
         corr[s] = (
             {"spearman": float(stats.spearmanr(xs, ys).statistic), "n": len(xs)} if len(xs) >= 3 else None
         )
-    out["score_vs_accuracy"] = corr
+    out["score_vs_accuracy_by_depth"] = corr
+    if sc["target"] == "samples:uci-digits":
+        out["all_scores_pooled"] = _all_scores(sc)
+    out["num_params"] = rep.backbone.get("num_params")
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweeps", type=Path, default=ROOT / "runs" / "sweeps")
-    ap.add_argument("--run-missing", action="store_true", help="fine-tune recommended depths not yet swept")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.json")
-    args = ap.parse_args()
-    rows = [evaluate(sc, args.sweeps, args.run_missing) for sc in SCENARIOS]
-    # Commit the truth tables next to the figures (sweep.json only; checkpoints stay in runs/).
-    for sc in SCENARIOS:
-        src = args.sweeps / sc["name"] / "sweep.json"
-        if src.is_file():
-            dst = ROOT / "benchmarks" / "results" / "sweeps" / f"{sc['name']}.json"
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+def _all_scores(sc: dict) -> dict[str, float]:
+    """Every transferability score at the pooled embedding (LEEP/NCE from the backbone's own head)."""
+    from diag.backbones import load
+    from diag.pipeline import embed
+    from diag.transfer import transferability
+
+    emb = embed(sc["target"], load(sc["backbone"], **sc["options"]))
+    res = transferability(emb["pooled"], emb.labels, logits=emb.logits)
+    return dict(res.scores)
+
+
+def across_backbones(rows: list[dict]) -> dict:
+    """Spearman of each pooled score (and of parameter count) with the best fine-tuned accuracy."""
+    done = [r for r in rows if r["name"] in SAME_TARGET and "all_scores_pooled" in r]
+    if len(done) < 3:
+        return {"n": len(done)}
+    y = [r["best_accuracy"] for r in done]
+    names = sorted(set.intersection(*(set(r["all_scores_pooled"]) for r in done)))
+    out: dict = {"n": len(done), "backbones": [r["backbone"] for r in done], "best_accuracy": y}
+    for s in names:
+        x = [r["all_scores_pooled"][s] for r in done]
+        out[s] = float(stats.spearmanr(x, y).statistic)
+    out["num_params"] = float(stats.spearmanr([r["num_params"] for r in done], y).statistic)
+    out["probe_best_layer"] = float(
+        stats.spearmanr([max(r["freeze_evidence"]["linear_probe"].values()) for r in done], y).statistic
+    )
+    return out
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def summarize(rows: list[dict]) -> dict:
     done = [r for r in rows if r.get("ratio_recommended") is not None]
+    nt = [r for r in rows if "measured_gap" in r]
     summary = {
-        "mean_ratio_recommended": float(np.mean([r["ratio_recommended"] for r in done])) if done else None,
-        "mean_ratio_tune_all": float(np.mean([r["ratio_tune_all"] for r in done if r["ratio_tune_all"]]))
-        if done
-        else None,
-        "mean_ratio_linear_probe": float(
-            np.mean([r["ratio_linear_probe"] for r in done if r["ratio_linear_probe"]])
-        )
-        if done
-        else None,
-        "negative_transfer_correct": [r.get("negative_transfer_correct") for r in rows],
+        "n_scenarios": len(done),
+        "mean_ratio_recommended": _mean([r["ratio_recommended"] for r in done]),
+        "min_ratio_recommended": min((r["ratio_recommended"] for r in done), default=None),
+        "mean_ratio_tune_all": _mean([r["ratio_tune_all"] for r in done]),
+        "mean_ratio_linear_probe": _mean([r["ratio_linear_probe"] for r in done]),
+        "alternative_rules": {
+            name: {
+                "mean_ratio": _mean([r["alternative_rules"][name]["ratio"] for r in done]),
+                "n": sum(r["alternative_rules"][name]["ratio"] is not None for r in done),
+            }
+            for name in ALT_RULES
+        },
+        "negative_transfer_correct": {r["name"]: r["negative_transfer_correct"] for r in nt},
+        "negative_transfer_auroc": auroc(
+            [r["probability"] for r in nt], [r["negative_transfer_measured"] for r in nt]
+        ),
+        "across_backbones": across_backbones(rows),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"scenarios": rows, "summary": summary}, indent=1) + "\n")
-    cols = ["scenario", "best K (acc)", "recommended K (acc)", "ratio", "tune all", "linear probe"]
-    cols += ["scratch", "gap", "risk"]
-    print("| " + " | ".join(cols) + " |")
+    return summary
+
+
+def f(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def print_tables(rows: list[dict], summary: dict) -> None:
+    head = ["scenario", "best K (acc)", "recommended K (acc)", "ratio", "tune all", "linear probe"]
+    head += ["scratch", "gap", "risk (p)"]
+    print("| " + " | ".join(head) + " |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "best_depth" not in r:
             print(f"| {r['name']} | {r['status']} |")
             continue
-
-        def f(v: float | None) -> str:
-            return "—" if v is None else f"{v:.3f}"
-
         print(
             f"| {r['name']} | {r['best_depth']} ({f(r['best_accuracy'])}) | {r['recommended_depth']} "
             f"({f(r['recommended_accuracy'])}) | {f(r['ratio_recommended'])} | {f(r['ratio_tune_all'])} | "
             f"{f(r['ratio_linear_probe'])} | {f(r.get('scratch'))} | {f(r.get('measured_gap'))} | "
             f"{r.get('risk')} ({r.get('probability')}) |"
         )
+    print()
+    print("| rule | " + " | ".join(r["name"] for r in rows if "best_depth" in r) + " | mean |")
+    print("|---|" + "---|" * (1 + sum("best_depth" in r for r in rows)))
+    for name in ["diag", *ALT_RULES]:
+        cells = []
+        for r in rows:
+            if "best_depth" not in r:
+                continue
+            k, q = (
+                (r["recommended_depth"], r["ratio_recommended"])
+                if name == "diag"
+                else (r["alternative_rules"][name]["depth"], r["alternative_rules"][name]["ratio"])
+            )
+            cells.append(f"K{k} {f(q)}")
+        m = (
+            summary["mean_ratio_recommended"]
+            if name == "diag"
+            else summary["alternative_rules"][name]["mean_ratio"]
+        )
+        print(f"| {name} | " + " | ".join(cells) + f" | {f(m)} |")
+    print()
     print(json.dumps(summary, indent=1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweeps", type=Path, default=ROOT / "runs" / "sweeps")
+    ap.add_argument("--reports", type=Path, default=ROOT / "runs" / "bench_predict")
+    ap.add_argument("--run-missing", action="store_true", help="fine-tune recommended depths not yet swept")
+    ap.add_argument("--only", action="append", help="evaluate only this scenario (repeat for several)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.json")
+    args = ap.parse_args()
+    chosen = [sc for sc in SCENARIOS if not args.only or sc["name"] in args.only]
+    rows = [evaluate(sc, args.sweeps, args.run_missing, args.reports) for sc in chosen]
+    for sc in chosen:  # the truth tables next to the figures (sweep.json only; checkpoints stay in runs/)
+        src = args.sweeps / sc["sweep"] / "sweep.json"
+        if src.is_file():
+            dst = ROOT / "benchmarks" / "results" / "sweeps" / f"{sc['name']}.json"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    if args.only and args.out.is_file():  # merge with the scenarios evaluated before
+        old = {r["name"]: r for r in json.loads(args.out.read_text())["scenarios"]}
+        old.update({r["name"]: r for r in rows})
+        rows = [old[sc["name"]] for sc in SCENARIOS if sc["name"] in old]
+    summary = summarize(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"scenarios": rows, "summary": summary}, indent=1) + "\n")
+    print_tables(rows, summary)
     print(f"wrote {args.out}")
     return 0
 

@@ -123,6 +123,7 @@ def diagnose(
     cache_dir: str | Path | None = None,
     data_options: dict[str, str] | None = None,
     transfer: bool = True,
+    rgn: bool = True,
     progress: ProgressCallback | None = None,
 ) -> Report:
     """Embed source and target (once each, cached), profile the shift layer by layer, write the report.
@@ -144,6 +145,9 @@ def diagnose(
         and of its random-init twin (one more forward pass over the target), the negative-transfer
         verdict and the freeze-depth recommendation (:mod:`diag.predict`). Without labels the report
         says why these sections are missing.
+    rgn : bool, default True
+        With ``transfer``: also the relative gradient norm of each block on a few target batches
+        (:mod:`diag.rgn`, Auto-RGN), evidence for the freeze depth.
 
     Returns
     -------
@@ -244,7 +248,7 @@ def diagnose(
         t = time.perf_counter()
         report = _add_predictions(
             report, tgt, datasets["target"], get_backbone, cfg, seed=seed, use_cache=use_cache,
-            cache_dir=cache_dir, progress=progress,
+            cache_dir=cache_dir, progress=progress, rgn=rgn,
         )  # fmt: skip
         timings["transfer_s"] = round(time.perf_counter() - t, 3)
         timings["total_s"] = round(time.perf_counter() - t0, 3)
@@ -270,9 +274,10 @@ def _add_predictions(
     use_cache: bool,
     cache_dir: str | Path | None,
     progress: ProgressCallback | None,
+    rgn: bool = True,
 ) -> Report:
     """Transferability per layer (pretrained and random-init twin), negative transfer, freeze depth."""
-    from diag.errors import DataError
+    from diag.errors import DataError, DiagError
     from diag.predict import freeze_blocks, layer_transfer, negative_transfer, recommend_freeze
 
     try:
@@ -301,9 +306,27 @@ def _add_predictions(
     n_classes = len(np.unique(target.labels))
     nt = negative_transfer(pre, rnd, n_target=len(target), n_classes=n_classes, shift=report.shift)
     blocks = freeze_blocks(bb)
+    grads = None
+    if rgn:
+        from diag.finetune import FinetuneConfig
+        from diag.rgn import relative_gradient_norms
+
+        t = time.perf_counter()
+        fcfg = FinetuneConfig(
+            image_size=pre_kw["input_size"][1] if bb.modality == "image" else None,
+            max_length=pre_kw.get("max_length") if bb.modality == "text" else None,
+            device=cfg.device,
+        )
+        try:
+            grads = relative_gradient_norms(target_data, bb, fcfg, seed=seed)
+        except DiagError as exc:
+            log.info("no relative gradient norms: %s", exc)
+        else:
+            log.info("relative gradient norms in %.1f s", time.perf_counter() - t)
     fr = recommend_freeze(
-        pre, blocks, n_target=len(target), n_classes=n_classes, shift=report.shift, shift_layers=report.layers
-    )
+        pre, blocks, n_target=len(target), n_classes=n_classes, shift=report.shift,
+        shift_layers=report.layers, rgn=None if grads is None else grads.normalized,
+    )  # fmt: skip
     layers = [
         {
             **lay,

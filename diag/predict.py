@@ -314,6 +314,7 @@ def recommend_freeze(
     n_classes: int,
     shift: dict[str, Any] | None = None,
     shift_layers: Sequence[dict[str, Any]] | None = None,
+    rgn: dict[str, float] | None = None,
 ) -> FreezeRecommendation:
     """Recommend ``K`` (blocks to freeze) from the per-layer probe curve and the shift profile.
 
@@ -390,6 +391,15 @@ def recommend_freeze(
     }
     if shift_layers:
         evidence["shift_auc"] = {x["name"]: x["shift"]["c2st_auc"] for x in shift_layers}
+    if rgn:
+        evidence["rgn"] = dict(rgn)
+        pull = max(rgn, key=lambda b: rgn[b])
+        rationale.append(
+            "Relative gradient norm per block on target batches (Auto-RGN, 1 = strongest): "
+            + ", ".join(f"{b} {v:.2f}" for b, v in rgn.items())
+            + f"; the target pulls hardest on {pull}"
+            + (" (tuned)." if pull in blocks[depth:] else " (frozen here).")
+        )
     return FreezeRecommendation(
         depth=int(depth),
         n_blocks=n,
