@@ -344,7 +344,8 @@ def main() -> int:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     if args.only and args.out.is_file():  # merge with the scenarios evaluated before
-        old = {r["name"]: r for r in json.loads(args.out.read_text())["scenarios"]}
+        before = json.loads(args.out.read_text())["scenarios"]
+        old = {r["name"]: r for r in before if "alternative_rules" in r}
         old.update({r["name"]: r for r in rows})
         rows = [old[sc["name"]] for sc in SCENARIOS if sc["name"] in old]
     summary = summarize(rows)

@@ -157,6 +157,13 @@ class NegativeTransfer:
 #: digit sweeps, 30 per class: the best depth was past the probe peak).
 SMALL_TARGET = 50
 
+#: A probe curve whose range over the blocks is below this is "flat": it cannot place the freeze depth
+#: (MiniLM on the debates: 0.77-0.80 over every layer), and the relative gradient norms decide instead.
+FLAT_RANGE = 0.05
+
+#: With a flat probe curve, tuning starts at the first block whose normalised RGN reaches this.
+RGN_PULL = 0.9
+
 #: Logistic rule, z = B0 + B_ADV·(advantage - margin(n)) + B_SHIFT·shift_excess; calibrated on the sweeps.
 _B0 = -1.0
 _B_ADV = -40.0
@@ -316,16 +323,26 @@ def recommend_freeze(
     shift_layers: Sequence[dict[str, Any]] | None = None,
     rgn: dict[str, float] | None = None,
 ) -> FreezeRecommendation:
-    """Recommend ``K`` (blocks to freeze) from the per-layer probe curve and the shift profile.
+    """Recommend ``K`` (blocks to freeze) from the per-layer probe curve, the shift profile and, when the
+    probe curve cannot decide, the relative gradient norms.
 
-    Rule: ``peak`` is the shallowest probe whose linear-probe accuracy is within one fold-spread (at
-    least 0.01) of the best layer's. Blocks up to and including ``peak`` are frozen (one more below
-    ``SMALL_TARGET`` examples per class), the rest tuned; when
-    the peak is the last block, the last two blocks are still tuned (a head-only probe leaves accuracy on
-    the table whenever the target differs from the source). With fewer than 10 examples per class the
-    recommendation is a linear probe (too little data to tune blocks without overfitting). LP-FT is
-    recommended when the pretrained features are good (peak accuracy ≥ 0.8) and the shift is large
-    (AUC ≥ 0.9).
+    Rule (checked against the sweeps in ``benchmarks/bench_predict.py``):
+
+    1. Fewer than 10 examples per class: a linear probe (too little data to tune blocks).
+    2. The probe curve is *informative* when its range over the blocks is at least ``FLAT_RANGE``.
+       Then ``peak`` is the shallowest probe whose linear-probe accuracy is within one fold-spread (at
+       least 0.01) of the best layer's; blocks up to and including ``peak`` are frozen (one more below
+       ``SMALL_TARGET`` examples per class), the blocks after it — whose features turn source-specific —
+       are tuned (Yosinski et al. 2014).
+    3. A *flat* curve (every layer serves the target about equally) cannot say where to stop freezing;
+       then the relative gradient norms (:mod:`diag.rgn`, Lee et al. 2023) decide: tuning starts at the
+       first block whose normalised RGN reaches ``RGN_PULL`` — where the target pulls hardest. Without
+       RGN the informative-curve rule applies.
+    4. At least the last two blocks are tuned (a head-only probe leaves accuracy on the table whenever
+       the target differs from the source).
+
+    LP-FT is recommended when the pretrained features are good (peak accuracy ≥ 0.8) and the shift is
+    large (AUC ≥ 0.9) (Kumar et al., ICLR 2022).
     """
     blocks = list(blocks)
     n = len(blocks)
@@ -337,13 +354,29 @@ def recommend_freeze(
     tol = max(0.01, float(pretrained[best].get("linear_probe_std", 0.0)))
     _, top, peak = _best_layer(lp, names, tol)
     per_class = n_target / max(n_classes, 1)
+    on_blocks = [lp[b] for b in blocks if b in lp and math.isfinite(lp[b])] or [lp[k] for k in names]
+    spread = max(on_blocks) - min(on_blocks)
+    flat = spread < FLAT_RANGE
     rationale: list[str] = []
     curve = ", ".join(f"{k} {lp[k]:.2f}" for k in names)
     rationale.append(f"Linear-probe accuracy of the target by layer: {curve}.")
+    basis = "probe"
     if per_class < 10:
         depth = n
+        basis = "few examples"
         rationale.append(
             f"Only {per_class:.0f} examples per class: tuning blocks would overfit, so train the head alone."
+        )
+    elif flat and rgn and any(rgn.get(b, 0.0) >= RGN_PULL for b in blocks):
+        basis = "rgn"
+        first = next(b for b in blocks if rgn.get(b, 0.0) >= RGN_PULL)
+        depth = min(blocks.index(first), n - 2) if n > 2 else blocks.index(first)
+        rationale.append(
+            f"The probe curve is flat (range {spread:.2f} over the blocks, below {FLAT_RANGE}): every "
+            "layer's features serve the target about equally, so it cannot say where to stop freezing. "
+            f"The relative gradient norms decide: the target pulls hardest from {first} on (RGN ≥ "
+            f"{RGN_PULL} of the largest), so tune from {blocks[depth]} and keep the {depth} block(s) "
+            "below frozen."
         )
     else:
         # a probe that is not a block (e.g. "cls" for text) maps by depth order
@@ -361,6 +394,7 @@ def recommend_freeze(
                 if per_class < SMALL_TARGET
                 else ""
             )
+            + (" (The curve is flat and no gradient norms were computed: a weak signal.)" if flat else "")
         )
     lr = "standard"
     if shift and shift.get("is_shift"):
@@ -373,8 +407,8 @@ def recommend_freeze(
         if level == "input-level" and depth > 0:
             rationale.append(
                 "An input-level shift is best corrected in early blocks (surgical fine-tuning); they stay "
-                "frozen here because the probe curve shows their features still serve the target — if "
-                "accuracy disappoints, try a smaller K."
+                "frozen here because the target's features still serve it at those depths — if accuracy "
+                "disappoints, try a smaller K."
             )
         if top >= 0.8 and auc >= 0.9 and depth < n:
             lr = "lp-ft"
@@ -382,11 +416,13 @@ def recommend_freeze(
                 "Good features and a large shift: train the head first, then unfreeze (LP-FT), so a random "
                 "head does not distort the pretrained features."
             )
-    evidence = {
+    evidence: dict[str, Any] = {
         "linear_probe": {k: lp[k] for k in names},
         "peak_layer": peak,
         "best_layer": best,
         "tolerance": tol,
+        "probe_range": spread,
+        "basis": basis,
         "examples_per_class": per_class,
     }
     if shift_layers:
@@ -394,12 +430,19 @@ def recommend_freeze(
     if rgn:
         evidence["rgn"] = dict(rgn)
         pull = max(rgn, key=lambda b: rgn[b])
-        rationale.append(
-            "Relative gradient norm per block on target batches (Auto-RGN, 1 = strongest): "
-            + ", ".join(f"{b} {v:.2f}" for b, v in rgn.items())
-            + f"; the target pulls hardest on {pull}"
-            + (" (tuned)." if pull in blocks[depth:] else " (frozen here).")
-        )
+        if basis != "rgn":
+            rationale.append(
+                "Relative gradient norm per block on target batches (Auto-RGN, 1 = strongest): "
+                + ", ".join(f"{b} {v:.2f}" for b, v in rgn.items())
+                + f"; the target pulls hardest on {pull}"
+                + (" (tuned)." if pull in blocks[depth:] else " (frozen here).")
+            )
+        else:
+            rationale.append(
+                "Relative gradient norm per block (Auto-RGN, 1 = strongest): "
+                + ", ".join(f"{b} {v:.2f}" for b, v in rgn.items())
+                + "."
+            )
     return FreezeRecommendation(
         depth=int(depth),
         n_blocks=n,

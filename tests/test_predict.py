@@ -139,3 +139,26 @@ def test_finetune_freeze_auto_runs_with_the_recommended_depth(tmp_path: Path, ca
     k = int(printed.split("--freeze auto: K = ")[1].split()[0])
     result = json.loads((out / "result.json").read_text())
     assert result["freeze"] == k and 0 <= k <= result["n_blocks"]
+
+
+def test_a_flat_probe_curve_hands_the_depth_to_the_gradient_norms() -> None:
+    """MiniLM on the debates: every layer probes at 0.77-0.80, so the curve cannot place K; the target's
+    relative gradient norms (measured: 0.30, 0.60, 0.64, 0.77, 0.95, 1.00, 0.90) start at layer.3."""
+    blocks = ["embeddings", *[f"layer.{i}" for i in range(6)]]
+    pre = {
+        b: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": 0.02}
+        for b, v in zip(blocks, [0.80, 0.77, 0.79, 0.78, 0.78, 0.78, 0.79], strict=True)
+    }
+    rgn = dict(zip(blocks, [0.30, 0.60, 0.64, 0.77, 0.95, 1.00, 0.90], strict=True))
+    rec = recommend_freeze(pre, blocks, n_target=332, n_classes=2, rgn=rgn)
+    assert rec.depth == 4 and rec.tune == ["layer.3", "layer.4", "layer.5"]
+    assert rec.evidence["basis"] == "rgn" and rec.evidence["probe_range"] == pytest.approx(0.03)
+    assert "flat" in rec.rationale[1] and "layer.3" in rec.rationale[1]
+    # Without gradient norms the flat curve falls back to the probe rule, and says it is weak evidence.
+    plain = recommend_freeze(pre, blocks, n_target=332, n_classes=2)
+    assert plain.depth == 1 and plain.evidence["basis"] == "probe" and "weak signal" in plain.rationale[1]
+    # An informative curve ignores the gradient norms for the depth but reports them.
+    steep = curve([0.5, 0.55, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88])
+    flat_rgn = dict.fromkeys(BLOCKS, 1.0)
+    rec2 = recommend_freeze(steep, BLOCKS, n_target=1000, n_classes=10, rgn=flat_rgn)
+    assert rec2.depth == 6 and rec2.evidence["rgn"] == flat_rgn and "Auto-RGN" in rec2.rationale[-1]
