@@ -14,6 +14,10 @@ samples but never sharing an item with them (disjoint windows of the same seeded
     100 MNIST digits per class with their labels permuted at random: training a backbone on it (all
     layers, many epochs) makes it memorise noise, the recipe for a backbone that transfers *worse* than
     random init (Zhang et al. 2017; Liu et al., "Bad global minima exist and SGD can reach them", 2020).
+``noise-shuffled``
+    1,000 images of grey Gaussian noise (32x32, mean 128, sd 64) with random labels, 100 per class: a
+    backbone trained on it from random init has features for nothing but memorising noise, and no
+    digit-like statistics (a backbone damaged on shuffled *digits* still learnt the digits' strokes).
 
 Usage::
 
@@ -65,6 +69,10 @@ def main() -> int:
     shuffled[idx] = np.random.default_rng(12345).permutation(mnist_y[idx])
     print(f"mnist-shuffled: {np.mean(shuffled[idx] == mnist_y[idx]):.3f} of labels unchanged (chance 0.1)")
     S._write_digits(out / "mnist-shuffled", mnist, shuffled, idx)
+    rng = np.random.default_rng(2024)
+    noise = np.clip(rng.normal(128, 64, size=(1000, 32, 32)), 0, 255).astype(np.uint8)
+    noise_y = np.repeat(np.arange(10), 100)
+    S._write_digits(out / "noise-shuffled", noise, noise_y, np.arange(1000))
     print(f"wrote the scenario folders under {out}")
     return 0
 

@@ -56,6 +56,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="skip transferability, negative transfer and freeze depth (the shift report only)",
     )
+    p.add_argument(
+        "--no-rgn",
+        action="store_true",
+        help="skip the relative gradient norms per block (a few backward passes over the target; "
+        "evidence for the freeze depth)",
+    )
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no table")
     _add_dataclass_flags(p, ExtractConfig, "extraction")
@@ -171,6 +177,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         data_options={"text_column": args.text_column, "label_column": args.label_column},
         transfer=not args.no_transfer,
+        rgn=not args.no_rgn,
         progress=progress,
     )
     if args.json:

@@ -150,6 +150,10 @@ def test_digits_report_has_transfer_sections(digits_report: Path) -> None:
     assert 0 <= fr["depth"] <= fr["n_blocks"] == 9
     assert fr["frozen"] + fr["tune"] == ["stem", *[f"blocks.{i}" for i in range(7)], "pooled"]
     assert fr["evidence"]["peak_layer"] in fr["rationale"][1]
+    rgn = fr["evidence"]["rgn"]  # Auto-RGN evidence: every block, normalised to the largest
+    assert list(rgn) == fr["frozen"] + fr["tune"] and max(rgn.values()) == 1.0
+    assert fr["evidence"]["basis"] == "probe"  # the digits' probe curve is steep (0.74 -> 0.95)
+    assert any("Auto-RGN" in r for r in fr["rationale"])
 
 
 def test_unlabelled_target_still_gets_a_shift_report(tmp_path: Path, tiny_image_backbone) -> None:
