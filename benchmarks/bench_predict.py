@@ -63,6 +63,7 @@ SCENARIOS = [
     _digits("damaged-light-uci", f"efficientnet_lite0@{SC}/damaged-light-lite0/last.pt"),
     _digits("damaged-uci", f"efficientnet_lite0@{SC}/damaged-lite0/last.pt"),
     _digits("memorizer-uci", f"efficientnet_lite0@{SC}/memorizer-lite0/last.pt"),
+    _digits("noise-memorizer-uci", f"efficientnet_lite0@{SC}/noise-memorizer-lite0/last.pt"),
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",

@@ -1,9 +1,39 @@
 #!/usr/bin/env bash
-# Truth tables for the sample pairs (resumable: rerun skips finished runs).
-set -u
-cd /work/main
-export HF_HUB_OFFLINE=1 DIAG_CACHE_DIR=/work/main/.cache/diag
+# The truth tables of benchmarks/bench_predict.py (resumable: rerun skips finished runs).
+# Digits: EfficientNet-Lite at 32 px, 6 epochs, seeds 0 and 1, held-out validation sets of 500 images
+# (benchmarks/make_scenarios.py builds them and the shuffled-label / noise sets that damage a backbone).
+# About 2 hours on 2 CPU cores (one thread per run: run two of these lines at a time).
+set -eu
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 D=.venv/bin/diag
-$D sweep -t samples:uci-digits -b efficientnet_lite0 --preset small --image-size 32 --epochs 6 --depths 0,3,5,7,9 --seeds 0,1 --no-keep-checkpoint -q -o runs/sweeps/mnist-uci
-$D sweep -t samples:opencv-digits -b efficientnet_lite0 --preset small --image-size 32 --epochs 6 --depths 0,3,5,7,9 --seeds 0,1 --no-keep-checkpoint -q -o runs/sweeps/mnist-opencv
-$D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 0,4,7 --seeds 0 --no-keep-checkpoint -q -o runs/sweeps/speeches-debates
+S=runs/scenarios
+.venv/bin/python benchmarks/make_scenarios.py --out $S
+
+sweep() {  # NAME TARGET VAL BACKBONE DEPTHS
+  $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size 32 --epochs 6 --depths "$5" \
+    --seeds 0,1 --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
+}
+damage() {  # OUT DATA [--from-scratch]: train every layer on random labels, keep the last weights
+  [ -f "$S/$1/last.pt" ] && [ -f "$S/$1/result.json" ] && grep -q '"completed"' "$S/$1/result.json" && return
+  $D finetune -t "$S/$2" -b efficientnet_lite0 ${3:-} --freeze 0 --image-size 32 --epochs "${4:-30}" \
+    --lr 0.002 --weight-decay 0 --augment none --val-fraction 0.1 --keep-checkpoint -q -o "$S/$1" --overwrite
+}
+
+sweep mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0 0,3,5,6,7,8,9
+sweep mnist-opencv samples:opencv-digits $S/opencv-val efficientnet_lite0 0,3,5,6,7,8,9
+sweep mnist-uci-inverted $S/uci-inverted $S/uci-inverted-val efficientnet_lite0 0,3,5,6,7,8,9
+sweep lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1 0,5,6,7,9
+sweep lite2-uci samples:uci-digits $S/uci-val efficientnet_lite2 0,5,6,7,9
+damage damaged-light-lite0 mnist-shuffled "" 8
+sweep damaged-light-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-light-lite0/last.pt 0,3,5,7,9
+damage damaged-lite0 mnist-shuffled
+sweep damaged-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-lite0/last.pt 0,3,5,7,9
+damage memorizer-lite0 mnist-shuffled --from-scratch
+sweep memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/memorizer-lite0/last.pt 0,3,5,7,9
+damage noise-memorizer-lite0 noise-shuffled --from-scratch
+sweep noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/noise-memorizer-lite0/last.pt 0,3,5,7,9
+
+# Text: MiniLM, 128 tokens, one seed (a run takes 5-15 min on 2 busy cores), the 20 % split as validation.
+$D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 0,1,4,7 --seeds 0 \
+  --no-keep-checkpoint -q -o runs/sweeps/speeches-debates

@@ -61,25 +61,36 @@ def test_freeze_depth_edge_cases_stay_in_range() -> None:
 
 
 def test_negative_transfer_risk_follows_the_feature_advantage_and_data_size() -> None:
+    from diag.predict import head_start
+
     strong = curve([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88])
     weak = curve([0.5, 0.6, 0.7, 0.8, 0.85, 0.85, 0.85, 0.85, 0.85])
-    same = curve([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88])
     low = negative_transfer(strong, weak, n_target=300, n_classes=10)
     assert low.risk == "low" and low.probability < 0.05
     assert low.signals["feature_advantage"] == pytest.approx(0.10)
-    assert low.drivers[0] == "feature advantage"
+    assert low.signals["head_start"] == pytest.approx(0.30)
     assert "0.95" in low.evidence[0] and "0.85" in low.evidence[0]
-    high = negative_transfer(same, strong, n_target=10000, n_classes=10)
-    assert high.risk == "high" and high.probability > 0.6  # no advantage, 1000 per class
-    assert "target size" in high.drivers
-    # Monotone in the advantage, and in the data size.
+    # Features far worse than random ones (a backbone that memorised noise): scratch training wins.
+    broken = curve([0.3, 0.35, 0.4, 0.45, 0.5, 0.5, 0.45, 0.4, 0.35])
+    high = negative_transfer(broken, strong, n_target=300, n_classes=10)
+    assert high.risk == "high" and high.probability > 0.9  # a = -0.45, 0.15 beyond the head start
+    assert high.drivers[0] == "feature advantage"
+    # Closed form: p = sigmoid(20 (-a - head_start)), head start 0.30 - 0.04 log2(per class / 30).
+    assert head_start(30) == pytest.approx(0.30) and head_start(120) == pytest.approx(0.22)
+    assert head_start(1e6) == 0.0
+    mid = negative_transfer(broken, strong, n_target=1200, n_classes=10)
+    assert mid.probability == pytest.approx(1 / (1 + np.exp(-20 * (0.45 - 0.22))), abs=1e-4)
+    # Monotone: less advantage, more data -> more risk.
     p = [
-        negative_transfer(curve([0.5] * 8 + [0.80 + a]), weak, n_target=300, n_classes=10).probability
-        for a in (0.0, 0.02, 0.05, 0.1)
+        negative_transfer(curve([0.2] * 8 + [0.85 + a]), weak, n_target=300, n_classes=10).probability
+        for a in (-0.5, -0.3, -0.1, 0.1)
     ]
-    assert p == sorted(p, reverse=True)
-    q = [negative_transfer(same, weak, n_target=n, n_classes=10).probability for n in (300, 3000, 30000)]
-    assert q == sorted(q)
+    assert p == sorted(p, reverse=True) and p[0] > 0.9 > 0.1 > p[-1]
+    same = curve([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88])
+    q = [
+        negative_transfer(same, strong, n_target=n, n_classes=10).probability for n in (300, 30000, 3_000_000)
+    ]
+    assert q == sorted(q) and q[-1] == pytest.approx(0.5)  # equal features, scratch fully caught up
 
 
 def test_layer_transfer_needs_labels_with_two_classes() -> None:
