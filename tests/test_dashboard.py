@@ -171,7 +171,9 @@ def test_transfer_page_renders_the_reports_transfer_sections(report: Report) -> 
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Blocks to freeze (from the input)"] == str(fr["depth"])
     assert metrics["Blocks in the backbone"] == str(fr["n_blocks"])
-    assert len(at.get("plotly_chart")) == 1
+    assert len(at.get("plotly_chart")) == 2  # the RGN bars and the score along the depth
+    rgn_fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [str(x) for x in rgn_fig["data"][0]["x"]] == list(fr["evidence"]["rgn"])
 
 
 def test_transfer_page_says_when_the_report_has_no_transfer_analysis(report: Report, tmp_path: Path) -> None:

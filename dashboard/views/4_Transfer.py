@@ -85,6 +85,27 @@ if isinstance(fr, dict):
         st.markdown("\n".join(f"- {r}" for r in rationale))
     if isinstance(lr, dict):
         st.json(lr)
+    ev = fr.get("evidence") if isinstance(fr.get("evidence"), dict) else {}
+    rgn = ev.get("rgn") if isinstance(ev.get("rgn"), dict) else None
+    if rgn:
+        rgn_rows = [
+            {
+                "block": str(b),
+                "relative gradient norm": float(v),
+                "kept": "frozen" if b in frozen else "tuned",
+            }
+            for b, v in rgn.items()
+            if isinstance(v, (int, float))
+        ]
+        st.plotly_chart(
+            export.bar_figure(
+                rgn_rows,
+                "block",
+                "relative gradient norm",
+                "Where the target pulls (Auto-RGN, 1 = strongest)",
+            ),
+            key="fr_rgn_fig",
+        )
     st.caption("The **Fine-tune** page preselects this depth: run it to check the recommendation.")
 else:
     st.caption("Not in this report.")
