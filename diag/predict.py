@@ -486,12 +486,14 @@ def recommend_for_target(
     report: Any = None,
     random_state: int = 0,
     use_cache: bool = True,
+    rgn: bool = True,
 ) -> FreezeRecommendation:
     """The freeze recommendation for ``diag finetune --freeze auto``.
 
     With a ``report`` (from ``diag diagnose`` on this target) its ``freeze`` section is used as is.
     Otherwise the target is embedded with ``backbone`` (cached) and the recommendation comes from its
-    per-layer probe curve alone (no source, so no shift evidence).
+    per-layer probe curve and, with ``rgn``, the relative gradient norms of its blocks on a few target
+    batches (no source, so no shift evidence).
     """
     from diag.backbones import Backbone, load
     from diag.data import open_data
@@ -510,4 +512,15 @@ def recommend_for_target(
     emb = embed(data, bb, use_cache=use_cache)
     pre = layer_transfer(emb, scores=("linear_probe_accuracy",), random_state=random_state)
     y = _require_labels(emb, "the target")
-    return recommend_freeze(pre, freeze_blocks(bb), n_target=len(emb), n_classes=len(np.unique(y)))
+    grads = None
+    if rgn:
+        from diag.finetune import FinetuneConfig
+        from diag.rgn import relative_gradient_norms
+
+        p = bb.preprocessing
+        cfg = FinetuneConfig(
+            image_size=p["input_size"][1] if bb.modality == "image" else None,
+            max_length=p.get("max_length") if bb.modality == "text" else None,
+        )
+        grads = relative_gradient_norms(data, bb, cfg, seed=random_state).normalized
+    return recommend_freeze(pre, freeze_blocks(bb), n_target=len(emb), n_classes=len(np.unique(y)), rgn=grads)

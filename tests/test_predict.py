@@ -147,6 +147,7 @@ def test_finetune_freeze_auto_runs_with_the_recommended_depth(tmp_path: Path, ca
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "--freeze auto: K = " in printed and "Linear-probe accuracy of the target by layer" in printed
+    assert "Auto-RGN" in printed  # the gradient norms are evidence here too
     k = int(printed.split("--freeze auto: K = ")[1].split()[0])
     result = json.loads((out / "result.json").read_text())
     assert result["freeze"] == k and 0 <= k <= result["n_blocks"]
