@@ -98,9 +98,21 @@ def run_depth(sc: dict, sweep_dir: Path, depths: list[int]) -> None:
 # -- alternative freeze rules, on the evidence the report keeps ---------------------------------------
 
 
-def rule_probe_peak(ev: dict, blocks: list[str]) -> int:
-    """Freeze through the shallowest probe within the tolerance of the best (no small-target step)."""
-    return min(len(blocks), blocks.index(ev["peak_layer"]) + 1) if ev["peak_layer"] in blocks else len(blocks)
+def _shallowest(ev: dict) -> str:
+    return ev.get("shallowest_near_peak", ev["peak_layer"])
+
+
+def rule_shallowest_near_peak(ev: dict, blocks: list[str]) -> int:
+    """Freeze through the shallowest probe within the fold spread of the best."""
+    layer = _shallowest(ev)
+    return min(len(blocks), blocks.index(layer) + 1) if layer in blocks else len(blocks)
+
+
+def rule_previous(ev: dict, blocks: list[str]) -> int:
+    """The rule diag shipped before these tables: shallowest near peak, one block more below 50 per class,
+    at least two blocks tuned (calibrated on the 60-image hold-outs of the first three tables)."""
+    k = rule_shallowest_near_peak(ev, blocks) + (1 if ev["examples_per_class"] < 50 else 0)
+    return min(k, len(blocks) - 2)
 
 
 def rule_last_near_peak(ev: dict, blocks: list[str]) -> int:
@@ -120,7 +132,6 @@ def rule_rgn_argmax(ev: dict, blocks: list[str]) -> int | None:
 
 
 ALT_RULES = {
-    "probe peak": rule_probe_peak,
     "last near peak": rule_last_near_peak,
     "RGN argmax": rule_rgn_argmax,
 }
@@ -209,6 +220,8 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path) -> di
         out["nt_drivers"] = nt["drivers"]
     layers = rep.sections["transferability"]["layers"]
     out["pooled_scores"] = rep.sections["transferability"]["scores"]
+    best_layer = rep.sections["transferability"]["best_layer"]
+    out["best_layer_scores"] = {"layer": best_layer, **layers[best_layer]["scores"]}
     corr = {}
     for s in LAYER_SCORES:
         xs, ys = [], []
@@ -249,9 +262,10 @@ def across_backbones(rows: list[dict]) -> dict:
         x = [r["all_scores_pooled"][s] for r in done]
         out[s] = float(stats.spearmanr(x, y).statistic)
     out["num_params"] = float(stats.spearmanr([r["num_params"] for r in done], y).statistic)
-    out["probe_best_layer"] = float(
-        stats.spearmanr([max(r["freeze_evidence"]["linear_probe"].values()) for r in done], y).statistic
-    )
+    for s in LAYER_SCORES:  # at each backbone's best layer (by linear probe) instead of the pooled one
+        if all("best_layer_scores" in r for r in done):
+            x = [r["best_layer_scores"][s] for r in done]
+            out[f"{s}@best_layer"] = float(stats.spearmanr(x, y).statistic)
     return out
 
 

@@ -153,10 +153,6 @@ class NegativeTransfer:
         return asdict(self)
 
 
-#: Below this many examples per class, one block more than the probe peak stays frozen (calibrated on the
-#: digit sweeps, 30 per class: the best depth was past the probe peak).
-SMALL_TARGET = 50
-
 #: A probe curve whose range over the blocks is below this is "flat": it cannot place the freeze depth
 #: (MiniLM on the debates: 0.77-0.80 over every layer), and the relative gradient norms decide instead.
 FLAT_RANGE = 0.05
@@ -355,10 +351,9 @@ def recommend_freeze(
 
     1. Fewer than 10 examples per class: a linear probe (too little data to tune blocks).
     2. The probe curve is *informative* when its range over the blocks is at least ``FLAT_RANGE``.
-       Then ``peak`` is the shallowest probe whose linear-probe accuracy is within one fold-spread (at
-       least 0.01) of the best layer's; blocks up to and including ``peak`` are frozen (one more below
-       ``SMALL_TARGET`` examples per class), the blocks after it — whose features turn source-specific —
-       are tuned (Yosinski et al. 2014).
+       Then the blocks up to and including the layer where the target's linear-probe accuracy peaks
+       are frozen, the blocks after it — whose features turn source-specific — are tuned (Yosinski et
+       al. 2014). The shallowest layer within one fold-spread of the peak is named in the rationale.
     3. A *flat* curve (every layer serves the target about equally) cannot say where to stop freezing;
        then the relative gradient norms (:mod:`diag.rgn`, Lee et al. 2023) decide: tuning starts at the
        first block whose normalised RGN reaches ``RGN_PULL`` — where the target pulls hardest. Without
@@ -405,18 +400,16 @@ def recommend_freeze(
         )
     else:
         # a probe that is not a block (e.g. "cls" for text) maps by depth order
-        depth = blocks.index(peak) + 1 if peak in blocks else min(n, names.index(peak) + 1)
-        if per_class < SMALL_TARGET:
-            depth += 1
+        depth = blocks.index(best) + 1 if best in blocks else min(n, names.index(best) + 1)
         depth = min(depth, n - 2) if n > 2 else depth
         rationale.append(
-            f"Target-useful features are at their best by {peak} ({lp[peak]:.2f}; best {top:.2f} at {best}): "
-            f"keep the blocks up to {blocks[depth - 1] if depth > 0 else 'none'} frozen, tune the "
-            f"{n - depth} block(s) after, whose features are specific to the source task."
+            f"Target-useful features peak at {best} ({top:.2f}): keep the blocks up to "
+            f"{blocks[depth - 1] if depth > 0 else 'none'} frozen and tune the {n - depth} block(s) after, "
+            "whose features turn specific to the source task."
             + (
-                f" With {per_class:.0f} examples per class one more block stays frozen (fewer tuned "
-                "parameters overfit less)."
-                if per_class < SMALL_TARGET
+                f" {peak} ({lp[peak]:.2f}) is within the fold spread ({tol:.2f}) of the peak: freezing "
+                f"only up to it is about as defensible."
+                if peak != best
                 else ""
             )
             + (" (The curve is flat and no gradient norms were computed: a weak signal.)" if flat else "")
@@ -443,7 +436,8 @@ def recommend_freeze(
             )
     evidence: dict[str, Any] = {
         "linear_probe": {k: lp[k] for k in names},
-        "peak_layer": peak,
+        "peak_layer": best,
+        "shallowest_near_peak": peak,
         "best_layer": best,
         "tolerance": tol,
         "probe_range": spread,
