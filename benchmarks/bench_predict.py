@@ -132,6 +132,8 @@ def rule_rgn_argmax(ev: dict, blocks: list[str]) -> int | None:
 
 
 ALT_RULES = {
+    "previous (shallowest near peak, +1 below 50/class)": rule_previous,
+    "shallowest near peak": rule_shallowest_near_peak,
     "last near peak": rule_last_near_peak,
     "RGN argmax": rule_rgn_argmax,
 }

@@ -14,6 +14,11 @@ samples but never sharing an item with them (disjoint windows of the same seeded
     100 MNIST digits per class with their labels permuted at random: training a backbone on it (all
     layers, many epochs) makes it memorise noise, the recipe for a backbone that transfers *worse* than
     random init (Zhang et al. 2017; Liu et al., "Bad global minima exist and SGD can reach them", 2020).
+``dead-lite0.safetensors``
+    EfficientNet-Lite0's ImageNet weights with 90 % of the channels of every BatchNorm+ReLU6 layer dead
+    (their BatchNorm bias set to -20, so the ReLU6 outputs 0 for every input and passes no gradient), as
+    a diverged training run leaves a checkpoint: the units cannot come back during fine-tuning, so the
+    network trains with a tenth of its width, and from-scratch training should win.
 ``noise-shuffled``
     1,000 images of grey Gaussian noise (32x32, mean 128, sd 64) with random labels, 100 per class: a
     backbone trained on it from random init has features for nothing but memorising noise, and no
@@ -73,8 +78,31 @@ def main() -> int:
     noise = np.clip(rng.normal(128, 64, size=(1000, 32, 32)), 0, 255).astype(np.uint8)
     noise_y = np.repeat(np.arange(10), 100)
     S._write_digits(out / "noise-shuffled", noise, noise_y, np.arange(1000))
+    _dead_units(out / "dead-lite0.safetensors", fraction=0.9)
     print(f"wrote the scenario folders under {out}")
     return 0
+
+
+def _dead_units(path: Path, fraction: float) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from timm.layers import BatchNormAct2d
+
+    from diag.backbones import load
+
+    model = load("efficientnet_lite0").model
+    gen = torch.Generator().manual_seed(0)
+    n_dead = n_all = 0
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, BatchNormAct2d) and not isinstance(mod.act, torch.nn.Identity):
+                dead = torch.rand(mod.num_features, generator=gen) < fraction
+                mod.bias[dead] = -20.0
+                n_dead += int(dead.sum())
+                n_all += mod.num_features
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(path))
+    print(f"{path.name}: {n_dead} of {n_all} ReLU6 channels dead")
 
 
 if __name__ == "__main__":

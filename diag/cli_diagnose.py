@@ -208,7 +208,8 @@ def print_report(report: Any, *, out: Path | None = None) -> None:
             f"{lay['name']:<12}{lay['dim']:>6}{x['mmd2']:>9.4f}{x['p_value']:>9.4f}{x['p_adjusted']:>9.4f}  "
             f"{x['c2st_auc']:.3f} [{lo:.2f}, {hi:.2f}]{'':<3}"
             f"{x['frechet_relative']:>11.3f}{x['coral']:>10.2e}"
-            f"{x['ood_median']:>9.2f}{mark}"
+            + (f"{x['ood_median']:>9.2f}" if x.get("ood_median") is not None else f"{'n/a':>9}")
+            + mark
         )
     if report.label_shift:
         ls = report.label_shift

@@ -327,6 +327,19 @@ def _add_predictions(
         pre, blocks, n_target=len(target), n_classes=n_classes, shift=report.shift,
         shift_layers=report.layers, rgn=None if grads is None else grads.normalized,
     )  # fmt: skip
+    if nt.risk == "high":
+        from dataclasses import replace as _replace
+
+        fr = _replace(
+            fr,
+            rationale=[
+                *fr.rationale,
+                f"Negative-transfer risk is high (p = {nt.probability:.2f}): fine-tuning from these weights "
+                "is expected to end below training from scratch at any depth. Compare with "
+                "`diag finetune --from-scratch` (or `diag sweep`) before trusting this K.",
+            ],
+            evidence={**fr.evidence, "negative_transfer_risk": nt.risk},
+        )
     layers = [
         {
             **lay,

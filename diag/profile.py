@@ -84,7 +84,8 @@ class LayerShift:
     frechet_relative : ``frechet / (tr Σ_source + tr Σ_target)``: comparable across layers (0 = same).
     coral : CORAL distance ``||C_s - C_t||²_F / (4 d²)``.
     ood_median, ood_p90, ood_far : median and 90th percentile of the target's per-sample OOD scores
-        (:func:`diag.shift.knn_shift_scores`, ~1 = typical of the source) and the share above ``OOD_FAR``.
+        (:func:`diag.shift.knn_shift_scores`, ~1 = typical of the source) and the share above ``OOD_FAR``;
+        None at a degenerate layer (most source rows identical, e.g. dead units), where they are undefined.
     bandwidths, method : the MMD kernel widths and ``exact``/``rff``.
     seconds : time spent on this layer.
     """
@@ -103,9 +104,9 @@ class LayerShift:
     frechet: float
     frechet_relative: float
     coral: float
-    ood_median: float
-    ood_p90: float
-    ood_far: float
+    ood_median: float | None
+    ood_p90: float | None
+    ood_far: float | None
     bandwidths: list[float]
     method: str
     seconds: float
@@ -262,6 +263,10 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adj.tolist()
 
 
+def _finite_or_none(v: Any) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
 def shift_profile(
     source: Embeddings,
     target: Embeddings,
@@ -326,7 +331,11 @@ def shift_profile(
             seed = random_state + 1009 * i
             mmd = mmd_test(x, y, n_permutations=n_permutations, random_state=seed, device=device)
             clf = c2st(x, y, random_state=seed)
-            scores = knn_shift_scores(x, y, k=k, device=device)
+            try:
+                scores = knn_shift_scores(x, y, k=k, device=device)
+            except DataError as exc:  # a degenerate layer (e.g. dead units: every source row the same)
+                log.warning("layer %s: no OOD scores (%s)", name, exc)
+                scores = np.full(len(y), np.nan)
             ood[name] = scores.astype(np.float32)
             fr = frechet_distance(x, y)
             scale = float(np.var(x, axis=0, ddof=1).sum() + np.var(y, axis=0, ddof=1).sum())
@@ -345,9 +354,11 @@ def shift_profile(
                     "frechet": float(fr),
                     "frechet_relative": float(fr / scale) if scale > 0 else 0.0,
                     "coral": float(coral_distance(x, y)),
-                    "ood_median": float(np.median(scores)),
-                    "ood_p90": float(np.quantile(scores, 0.9)),
-                    "ood_far": float(np.mean(scores > OOD_FAR)),
+                    "ood_median": _finite_or_none(np.median(scores)),
+                    "ood_p90": _finite_or_none(np.quantile(scores, 0.9)),
+                    "ood_far": _finite_or_none(np.mean(scores > OOD_FAR))
+                    if np.isfinite(scores).all()
+                    else None,
                     "bandwidths": [float(b) for b in mmd.bandwidths],
                     "method": mmd.method,
                     "seconds": round(time.perf_counter() - t0, 4),

@@ -225,3 +225,17 @@ def test_load_report_errors_name_the_file(tmp_path) -> None:
     (tmp_path / "report.json").write_text(json.dumps({"kind": "diag.report", "schema_version": 99}))
     with pytest.raises(DataError, match="lacks"):
         load_report(tmp_path)
+
+
+def test_a_dead_layer_gets_no_ood_scores_but_the_profile_goes_on() -> None:
+    """A checkpoint with dead units gives constant features at some layers (measured: EfficientNet-Lite0
+    with 90 % of its ReLU6 channels dead): the k-NN scores cannot be normalised there, the rest can."""
+    rng = np.random.default_rng(0)
+    src = make_embeddings({"a": rng.normal(size=(60, 8)), "dead": np.zeros((60, 4))})
+    tgt = make_embeddings({"a": rng.normal(1.0, 1.0, size=(50, 8)), "dead": np.zeros((50, 4))})
+    prof = shift_profile(src, tgt, n_permutations=100)
+    a, dead = prof.layers
+    assert a.ood_median is not None and np.isfinite(prof.ood_scores["a"]).all()
+    assert dead.ood_median is None and dead.ood_far is None
+    assert np.isnan(prof.ood_scores["dead"]).all() and prof.ood_scores["dead"].shape == (50,)
+    assert dead.c2st_auc == pytest.approx(0.5, abs=0.1)  # identical features: no shift seen
