@@ -44,16 +44,27 @@ from scipy import stats
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 SC = "runs/scenarios"
-DIGITS = ["--preset", "small", "--image-size", "32", "--epochs", "6", "--seeds", "0,1"]
 
 
-def _digits(name: str, backbone: str, target: str = "samples:uci-digits", val: str = f"{SC}/uci-val") -> dict:
+def _digits(
+    name: str,
+    backbone: str,
+    target: str = "samples:uci-digits",
+    val: str = f"{SC}/uci-val",
+    *,
+    epochs: int = 6,
+    **extra: object,
+) -> dict:
+    args = ["--preset", "small", "--image-size", "32", "--epochs", str(epochs), "--seeds", "0,1"]
     return {
         "name": name, "source": "samples:mnist", "target": target, "val": val, "backbone": backbone,
-        "options": {"image_size": 32}, "sweep": f"v2/{name}", "sweep_args": DIGITS,
+        "options": {"image_size": 32}, "sweep": f"v2/{name}", "sweep_args": args, **extra,
     }  # fmt: skip
 
 
+MEMORIZER = f"efficientnet_lite0@{SC}/memorizer-lite0/last.pt"
+NOISE_MEMORIZER = f"efficientnet_lite0@{SC}/noise-memorizer-lite0/last.pt"
+NOISE_30 = "noise-memorizer-uci-30ep"
 SCENARIOS = [
     _digits("mnist-uci", "efficientnet_lite0"),
     _digits("mnist-opencv", "efficientnet_lite0", "samples:opencv-digits", f"{SC}/opencv-val"),
@@ -62,8 +73,14 @@ SCENARIOS = [
     _digits("lite2-uci", "efficientnet_lite2"),
     _digits("damaged-light-uci", f"efficientnet_lite0@{SC}/damaged-light-lite0/last.pt"),
     _digits("damaged-uci", f"efficientnet_lite0@{SC}/damaged-lite0/last.pt"),
-    _digits("memorizer-uci", f"efficientnet_lite0@{SC}/memorizer-lite0/last.pt"),
-    _digits("noise-memorizer-uci", f"efficientnet_lite0@{SC}/noise-memorizer-lite0/last.pt"),
+    _digits("memorizer-uci", MEMORIZER),
+    _digits("noise-memorizer-uci", NOISE_MEMORIZER),
+    _digits("dead60-uci", f"efficientnet_lite0@{SC}/dead60-lite0.safetensors"),
+    _digits("dead-uci", f"efficientnet_lite0@{SC}/dead-lite0.safetensors"),
+    # A generous budget (30 epochs, pretrained and scratch alike): negative transfer only (two depths).
+    _digits("mnist-uci-30ep", "efficientnet_lite0", epochs=30, nt_only=True, scratch_from=NOISE_30),
+    _digits("memorizer-uci-30ep", MEMORIZER, epochs=30, nt_only=True, scratch_from=NOISE_30),
+    _digits(NOISE_30, NOISE_MEMORIZER, epochs=30, nt_only=True),
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",
@@ -71,7 +88,7 @@ SCENARIOS = [
     },
 ]  # fmt: skip
 #: Scenarios on the same target (UCI digits, same validation set): the across-backbone comparison.
-SAME_TARGET = [s["name"] for s in SCENARIOS if s["target"] == "samples:uci-digits"]
+SAME_TARGET = [s["name"] for s in SCENARIOS if s["target"] == "samples:uci-digits" and not s.get("nt_only")]
 LAYER_SCORES = ("logme", "knn_accuracy", "linear_probe_accuracy")
 
 
@@ -172,8 +189,11 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path) -> di
     sweep = json.loads(path.read_text())
     blocks = sweep["blocks"]
     acc, scratch = by_depth(sweep)
+    if scratch is None and sc.get("scratch_from"):  # the same from-scratch runs, made by another sweep
+        other = next(x for x in SCENARIOS if x["name"] == sc["scratch_from"])
+        scratch = json.loads((sweep_root / other["sweep"] / "sweep.json").read_text()).get("scratch_mean")
     alt = {name: rule(fr["evidence"], blocks) for name, rule in ALT_RULES.items()}
-    if run_missing:
+    if run_missing and not sc.get("nt_only"):
         missing = sorted({k for k in [k_rec, *alt.values()] if k is not None} - set(acc))
         if missing:
             run_depth(sc, sweep_dir, sorted({*acc, *missing}))
@@ -187,6 +207,8 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path) -> di
 
     out: dict = {
         "name": sc["name"],
+        "nt_only": bool(sc.get("nt_only")),
+        "epochs": int(sc["sweep_args"][sc["sweep_args"].index("--epochs") + 1]),
         "backbone": sc["backbone"],
         "target": sc["target"],
         "status": sweep.get("status"),
@@ -277,7 +299,12 @@ def _mean(xs: list[float | None]) -> float | None:
 
 
 def summarize(rows: list[dict]) -> dict:
-    done = [r for r in rows if r.get("ratio_recommended") is not None]
+    # The freeze depth is judged where transfer helps: under negative transfer the answer is scratch.
+    done = [
+        r
+        for r in rows
+        if r.get("ratio_recommended") is not None and not r["nt_only"] and not r["negative_transfer_measured"]
+    ]
     nt = [r for r in rows if "measured_gap" in r]
     summary = {
         "n_scenarios": len(done),

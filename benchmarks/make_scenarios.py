@@ -19,6 +19,7 @@ samples but never sharing an item with them (disjoint windows of the same seeded
     (their BatchNorm bias set to -20, so the ReLU6 outputs 0 for every input and passes no gradient), as
     a diverged training run leaves a checkpoint: the units cannot come back during fine-tuning, so the
     network trains with a tenth of its width, and from-scratch training should win.
+    ``dead60-lite0.safetensors``: the same with 60 % dead, a milder case.
 ``noise-shuffled``
     1,000 images of grey Gaussian noise (32x32, mean 128, sd 64) with random labels, 100 per class: a
     backbone trained on it from random init has features for nothing but memorising noise, and no
@@ -79,6 +80,7 @@ def main() -> int:
     noise_y = np.repeat(np.arange(10), 100)
     S._write_digits(out / "noise-shuffled", noise, noise_y, np.arange(1000))
     _dead_units(out / "dead-lite0.safetensors", fraction=0.9)
+    _dead_units(out / "dead60-lite0.safetensors", fraction=0.6)
     print(f"wrote the scenario folders under {out}")
     return 0
 
