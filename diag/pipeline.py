@@ -304,7 +304,6 @@ def _add_predictions(
     rnd = layer_transfer(twin_emb, random_state=seed)
     assert target.labels is not None
     n_classes = len(np.unique(target.labels))
-    nt = negative_transfer(pre, rnd, n_target=len(target), n_classes=n_classes, shift=report.shift)
     blocks = freeze_blocks(bb)
     grads = None
     if rgn:
@@ -323,6 +322,10 @@ def _add_predictions(
             log.info("no relative gradient norms: %s", exc)
         else:
             log.info("relative gradient norms in %.1f s", time.perf_counter() - t)
+    nt = negative_transfer(
+        pre, rnd, n_target=len(target), n_classes=n_classes, shift=report.shift,
+        rgn=None if grads is None else grads.normalized,
+    )  # fmt: skip
     fr = recommend_freeze(
         pre, blocks, n_target=len(target), n_classes=n_classes, shift=report.shift,
         shift_layers=report.layers, rgn=None if grads is None else grads.normalized,

@@ -168,9 +168,22 @@ RGN_PULL = 0.9
 #: HEAD_START_PER_DOUBLING per doubling of the data (scratch training catches up), floored at 0.
 HEAD_START_30 = 0.30
 HEAD_START_PER_DOUBLING = 0.04
-#: Logistic rule, z = SLOPE·(-(advantage) - head_start(n)) + B_SHIFT·shift_excess.
+#: Logistic rule, z = SLOPE·(-(advantage) - head_start(n)) + B_SHIFT·shift_excess + B_REACH·blocked.
 _SLOPE = 20.0
 _B_SHIFT = 0.5
+#: Gradient reach: the mean normalised relative gradient norm (:mod:`diag.rgn`) over the input-side half
+#: of the blocks. Below REACH_MIN the target's gradient hardly reaches them — dead or saturated units —
+#: and fine-tuning cannot adapt them (measured: 0.02 and 0.00 for Lite0 with 60 % / 90 % dead ReLU6
+#: units, where scratch training won by 0.19 / 0.44; 0.23-0.64 for the twelve checkpoints that won).
+REACH_MIN = 0.1
+_B_REACH = 8.0
+
+
+def gradient_reach(rgn: dict[str, float]) -> float:
+    """Mean of the normalised relative gradient norms over the input-side half of the blocks."""
+    values = list(rgn.values())
+    half = values[: math.ceil(len(values) / 2)]
+    return float(np.mean(half)) if half else 1.0
 
 
 def head_start(per_class: float) -> float:
@@ -185,6 +198,7 @@ def negative_transfer(
     n_target: int,
     n_classes: int,
     shift: dict[str, Any] | None = None,
+    rgn: dict[str, float] | None = None,
 ) -> NegativeTransfer:
     """Will fine-tuning from the pretrained weights end worse than training from scratch?
 
@@ -195,15 +209,21 @@ def negative_transfer(
     n_target, n_classes : int
     shift : dict, optional
         The report's ``shift`` verdict (effect AUC, onset).
+    rgn : dict, optional
+        Normalised relative gradient norm per block (:func:`diag.rgn.relative_gradient_norms`).
 
     The rule: the *feature advantage* ``a`` is the best-layer linear-probe accuracy of the pretrained
     features minus that of the random-init twin. Transfer fails only when ``a`` falls below minus the
     head start that pretrained weights give a small fine-tuning budget (:func:`head_start`: 0.30 at 30
     examples per class, 0.04 less per doubling). A large source-target shift (C2ST AUC excess over
-    0.5, doubled, in [0, 1]) adds a little risk. ``p = sigmoid(20 (-a - head_start) + 0.5 · shift)``;
-    risk high above 0.6, medium above 0.3. Calibrated on the nine sweeps of ``bench_predict.py``, where
-    pretrained weights won every time — including a backbone whose features probe 0.11 *below* its
-    twin's (trained from scratch on shuffled labels), which still won by 0.19.
+    0.5, doubled, in [0, 1]) adds a little risk. A checkpoint whose gradient does not reach its
+    input-side blocks (:func:`gradient_reach` below ``REACH_MIN``: dead or saturated units) cannot be
+    repaired by fine-tuning, whatever its features probe: ``blocked = (1 - reach / REACH_MIN)⁺``.
+    ``p = sigmoid(20 (-a - head_start) + 0.5 · shift + 8 · blocked)``; risk high above 0.6, medium
+    above 0.3. Calibrated on the 14 sweeps of ``bench_predict.py``: pretrained weights won in 12 —
+    including backbones whose features probe 0.09-0.11 *below* their twin's (trained on shuffled labels
+    or on noise), which still won by 0.19-0.23 — and lost with dead units (60 %: features probe only
+    0.05 below the twin's, but the gradient does not reach the first blocks).
     """
     pre_lp = {k: v["scores"].get("linear_probe_accuracy", math.nan) for k, v in pretrained.items()}
     rnd_lp = {k: v["scores"].get("linear_probe_accuracy", math.nan) for k, v in random_init.items()}
@@ -219,7 +239,9 @@ def negative_transfer(
     shift_excess = 0.0
     if shift and shift.get("is_shift") and shift.get("effect"):
         shift_excess = float(np.clip(2.0 * (float(shift["effect"]["value"]) - 0.5), 0.0, 1.0))
-    z = _SLOPE * (-adv - start) + _B_SHIFT * shift_excess
+    reach = gradient_reach(rgn) if rgn else None
+    blocked = 0.0 if reach is None else max(0.0, 1.0 - reach / REACH_MIN)
+    z = _SLOPE * (-adv - start) + _B_SHIFT * shift_excess + _B_REACH * blocked
     p = 1.0 / (1.0 + math.exp(-z))
     risk = "high" if p > 0.6 else "medium" if p > 0.3 else "low"
 
@@ -244,7 +266,19 @@ def negative_transfer(
         "feature advantage": abs(_SLOPE * adv),
         "target size": abs(_SLOPE * start),
         "shift size": abs(_B_SHIFT * shift_excess),
+        "gradient reach": _B_REACH * blocked,
     }
+    if reach is not None:
+        evidence.append(
+            f"Gradient reach: the input-side half of the blocks gets {reach:.2f} of the strongest block's "
+            "relative gradient — "
+            + (
+                "healthy."
+                if blocked == 0
+                else "almost none: dead or saturated units block the gradient, so fine-tuning cannot "
+                "adapt those blocks (a broken checkpoint?)."
+            )
+        )
     if shift and shift.get("effect"):
         e = shift["effect"]
         evidence.append(
@@ -280,14 +314,17 @@ def negative_transfer(
             "random_init_linear_probe": rnd_lp[rnd_best],
             "examples_per_class": per_class,
             "head_start": start,
+            "gradient_reach": reach,
             "shift_excess": shift_excess,
             "logme_pretrained": logme_pre,
             "logme_random_init": logme_rnd,
         },
         rule=(
-            f"p = sigmoid({_SLOPE:g}·(-advantage - head_start) + {_B_SHIFT:g}·shift), head_start = "
-            f"max(0, {HEAD_START_30} - {HEAD_START_PER_DOUBLING}·log2(examples per class / 30)); "
-            "high > 0.6, medium > 0.3"
+            f"p = sigmoid({_SLOPE:g}·(-advantage - head_start) + {_B_SHIFT:g}·shift"
+            f" + {_B_REACH:g}·blocked), "
+            f"head_start = max(0, {HEAD_START_30} - {HEAD_START_PER_DOUBLING}"
+            "·log2(examples per class / 30)), "
+            f"blocked = max(0, 1 - gradient_reach / {REACH_MIN}); high > 0.6, medium > 0.3"
         ),
     )
 

@@ -171,9 +171,10 @@ def test_unlabelled_target_still_gets_a_shift_report(tmp_path: Path, tiny_image_
 
 
 def test_a_checkpoint_with_dead_units_is_flagged_for_negative_transfer(tmp_path: Path, lite0) -> None:
-    """Lite0 with 90 % of its ReLU6 channels dead (BatchNorm bias -20), as a diverged run leaves it:
-    measured, fine-tuning it on UCI digits ends at chance (0.10) where scratch training reaches 0.54.
-    The report survives its constant layers and says: high risk, train from scratch."""
+    """Lite0 with 60 % of its ReLU6 channels dead (BatchNorm bias -20), as a diverged run leaves it:
+    measured, fine-tuning it on UCI digits ends at 0.35 at best where scratch training reaches 0.54. Its
+    features still probe nearly as well as the random-init twin's; what gives it away is that the target's
+    gradient does not reach the first blocks. The report survives constant layers and says: high risk."""
     import copy
 
     import torch
@@ -185,14 +186,15 @@ def test_a_checkpoint_with_dead_units_is_flagged_for_negative_transfer(tmp_path:
     with torch.no_grad():
         for mod in model.modules():
             if isinstance(mod, BatchNormAct2d) and not isinstance(mod.act, torch.nn.Identity):
-                mod.bias[torch.rand(mod.num_features, generator=gen) < 0.9] = -20.0
+                mod.bias[torch.rand(mod.num_features, generator=gen) < 0.6] = -20.0
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "dead.safetensors"))
     rep = diagnose(
         "samples:mnist", "samples:uci-digits", f"efficientnet_lite0@{tmp_path / 'dead.safetensors'}",
-        image_size=32, n_permutations=100, rgn=False,
+        image_size=32, n_permutations=100,
     )  # fmt: skip
     nt = rep.sections["negative_transfer"]
-    assert nt["risk"] == "high" and nt["probability"] > 0.9
-    assert nt["signals"]["feature_advantage"] < -0.3 and nt["drivers"][0] == "feature advantage"
+    assert nt["risk"] == "high" and nt["probability"] > 0.6
+    assert nt["signals"]["feature_advantage"] > -0.2  # the probe alone would not flag it
+    assert nt["signals"]["gradient_reach"] < 0.1 and "gradient reach" in nt["drivers"]
+    assert any("block the gradient" in e for e in nt["evidence"])
     assert "--from-scratch" in rep.sections["freeze"]["rationale"][-1]
-    assert any(lay["shift"]["ood_median"] is None for lay in rep.layers)  # the dead layers

@@ -177,3 +177,20 @@ def test_a_flat_probe_curve_hands_the_depth_to_the_gradient_norms() -> None:
     flat_rgn = dict.fromkeys(BLOCKS, 1.0)
     rec2 = recommend_freeze(steep, BLOCKS, n_target=1000, n_classes=10, rgn=flat_rgn)
     assert rec2.depth == 6 and rec2.evidence["rgn"] == flat_rgn and "Auto-RGN" in rec2.rationale[-1]
+
+
+def test_a_blocked_gradient_raises_the_risk_whatever_the_features_probe() -> None:
+    from diag.predict import gradient_reach
+
+    healthy = dict(zip(BLOCKS, [0.5, 0.8, 0.6, 0.4, 0.35, 0.45, 0.4, 1.0, 0.1], strict=True))
+    blocked = dict(zip(BLOCKS, [0.0, 0.01, 0.02, 0.01, 0.06, 0.1, 0.2, 1.0, 0.95], strict=True))
+    assert gradient_reach(healthy) == pytest.approx((0.5 + 0.8 + 0.6 + 0.4 + 0.35) / 5)
+    assert gradient_reach(blocked) == pytest.approx(0.1 / 5)
+    pre = curve([0.5, 0.55, 0.7, 0.75, 0.77, 0.75, 0.77, 0.78, 0.76])
+    twin = curve([0.6, 0.65, 0.7, 0.8, 0.83, 0.8, 0.77, 0.77, 0.75])
+    ok = negative_transfer(pre, twin, n_target=300, n_classes=10, rgn=healthy)
+    bad = negative_transfer(pre, twin, n_target=300, n_classes=10, rgn=blocked)
+    assert ok.risk == "low" and ok.signals["gradient_reach"] == pytest.approx(0.53)
+    assert bad.risk == "high" and bad.drivers[0] == "gradient reach"
+    # Closed form: z = 20 (0.05 - 0.30) + 8 (1 - 0.02 / 0.1)
+    assert bad.probability == pytest.approx(1 / (1 + np.exp(-(20 * (0.05 - 0.30) + 8 * 0.8))), abs=1e-4)
