@@ -84,7 +84,7 @@ SCENARIOS = [
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",
-        "sweep_args": ["--preset", "small", "--epochs", "6", "--seeds", "0"],
+        "sweep_args": ["--preset", "small", "--epochs", "6", "--seeds", "0,1"],
     },
 ]  # fmt: skip
 #: Scenarios on the same target (UCI digits, same validation set): the across-backbone comparison.
@@ -253,8 +253,11 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path) -> di
             if 1 <= k <= len(blocks) and blocks[k - 1] in layers and s in layers[blocks[k - 1]]["scores"]:
                 xs.append(layers[blocks[k - 1]]["scores"][s])
                 ys.append(acc[k])
+        varied = len(set(xs)) > 1 and len(set(ys)) > 1  # a constant side has no rank correlation
         corr[s] = (
-            {"spearman": float(stats.spearmanr(xs, ys).statistic), "n": len(xs)} if len(xs) >= 3 else None
+            {"spearman": float(stats.spearmanr(xs, ys).statistic), "n": len(xs)}
+            if len(xs) >= 3 and varied
+            else None
         )
     out["score_vs_accuracy_by_depth"] = corr
     if sc["target"] == "samples:uci-digits":

@@ -34,6 +34,6 @@ sweep memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/memorize
 damage noise-memorizer-lite0 noise-shuffled --from-scratch
 sweep noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/noise-memorizer-lite0/last.pt 0,3,5,7,9
 
-# Text: MiniLM, 128 tokens, one seed (a run takes 5-15 min on 2 busy cores), the 20 % split as validation.
-$D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 0,1,4,7 --seeds 0 \
+# Text: MiniLM, 128 tokens, seeds 0 and 1 (a run takes 3-15 min on 2 busy cores), the 20 % split as validation.
+$D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 0,1,3,4,5,7 --seeds 0,1 \
   --no-keep-checkpoint -q -o runs/sweeps/speeches-debates
