@@ -174,7 +174,7 @@ _B_SHIFT = 0.5
 #: Gradient reach: the mean normalised relative gradient norm (:mod:`diag.rgn`) over the input-side half
 #: of the blocks. Below REACH_MIN the target's gradient hardly reaches them — dead or saturated units —
 #: and fine-tuning cannot adapt them (measured: 0.02 and 0.00 for Lite0 with 60 % / 90 % dead ReLU6
-#: units, where scratch training won by 0.19 / 0.44; 0.23-0.64 for the twelve checkpoints that won).
+#: units, where scratch training won by 0.19 / 0.44; 0.23-0.64 in the 13 sweeps where pretrained won).
 REACH_MIN = 0.1
 _B_REACH = 8.0
 
@@ -220,7 +220,7 @@ def negative_transfer(
     input-side blocks (:func:`gradient_reach` below ``REACH_MIN``: dead or saturated units) cannot be
     repaired by fine-tuning, whatever its features probe: ``blocked = (1 - reach / REACH_MIN)⁺``.
     ``p = sigmoid(20 (-a - head_start) + 0.5 · shift + 8 · blocked)``; risk high above 0.6, medium
-    above 0.3. Calibrated on the 14 sweeps of ``bench_predict.py``: pretrained weights won in 12 —
+    above 0.3. Calibrated on the 15 sweeps of ``bench_predict.py``: pretrained weights won in 13 —
     including backbones whose features probe 0.09-0.11 *below* their twin's (trained on shuffled labels
     or on noise), which still won by 0.19-0.23 — and lost with dead units (60 %: features probe only
     0.05 below the twin's, but the gradient does not reach the first blocks).
