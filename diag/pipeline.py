@@ -277,6 +277,8 @@ def _add_predictions(
     rgn: bool = True,
 ) -> Report:
     """Transferability per layer (pretrained and random-init twin), negative transfer, freeze depth."""
+    from dataclasses import replace
+
     from diag.errors import DataError, DiagError
     from diag.predict import freeze_blocks, layer_transfer, negative_transfer, recommend_freeze
 
@@ -311,13 +313,8 @@ def _add_predictions(
         from diag.rgn import relative_gradient_norms
 
         t = time.perf_counter()
-        fcfg = FinetuneConfig(
-            image_size=pre_kw["input_size"][1] if bb.modality == "image" else None,
-            max_length=pre_kw.get("max_length") if bb.modality == "text" else None,
-            device=cfg.device,
-        )
-        try:
-            grads = relative_gradient_norms(target_data, bb, fcfg, seed=seed)
+        try:  # input size and token length: the loaded backbone's own (the config leaves them unset)
+            grads = relative_gradient_norms(target_data, bb, FinetuneConfig(device=cfg.device), seed=seed)
         except DiagError as exc:
             log.info("no relative gradient norms: %s", exc)
         else:
@@ -331,9 +328,7 @@ def _add_predictions(
         shift_layers=report.layers, rgn=None if grads is None else grads.normalized,
     )  # fmt: skip
     if nt.risk == "high":
-        from dataclasses import replace as _replace
-
-        fr = _replace(
+        fr = replace(
             fr,
             rationale=[
                 *fr.rationale,
@@ -363,8 +358,6 @@ def _add_predictions(
         "random_init_layers": rnd,
         "random_init": {"seed": seed, "weights_sha256": twin.weights_fingerprint()},
     }
-    from dataclasses import replace
-
     return replace(report, layers=layers).with_sections(
         transferability=transferability, negative_transfer=nt.to_dict(), freeze=fr.to_dict()
     )

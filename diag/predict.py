@@ -545,13 +545,8 @@ def recommend_for_target(
     y = _require_labels(emb, "the target")
     grads = None
     if rgn:
-        from diag.finetune import FinetuneConfig
         from diag.rgn import relative_gradient_norms
 
-        p = bb.preprocessing
-        cfg = FinetuneConfig(
-            image_size=p["input_size"][1] if bb.modality == "image" else None,
-            max_length=p.get("max_length") if bb.modality == "text" else None,
-        )
-        grads = relative_gradient_norms(data, bb, cfg, seed=random_state).normalized
+        # no config: the loaded backbone's own input size / token length, as for the probe curve above
+        grads = relative_gradient_norms(data, bb, seed=random_state).normalized
     return recommend_freeze(pre, freeze_blocks(bb), n_target=len(emb), n_classes=len(np.unique(y)), rgn=grads)

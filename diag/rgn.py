@@ -16,6 +16,7 @@ makes), so nothing of the validation set leaks into a recommendation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,7 +116,7 @@ def relative_gradient_norms(
 
     check_int("n_batches", n_batches, minimum=1)
     cfg = config or FinetuneConfig()
-    cfg = FinetuneConfig.from_dict({**cfg.to_dict(), "augment": "none", "freeze": 0, "lp_ft": 0, "epochs": 1})
+    cfg = dataclasses.replace(cfg, augment="none", freeze=0, lp_ft=0, epochs=1)
     bb = backbone if isinstance(backbone, Backbone) else load(
         backbone, image_size=cfg.image_size, max_length=cfg.max_length
     )  # fmt: skip
