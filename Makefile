@@ -14,7 +14,16 @@ export DIAG_CACHE_DIR        ?= $(CURDIR)/.cache/diag
 
 .PHONY: setup demo test test-all lint bench clean
 
+# The pinned torch is the CUDA build (the CPU wheel here does not work with the registry's torchvision):
+# .venv takes about 7 GB and pip's downloads about 3 GB more, so a fresh set-up checks the space first.
+MIN_FREE_GB ?= 10
+
 $(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || { free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ "$$free" -lt $(MIN_FREE_GB) ]; then \
+	    echo "make: only $$free GB free on the disk of $(CURDIR); creating $(VENV) needs about $(MIN_FREE_GB) GB" \
+	         "(torch's CUDA build and its nvidia-* packages): free some space, or set MIN_FREE_GB lower" \
+	         "if pip's cache already holds the wheels." >&2; exit 1; fi; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,dev]'
