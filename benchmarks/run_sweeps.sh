@@ -2,7 +2,7 @@
 # The truth tables of benchmarks/bench_predict.py (resumable: rerun skips finished runs).
 # Digits: EfficientNet-Lite at 32 px, 6 epochs, seeds 0 and 1, held-out validation sets of 500 images
 # (benchmarks/make_scenarios.py builds them and the shuffled-label / noise sets that damage a backbone).
-# About 2 hours on 2 CPU cores (one thread per run: run two of these lines at a time).
+# About 2.5 hours on 2 CPU cores (one thread per run: run two of these lines at a time).
 set -eu
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -37,3 +37,10 @@ sweep noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/no
 # Text: MiniLM, 128 tokens, seeds 0 and 1 (a run takes 3-15 min on 2 busy cores), the 20 % split as validation.
 $D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 0,1,3,4,5,7 --seeds 0,1 \
   --no-keep-checkpoint -q -o runs/sweeps/speeches-debates
+
+# Held-out scenarios: built and swept after the freeze and negative-transfer rules were fixed (commit 208fe5d);
+# bench_predict.py reports them apart as an out-of-sample check.
+sweep mnist-opencv-noisy $S/opencv-noisy $S/opencv-noisy-val efficientnet_lite0 0,3,5,6,7,8,9
+sweep mnist-uci-parity $S/uci-parity $S/uci-parity-val efficientnet_lite0 0,3,5,6,7,8,9
+sweep mnist-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite0 0,3,5,6,7,8,9
+sweep dead40-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead40-lite0.safetensors 0,3,5,7,9
