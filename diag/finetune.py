@@ -29,7 +29,10 @@ per step; the head's learning rate can differ (``head_lr``, default ``lr``: a 10
 points at freeze depth 6 on UCI digits, though a pure linear probe gains about 1.5 from it) and
 ``layer_decay`` < 1 lowers the rate block by block towards the input. The head starts at zero, so the
 first steps cannot distort the features with a random head; ``lp_ft=E`` goes further and trains only
-the head for the first E epochs, then unfreezes (LP-FT, Kumar et al., ICLR 2022). Validation accuracy
+the head for the first E epochs, then unfreezes (LP-FT, Kumar et al., ICLR 2022). A linear probe's
+head reads standardised features (per-feature mean and sd of the training items, folded into the saved
+head): pooled features differ in scale by orders of magnitude between backbones, and unscaled probes of
+small features stayed near chance. Validation accuracy
 is measured after every epoch on a stratified, seeded hold-out (or on a separate ``val`` set);
 ``patience`` stops early. Images get a light augmentation by default (zoom, shift, rotation; on UCI
 digits at freeze depth 6 it lifted held-out accuracy from 0.93 to 0.97); with ``augment="none"`` a
@@ -944,6 +947,8 @@ class Trainer:
             self.optimizer, lambda s: _lr_factor(s, phases=self.phases, warmup=config.warmup)
         )
         self._cached_for: str | None = None
+        # A linear probe's head reads standardised features (see _standardise_head_inputs).
+        self.head_norm: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------
 
@@ -1049,8 +1054,52 @@ class Trainer:
 
     def _logits(self, split: _Split, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         if split.feats is not None:
-            return self.model.head(split.feats[idx.to(split.feats.device)])
-        return self.model(self._inputs(split, idx, gen))
+            feats = split.feats[idx.to(split.feats.device)]
+        elif self.head_norm is None:
+            return self.model(self._inputs(split, idx, gen))
+        else:
+            feats = self.model.features(self._inputs(split, idx, gen))
+        if self.head_norm is not None:
+            mean, scale = self.head_norm
+            feats = (feats.float() - mean) * scale
+        return self.model.head(feats)
+
+    def _standardise_head_inputs(self) -> None:
+        """Standardise the pooled features a linear probe's head reads (mean 0, sd 1 per feature, over
+        the training items with the frozen body, un-augmented).
+
+        Pooled features differ in scale by orders of magnitude between backbones (EfficientNet-Lite2 at
+        32 px: sd 0.004 per feature; Lite0 with dead units: constant features offset by 6), and a head
+        trained from zero with a learning rate of 1e-3 for a few hundred steps barely moves on small
+        features: without this the linear probes of those backbones ended at 0.19 and 0.10 on UCI
+        digits where logistic regression on the same features reaches 0.56 and 0.76. The same fix as
+        the parameter-free BatchNorm before the linear classifier of MAE's linear probing (He et al.,
+        CVPR 2022). Features constant over the training set get a zero weight. The saved model is
+        unchanged in form: :meth:`model_state` folds the standardisation into the head's weights.
+        """
+        if self.train.feats is None:
+            self.model.eval()  # the frozen body's features, as _cache_features computes them
+        feats = self.train.feats if self.train.feats is not None else self._features_of(self.train)
+        feats = feats.float()
+        mean = feats.mean(0)
+        sd = feats.std(0, unbiased=False)
+        # float32 features vary by rounding alone at about 1e-7 of their size: below that, constant.
+        constant = sd <= 1e-6 * mean.abs().clamp_min(1e-3)
+        scale = torch.where(constant, torch.zeros_like(sd), 1.0 / sd.clamp_min(1e-30))
+        self.head_norm = (mean, scale)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The model's state dict with a linear probe's standardisation folded into the head:
+        ``W' = W diag(scale)``, ``b' = b - W' mean`` give the same logits on raw features."""
+        sd = self.model.state_dict()
+        if self.head_norm is None:
+            return sd
+        mean, scale = self.head_norm
+        sd = dict(sd)
+        w = sd["head.weight"].float() * scale[None, :]
+        sd["head.weight"] = w.to(sd["head.weight"].dtype)
+        sd["head.bias"] = (sd["head.bias"].float() - w @ mean).to(sd["head.bias"].dtype)
+        return sd
 
     # -- one epoch ------------------------------------------------------------------------------------
 
@@ -1063,6 +1112,8 @@ class Trainer:
             self._cache_features()
         elif not use_cache and self._cached_for is not None:
             self._drop_cache()
+        if self.k == len(self.units) and self.head_norm is None:
+            self._standardise_head_inputs()
         return phase
 
     @property
@@ -1147,17 +1198,31 @@ class Trainer:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.cuda:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
-            "model": self.model.state_dict(),
+        out = {
+            "model": self.model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng,
         }
+        if self.head_norm is not None:  # the head as it trains (on standardised features), to resume
+            head = self.model.head
+            out["head_norm"] = {
+                "mean": self.head_norm[0], "scale": self.head_norm[1],
+                "weight": head.weight.detach().clone(), "bias": head.bias.detach().clone(),
+            }  # fmt: skip
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        norm = state.get("head_norm")
+        if norm is not None:
+            dev = self.device
+            self.head_norm = (norm["mean"].to(dev), norm["scale"].to(dev))
+            with torch.no_grad():
+                self.model.head.weight.copy_(norm["weight"])
+                self.model.head.bias.copy_(norm["bias"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.cuda and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
@@ -1532,7 +1597,7 @@ def _run(
                 history.append(record)
                 if improved and cfg.save_best:
                     _atomic_torch_save(
-                        {"format": _CKPT_FORMAT, "model": trainer.model.state_dict(), "epoch": epoch + 1,
+                        {"format": _CKPT_FORMAT, "model": trainer.model_state(), "epoch": epoch + 1,
                          "val_accuracy": val_acc, "classes": list(prep.classes), "backbone": bb.name,
                          "config": json.dumps(cfg.to_dict())},
                         out / "best.pt",
