@@ -33,6 +33,16 @@ damage memorizer-lite0 mnist-shuffled --from-scratch
 sweep memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/memorizer-lite0/last.pt 0,3,5,7,9
 damage noise-memorizer-lite0 noise-shuffled --from-scratch
 sweep noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/noise-memorizer-lite0/last.pt 0,3,5,7,9
+# Dead units (make_scenarios.py): the depths include those bench_predict.py --run-missing added.
+sweep dead60-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead60-lite0.safetensors 0,3,4,5,7,9
+sweep dead-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead-lite0.safetensors 0,1,2,3,5,9
+
+# A generous budget (30 epochs; negative transfer only): two depths each, one set of from-scratch runs.
+sweep30() { $D sweep -t samples:uci-digits --val $S/uci-val -b "$2" --preset small --image-size 32 --epochs 30 \
+  --depths "$3" --seeds 0,1 ${4:-} --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"; }
+sweep30 noise-memorizer-uci-30ep efficientnet_lite0@$S/noise-memorizer-lite0/last.pt 0,3
+sweep30 memorizer-uci-30ep efficientnet_lite0@$S/memorizer-lite0/last.pt 0,3 --no-scratch
+sweep30 mnist-uci-30ep efficientnet_lite0 0,6 --no-scratch
 
 # Text: MiniLM, 128 tokens, seeds 0 and 1 (a run takes 3-15 min on 2 busy cores), the 20 % split as validation.
 $D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 0,1,3,4,5,7 --seeds 0,1 \
