@@ -28,16 +28,16 @@ AdamW with decoupled weight decay (none on biases and norm weights); linear warm
 per step; the head's learning rate can differ (``head_lr``, default ``lr``: a 10× head rate cost 4
 points at freeze depth 6 on UCI digits, though a pure linear probe gains about 1.5 from it) and
 ``layer_decay`` < 1 lowers the rate block by block towards the input. The head starts at zero, so the
-first steps cannot distort the features with a random head; ``lp_ft=E`` goes further and trains only the
-head for the first E epochs, then unfreezes (LP-FT, Kumar et al., ICLR 2022). A head trained alone (a
-linear probe, LP-FT's first epochs) reads standardised features (per-feature mean and sd of the training
-items, folded into the saved head, and for good when LP-FT unfreezes): pooled features differ in scale
-by orders of magnitude between backbones, and unscaled probes of small features stayed near chance.
-Validation accuracy is measured after every epoch on a stratified, seeded hold-out (or on a separate
-``val`` set); ``patience`` stops early. Images get a light augmentation by default (zoom, shift,
-rotation; on UCI digits at freeze depth 6 it lifted held-out accuracy from 0.93 to 0.97); with
-``augment="none"`` a frozen body's features are computed once and the head trains on them directly
-(linear probes, and the head-only epochs of LP-FT).
+first steps cannot distort the features with a random head; ``lp_ft=E`` goes further and trains only
+the head for the first E epochs, then unfreezes (LP-FT, Kumar et al., ICLR 2022). A linear probe's
+head reads standardised features (per-feature mean and sd of the training items, folded into the saved
+head): pooled features differ in scale by orders of magnitude between backbones, and unscaled probes of
+small features stayed near chance. Validation accuracy
+is measured after every epoch on a stratified, seeded hold-out (or on a separate ``val`` set);
+``patience`` stops early. Images get a light augmentation by default (zoom, shift, rotation; on UCI
+digits at freeze depth 6 it lifted held-out accuracy from 0.93 to 0.97); with ``augment="none"`` a
+frozen body's features are computed once and the head trains on them directly (linear probes, and the
+head-only epochs of LP-FT).
 
 Runs users can trust
 --------------------
@@ -1065,8 +1065,8 @@ class Trainer:
         return self.model.head(feats)
 
     def _standardise_head_inputs(self) -> None:
-        """Standardise the pooled features a head-only phase reads (a linear probe, or LP-FT's first
-        epochs): mean 0, sd 1 per feature over the training items with the frozen body, un-augmented.
+        """Standardise the pooled features a linear probe's head reads (mean 0, sd 1 per feature, over
+        the training items with the frozen body, un-augmented).
 
         Pooled features differ in scale by orders of magnitude between backbones (EfficientNet-Lite2 at
         32 px: sd 0.004 per feature; Lite0 with dead units: constant features offset by 6), and a head
@@ -1075,8 +1075,7 @@ class Trainer:
         digits where logistic regression on the same features reaches 0.56 and 0.76. The same fix as
         the parameter-free BatchNorm before the linear classifier of MAE's linear probing (He et al.,
         CVPR 2022). Features constant over the training set get a zero weight. The saved model is
-        unchanged in form: :meth:`model_state` folds the standardisation into the head's weights, and
-        LP-FT folds it for good when the body unfreezes (:meth:`_fold_head_norm`).
+        unchanged in form: :meth:`model_state` folds the standardisation into the head's weights.
         """
         if self.train.feats is None:
             self.model.eval()  # the frozen body's features, as _cache_features computes them
@@ -1113,23 +1112,9 @@ class Trainer:
             self._cache_features()
         elif not use_cache and self._cached_for is not None:
             self._drop_cache()
-        if self.body_frozen(phase) and self.head_norm is None:
+        if self.k == len(self.units) and self.head_norm is None:
             self._standardise_head_inputs()
-        elif not self.body_frozen(phase) and self.head_norm is not None:
-            self._fold_head_norm()  # LP-FT unfreezes: the head reads raw features from here on
         return phase
-
-    def _fold_head_norm(self) -> None:
-        """Fold the standardisation into the head's own weights (same logits) and drop it; the head's
-        optimizer moments belonged to the standardised weights, so they restart."""
-        folded = self.model_state()
-        head = self.model.head
-        with torch.no_grad():
-            head.weight.copy_(folded["head.weight"])
-            head.bias.copy_(folded["head.bias"])
-        for p in (head.weight, head.bias):
-            self.optimizer.state.pop(p, None)
-        self.head_norm = None
 
     @property
     def feature_cache(self) -> bool:
