@@ -251,11 +251,12 @@ def test_lp_ft_keeps_the_body_during_the_head_only_epochs(digits: Path, tiny, tm
 # -- trustworthy runs -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("freeze", [2, "linear"])  # a linear probe also resumes its standardised head
+# A linear probe resumes its standardised head; LP-FT stopped in its head-only epoch resumes into FT.
+@pytest.mark.parametrize("kw", [{"freeze": 2}, {"freeze": "linear"}, {"freeze": 0, "lp_ft": 1}])
 def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(
-    digits: Path, tiny, tmp_path: Path, freeze: int | str
+    digits: Path, tiny, tmp_path: Path, kw: dict[str, Any]
 ) -> None:
-    cfg = quick(freeze=freeze, epochs=3, augment="light", keep_checkpoint=True)
+    cfg = quick(**kw, epochs=3, augment="light", keep_checkpoint=True)
     full = finetune(digits, tiny, cfg, out=tmp_path / "full")
     part = finetune(digits, tiny, cfg, out=tmp_path / "part", callbacks=[StopAfter(1)])
     assert part.status == "stopped" and part.epochs_completed == 1
