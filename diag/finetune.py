@@ -28,16 +28,15 @@ AdamW with decoupled weight decay (none on biases and norm weights); linear warm
 per step; the head's learning rate can differ (``head_lr``, default ``lr``: a 10× head rate cost 4
 points at freeze depth 6 on UCI digits, though a pure linear probe gains about 1.5 from it) and
 ``layer_decay`` < 1 lowers the rate block by block towards the input. The head starts at zero, so the
-first steps cannot distort the features with a random head; ``lp_ft=E`` goes further and trains only
-the head for the first E epochs, then unfreezes (LP-FT, Kumar et al., ICLR 2022). A linear probe's
-head reads standardised features (per-feature mean and sd of the training items, folded into the saved
-head): pooled features differ in scale by orders of magnitude between backbones, and unscaled probes of
-small features stayed near chance. Validation accuracy
-is measured after every epoch on a stratified, seeded hold-out (or on a separate ``val`` set);
-``patience`` stops early. Images get a light augmentation by default (zoom, shift, rotation; on UCI
-digits at freeze depth 6 it lifted held-out accuracy from 0.93 to 0.97); with ``augment="none"`` a
-frozen body's features are computed once and the head trains on them directly (linear probes, and the
-head-only epochs of LP-FT).
+first steps cannot distort the features with a random head; ``lp_ft=E`` goes further and trains only the
+head for the first E epochs, then unfreezes (LP-FT, Kumar et al., ICLR 2022). A linear probe's head
+reads standardised features (per-feature mean and sd of the training items, folded into the saved head):
+pooled features differ in scale by orders of magnitude between backbones, and unscaled probes of small
+features stayed near chance. Validation accuracy is measured after every epoch on a stratified, seeded
+hold-out (or on a separate ``val`` set); ``patience`` stops early. Images get a light augmentation by
+default (zoom, shift, rotation; on UCI digits at freeze depth 6 it lifted held-out accuracy from 0.93 to
+0.97); with ``augment="none"`` a frozen body's features are computed once and the head trains on them
+directly (linear probes, and the head-only epochs of LP-FT).
 
 Runs users can trust
 --------------------
@@ -1221,12 +1220,17 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         norm = state.get("head_norm")
+        dev = self.device
         if norm is not None:
-            dev = self.device
             self.head_norm = (norm["mean"].to(dev), norm["scale"].to(dev))
             with torch.no_grad():
                 self.model.head.weight.copy_(norm["weight"])
                 self.model.head.bias.copy_(norm["bias"])
+        elif self.k == len(self.units):
+            # A linear probe checkpointed before probes standardised their features: it goes on as it
+            # began, on raw features (an identity standardisation), instead of reinterpreting its head.
+            dim = self.model.head.in_features
+            self.head_norm = (torch.zeros(dim, device=dev), torch.ones(dim, device=dev))
         torch.set_rng_state(state["rng"]["torch"])
         if self.cuda and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
