@@ -35,9 +35,12 @@ reported apart, as an out-of-sample check of rules chosen on the tables above):
 ``uci-parity``, ``uci-parity-val``
     The UCI sample and ``uci-val`` relabelled even (0) / odd (1): the same images, a coarser label
     space (an output-level shift: five digits per class, 150 images per class).
-``uci-10pc``
-    10 UCI digits per class (the first 10 of the sample's): a tenth of the pretrained head start's
-    calibration size is not reached, so this tests the target-size term.
+``uci-10pc``, ``opencv-10pc``
+    10 digits per class (the first 10 of the UCI / OpenCV sample's): a third of the size the rules were
+    calibrated at (``opencv-10pc`` added after ``uci-10pc``'s result, to see whether it repeats).
+``uci-inverted-10pc``
+    10 inverted UCI digits per class: built after the small-target step of the freeze rule was set on
+    the two scenarios above, to check it (with Lite0, and UCI 10 per class with Lite1).
 ``dead40-lite0.safetensors``
     40 % of the ReLU6 channels dead (see above): between the calibrated 60 % (scratch won) and intact.
 
@@ -135,6 +138,8 @@ def _held_out(
     S._write_digits(out / "uci-parity", uci, parity, sample_idx)
     S._write_digits(out / "uci-parity-val", uci, parity, val_idx)
     S._write_digits(out / "uci-10pc", uci, uci_y, S._choose(uci_y, 10, seed))
+    S._write_digits(out / "opencv-10pc", sheet, sheet_y, S._choose(sheet_y, 10, seed, start=half))
+    S._write_digits(out / "uci-inverted-10pc", 255 - uci, uci_y, S._choose(uci_y, 10, seed))
     _dead_units(out / "dead40-lite0.safetensors", fraction=0.4)
 
 

@@ -53,4 +53,8 @@ $D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 0,1,3,4
 sweep mnist-opencv-noisy $S/opencv-noisy $S/opencv-noisy-val efficientnet_lite0 0,3,5,6,7,8,9
 sweep mnist-uci-parity $S/uci-parity $S/uci-parity-val efficientnet_lite0 0,3,5,6,7,8,9
 sweep mnist-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite0 0,3,5,6,7,8,9
+sweep mnist-opencv-10pc $S/opencv-10pc $S/opencv-val efficientnet_lite0 0,3,5,6,7,8,9
+# Held out from the small-target step (set on the two 10-per-class tables above):
+sweep mnist-uci-inverted-10pc $S/uci-inverted-10pc $S/uci-inverted-val efficientnet_lite0 0,3,5,6,7,8,9
+sweep lite1-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite1 0,3,5,6,7,8,9
 sweep dead40-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead40-lite0.safetensors 0,3,5,7,9

@@ -49,6 +49,13 @@ def test_freeze_depth_edge_cases_stay_in_range() -> None:
     tiny = recommend_freeze(rising, BLOCKS, n_target=50, n_classes=10)
     assert tiny.depth == len(BLOCKS) and tiny.tune == []  # 5 per class: a linear probe
     assert "examples per class" in tiny.rationale[1]
+    # 10 to 19 per class: only the last block is tuned, wherever the probe peaks.
+    peaked = curve([0.5, 0.55, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88])
+    for n_target in (100, 190):
+        small = recommend_freeze(peaked, BLOCKS, n_target=n_target, n_classes=10)
+        assert small.depth == len(BLOCKS) - 1 and small.tune == ["pooled"]
+        assert small.evidence["basis"] == "small target" and "blocks.4" in small.rationale[1]
+    assert recommend_freeze(peaked, BLOCKS, n_target=200, n_classes=10).depth == 6  # 20 per class: the peak
     shift = {
         "is_shift": True,
         "effect": {"name": "c2st_auc", "layer": "pooled", "value": 0.97, "ci": [0.95, 0.99]},
