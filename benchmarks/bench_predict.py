@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -165,20 +166,18 @@ def rule_rgn_argmax(ev: dict, blocks: list[str]) -> int | None:
 
 
 def rule_as_fixed(ev: dict, blocks: list[str]) -> int:
-    """diag's rule as it stood at commit 208fe5d, before the small-target step: a linear probe below 10
-    per class, the RGN on a flat curve, else freeze through the probe peak (at least two blocks tuned)."""
-    from diag.predict import FLAT_RANGE, RGN_PULL
+    """diag's rule as it stood at commit 208fe5d, before the small-target step: diag's own rule on the
+    same evidence, with targets of 10 to ``SMALL_TARGET`` examples per class treated as larger ones."""
+    from diag.predict import SMALL_TARGET, recommend_freeze
 
-    n = len(blocks)
-    if ev["examples_per_class"] < 10:
-        return n
-    rgn = ev.get("rgn") or {}
-    if ev["probe_range"] < FLAT_RANGE and any(rgn.get(b, 0.0) >= RGN_PULL for b in blocks):
-        first = next(b for b in blocks if rgn.get(b, 0.0) >= RGN_PULL)
-        return min(blocks.index(first), n - 2) if n > 2 else blocks.index(first)
-    best, names = ev["peak_layer"], list(ev["linear_probe"])
-    depth = blocks.index(best) + 1 if best in blocks else min(n, names.index(best) + 1)
-    return min(depth, n - 2) if n > 2 else depth
+    curve = {k: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": ev["tolerance"]}
+             for k, v in ev["linear_probe"].items()}  # fmt: skip
+    per_class = ev["examples_per_class"]
+    if 10 <= per_class < SMALL_TARGET:
+        per_class = SMALL_TARGET
+    return recommend_freeze(
+        curve, blocks, n_target=math.ceil(per_class), n_classes=1, rgn=ev.get("rgn")
+    ).depth
 
 
 ALT_RULES = {

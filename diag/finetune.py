@@ -1052,10 +1052,10 @@ class Trainer:
         self._cached_for = None
 
     def _logits(self, split: _Split, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if split.feats is None and self.head_norm is None:
+            return self.model(self._inputs(split, idx, gen))
         if split.feats is not None:
             feats = split.feats[idx.to(split.feats.device)]
-        elif self.head_norm is None:
-            return self.model(self._inputs(split, idx, gen))
         else:
             feats = self.model.features(self._inputs(split, idx, gen))
         if self.head_norm is not None:
@@ -1080,9 +1080,10 @@ class Trainer:
         nearly constant features (1/sd) amplify their drift once the body trains — tried, LP-FT on UCI
         digits (K 5, 2 head-only epochs of 6) fell from 0.822 to 0.584.
         """
-        if self.train.feats is None:
+        feats = self.train.feats
+        if feats is None:
             self.model.eval()  # the frozen body's features, as _cache_features computes them
-        feats = self.train.feats if self.train.feats is not None else self._features_of(self.train)
+            feats = self._features_of(self.train)
         feats = feats.float()
         mean = feats.mean(0)
         sd = feats.std(0, unbiased=False)
