@@ -3,7 +3,7 @@
 (a) capture overhead: ``Backbone.capture`` (every probe point pooled on the device, plus logits) against
     the bare ``model(x)`` with the same precision, memory format and batch size, on the same tensors
     already in memory. Goal: ratio >= 0.9.
-(b) end to end: ``diag.extract`` from files on disk (decode, resize, tokenise, batching, host copies
+(b) end to end: ``diag.engine.extract`` from files on disk (decode, resize, tokenise, batching, host copies
     included) against (a)'s bare forward. Goal on GPU: >= 0.8 (the data path keeps the GPU fed).
 
 Rounds are interleaved (bare, capture, end to end, bare, ...) and the median of each is reported, so a
@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
-from diag.backbones import HFTextBackbone, TimmBackbone, load
-from diag.data import open_data
-from diag.extract import ExtractConfig, extract, resolve_device, resolve_precision
+from diag.data.dataset import open_data
+from diag.device import resolve_device, resolve_precision
+from diag.engine.extract import ExtractConfig, extract
+from diag.models.backbones import HFTextBackbone, TimmBackbone, load
 
 
 def _sync(device: torch.device) -> None:

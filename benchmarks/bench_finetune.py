@@ -1,6 +1,6 @@
 """Fine-tuning throughput: diag's training engine against a plain PyTorch loop, and a sample sweep.
 
-(a) training step: the training loop of :func:`diag.finetune.finetune` as users run it (batches cut
+(a) training step: the training loop of :func:`diag.train.finetune.finetune` as users run it (batches cut
     from the in-memory uint8 cache and normalised on the device, AdamW with per-block groups, warm-up +
     cosine schedule, metrics accumulated on the device and logged, STOP-file checks, deterministic
     algorithms on CPU), timed by the engine itself over its second epoch, against a plain loop over the
@@ -36,10 +36,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diag.backbones import TimmBackbone, load
-from diag.data import open_data
-from diag.extract import resolve_device, resolve_precision
-from diag.finetune import PRESETS, FinetuneConfig, TrainCallback, TrainState, _build_model, _prepare, finetune
+from diag.data.dataset import open_data
+from diag.device import resolve_device, resolve_precision
+from diag.models.backbones import TimmBackbone, load
+from diag.train.finetune import (
+    PRESETS,
+    FinetuneConfig,
+    TrainCallback,
+    TrainState,
+    _build_model,
+    _prepare,
+    finetune,
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -170,7 +178,7 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
 
 
 def bench_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    from diag.sweep import sweep
+    from diag.train.sweep import sweep
 
     seeds = [int(s) for s in args.sweep_seeds.split(",")]
     cfg = FinetuneConfig(**PRESETS["small"], device=args.sweep_device)

@@ -48,10 +48,10 @@ import scipy.linalg
 import torch
 from scipy import stats
 
-from diag import shift
-from diag.data import DataSet, open_data
-from diag.extract import resolve_device
-from diag.shift import c2st, coral_distance, frechet_distance, mmd_test
+from diag.data.dataset import DataSet, open_data
+from diag.device import resolve_device
+from diag.stats import shift
+from diag.stats.shift import c2st, coral_distance, frechet_distance, mmd_test
 
 ALPHA = 0.05
 BACKBONE = "efficientnet_lite0"

@@ -2,7 +2,7 @@
 
 Writes, under ``--out`` (default ``runs/scenarios/``), image folders drawn from the same sources as the
 samples but never sharing an item with them (disjoint windows of the same seeded permutations, see
-``diag.samples._choose``):
+``diag.data.samples._choose``):
 
 ``uci-val``, ``opencv-val``
     50 digits per class each: held-out validation sets for the sweeps, so that a truth-table cell is an
@@ -64,7 +64,7 @@ SAMPLE_PER_CLASS = 30  # what samples/make_samples.py draws (positions 0..29 of 
 def main() -> int:
     from sklearn.datasets import load_digits
 
-    from diag import samples as S
+    from diag.data import samples as S
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scenarios")
@@ -124,7 +124,7 @@ def _held_out(
     sheet_y: np.ndarray,
     seed: int,
 ) -> None:
-    from diag import samples as S
+    from diag.data import samples as S
 
     half = S._HALF_CLASS
     noisy = _corrupt(sheet, seed=7)
@@ -148,7 +148,7 @@ def _dead_units(path: Path, fraction: float) -> None:
     from safetensors.torch import save_file
     from timm.layers import BatchNormAct2d
 
-    from diag.backbones import load
+    from diag.models.backbones import load
 
     model = load("efficientnet_lite0").model
     gen = torch.Generator().manual_seed(0)

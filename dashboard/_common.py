@@ -103,7 +103,7 @@ def _mtime(folder: str) -> int:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _load_report(folder: str, mtime: int) -> Any:
-    from diag.report import load_report
+    from diag.report.schema import load_report
 
     return load_report(folder)
 
@@ -165,22 +165,22 @@ def ood_scores(folder: str, mtime: int) -> dict[str, np.ndarray]:
 
 @st.cache_resource(show_spinner="Opening the data set…", max_entries=8)
 def dataset(spec: str) -> Any:
-    """The data set behind a report side, for thumbnails and texts (``diag.data.open_data``)."""
-    from diag.data import open_data
+    """The data set behind a report side, for thumbnails and texts (``diag.data.dataset.open_data``)."""
+    from diag.data.dataset import open_data
 
     return open_data(spec)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def report_html(folder: str, mtime: int) -> str:
-    from diag.export import report_html as build
+    from diag.report.export import report_html as build
 
     return build(_load_report(folder, mtime))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def report_markdown(folder: str, mtime: int) -> str:
-    from diag.export import report_markdown as build
+    from diag.report.export import report_markdown as build
 
     return build(_load_report(folder, mtime))
 
@@ -201,7 +201,7 @@ def report_folder_for(root: str | Path, **inputs: Any) -> Path:
 
 def show_key_metrics(report: Any) -> None:
     """The verdict's headline numbers (p-value, effect with CI, onset, level) as ``st.metric`` cards."""
-    from diag.export import key_metrics
+    from diag.report.export import key_metrics
 
     for col, m in zip(st.columns(4), key_metrics(report), strict=False):
         col.metric(

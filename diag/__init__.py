@@ -8,18 +8,18 @@ The public API::
     bb = diag.load_backbone("minilm", pretrained=False)            # the random-init twin
 """
 
-from diag.backbones import Backbone, ProbePoint, SourceHead
-from diag.backbones import load as load_backbone
-from diag.data import DataSet, open_data
-from diag.embeddings import Embeddings
+from diag.data.dataset import DataSet, open_data
+from diag.engine.embeddings import Embeddings
+from diag.engine.extract import ExtractConfig, extract
 from diag.errors import BackboneError, CacheError, ConfigError, DataError, DiagError, MissingDependencyError
-from diag.extract import ExtractConfig, extract
-from diag.finetune import FinetuneConfig, FinetuneResult, TrainCallback, finetune, load_finetuned
+from diag.models.backbones import Backbone, ProbePoint, SourceHead
+from diag.models.backbones import load as load_backbone
 from diag.pipeline import diagnose, embed
+from diag.predict.rank import Ranking, rank_backbones
 from diag.progress import ProgressCallback, TqdmProgress
-from diag.rank import Ranking, rank_backbones
-from diag.report import Report, load_report
-from diag.sweep import SweepResult, sweep
+from diag.report.schema import Report, load_report
+from diag.train.finetune import FinetuneConfig, FinetuneResult, TrainCallback, finetune, load_finetuned
+from diag.train.sweep import SweepResult, sweep
 
 __version__ = "0.1.0"
 

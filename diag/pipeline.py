@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diag import cache
-from diag.backbones import Backbone, load
-from diag.data import DataSet, open_data
-from diag.embeddings import Embeddings
-from diag.extract import ExtractConfig, extract, resolve_device, resolve_precision
+from diag.data.dataset import DataSet, open_data
+from diag.device import resolve_device, resolve_precision
+from diag.engine import cache
+from diag.engine.embeddings import Embeddings
+from diag.engine.extract import ExtractConfig, extract
+from diag.models.backbones import Backbone, load
 from diag.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from diag.report import Report
+    from diag.report.schema import Report
 
 __all__ = ["diagnose", "embed", "split_halves"]
 
@@ -44,11 +45,11 @@ def embed(
     ----------
     data : path, ``samples:NAME`` or DataSet
     backbone : name or Backbone
-        See :func:`diag.backbones.load` for names.
+        See :func:`diag.models.backbones.load` for names.
     config : ExtractConfig, optional
         Device, precision, batch size, workers.
     pretrained, image_size
-        Passed to :func:`diag.backbones.load` when ``backbone`` is a name.
+        Passed to :func:`diag.models.backbones.load` when ``backbone`` is a name.
     use_cache : bool, default True
         Read and write the cache (``$DIAG_CACHE_DIR``, default ``~/.cache/diag``).
 
@@ -137,27 +138,27 @@ def diagnose(
     out : folder, optional
         Where to write ``report.json`` and its sidecars; nothing is written when None.
     n_permutations, alpha, seed
-        See :func:`diag.profile.shift_profile`.
+        See :func:`diag.predict.profile.shift_profile`.
     data_options : dict, optional
         ``text_column`` / ``label_column`` for tables.
     transfer : bool, default True
         When the target has labels (2+ classes): per-layer transferability of the pretrained backbone
         and of its random-init twin (one more forward pass over the target), the negative-transfer
-        verdict and the freeze-depth recommendation (:mod:`diag.predict`). Without labels the report
+        verdict and the freeze-depth recommendation (:mod:`diag.predict.rules`). Without labels the report
         says why these sections are missing.
     rgn : bool, default True
         With ``transfer``: also the relative gradient norm of each block on a few target batches
-        (:mod:`diag.rgn`, Auto-RGN), evidence for the freeze depth.
+        (:mod:`diag.train.rgn`, Auto-RGN), evidence for the freeze depth.
 
     Returns
     -------
     Report
     """
     from diag import __version__
-    from diag._meta import device_description, versions
-    from diag.extract import resolve_device
-    from diag.profile import shift_profile
-    from diag.report import Report
+    from diag.device import resolve_device
+    from diag.predict.profile import shift_profile
+    from diag.provenance import device_description, versions
+    from diag.report.schema import Report
 
     cfg = config or ExtractConfig()
     t0 = time.perf_counter()
@@ -280,7 +281,7 @@ def _add_predictions(
     from dataclasses import replace
 
     from diag.errors import DataError, DiagError
-    from diag.predict import freeze_blocks, layer_transfer, negative_transfer, recommend_freeze
+    from diag.predict.rules import freeze_blocks, layer_transfer, negative_transfer, recommend_freeze
 
     try:
         pre = layer_transfer(target, random_state=seed)
@@ -309,8 +310,8 @@ def _add_predictions(
     blocks = freeze_blocks(bb)
     grads = None
     if rgn:
-        from diag.finetune import FinetuneConfig
-        from diag.rgn import relative_gradient_norms
+        from diag.train.finetune import FinetuneConfig
+        from diag.train.rgn import relative_gradient_norms
 
         t = time.perf_counter()
         try:  # input size and token length: the loaded backbone's own (the config leaves them unset)

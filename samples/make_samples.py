@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from diag.data.samples import make_mnist, make_opencv_digits, make_uci_digits, samples_dir
     from diag.errors import DiagError
-    from diag.samples import make_mnist, make_opencv_digits, make_uci_digits, samples_dir
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -36,14 +36,14 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def lite0():
-    from diag.backbones import load
+    from diag.models.backbones import load
 
     return load("efficientnet_lite0")
 
 
 @pytest.fixture(scope="session")
 def minilm():
-    from diag.backbones import load
+    from diag.models.backbones import load
 
     return load("minilm")
 
@@ -51,14 +51,14 @@ def minilm():
 @pytest.fixture(scope="session")
 def tiny_image_backbone():
     """timm's tiny EfficientNet, random init: fast plumbing tests, no weights needed."""
-    from diag.backbones import load
+    from diag.models.backbones import load
 
     return load("timm:test_efficientnet", pretrained=False, image_size=32)
 
 
 def write_digit_folder(root: Path, *, per_class: int = 4, classes: tuple[str, ...] = ("0", "1", "2")) -> Path:
     """A small labelled image folder of real MNIST digits from the bundled sample."""
-    from diag.samples import open_sample
+    from diag.data.samples import open_sample
 
     src = open_sample("mnist")
     assert src.labels is not None

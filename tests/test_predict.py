@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diag.errors import DataError
-from diag.predict import layer_transfer, negative_transfer, recommend_freeze
+from diag.predict.rules import layer_transfer, negative_transfer, recommend_freeze
 from tests.test_profile import make_embeddings
 
 BLOCKS = ["stem", *[f"blocks.{i}" for i in range(7)], "pooled"]
@@ -71,7 +71,7 @@ def test_freeze_depth_edge_cases_stay_in_range() -> None:
 
 
 def test_negative_transfer_risk_follows_the_feature_advantage_and_data_size() -> None:
-    from diag.predict import head_start
+    from diag.predict.rules import head_start
 
     strong = curve([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88])
     weak = curve([0.5, 0.6, 0.7, 0.8, 0.85, 0.85, 0.85, 0.85, 0.85])
@@ -127,7 +127,7 @@ def test_layer_transfer_on_separable_features() -> None:
 
 
 def test_rank_is_deterministic_and_pretrained_beats_its_twin(tmp_path: Path) -> None:
-    from diag.rank import rank_backbones, write_ranking
+    from diag.predict.rank import rank_backbones, write_ranking
     from tests.conftest import write_digit_folder
 
     folder = write_digit_folder(tmp_path / "d", per_class=10, classes=("0", "1", "2", "3"))
@@ -147,7 +147,7 @@ def test_rank_is_deterministic_and_pretrained_beats_its_twin(tmp_path: Path) -> 
 def test_finetune_freeze_auto_runs_with_the_recommended_depth(tmp_path: Path, capsys) -> None:
     import json
 
-    from diag.cli import main
+    from diag.cli.main import main
     from tests.conftest import write_digit_folder
 
     folder = write_digit_folder(tmp_path / "d", per_class=10, classes=("0", "1", "2", "3"))
@@ -187,7 +187,7 @@ def test_a_flat_probe_curve_hands_the_depth_to_the_gradient_norms() -> None:
 
 
 def test_a_blocked_gradient_raises_the_risk_whatever_the_features_probe() -> None:
-    from diag.predict import gradient_reach
+    from diag.predict.rules import gradient_reach
 
     healthy = dict(zip(BLOCKS, [0.5, 0.8, 0.6, 0.4, 0.35, 0.45, 0.4, 1.0, 0.1], strict=True))
     blocked = dict(zip(BLOCKS, [0.0, 0.01, 0.02, 0.01, 0.06, 0.1, 0.2, 1.0, 0.95], strict=True))

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from diag.backbones import ProbePoint
-from diag.embeddings import Embeddings
+from diag.engine.embeddings import Embeddings
 from diag.errors import ConfigError, DataError
-from diag.profile import check_compatible, class_conditional_shift, holm, shift_profile
-from diag.report import Report, load_report
+from diag.models.backbones import ProbePoint
+from diag.predict.profile import check_compatible, class_conditional_shift, holm, shift_profile
+from diag.report.schema import Report, load_report
 
 
 def make_embeddings(

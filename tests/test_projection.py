@@ -1,4 +1,4 @@
-"""diag.projection: 2-D maps (PCA, UMAP), their on-disk cache, and nearest-source look-ups."""
+"""diag.stats.projection: 2-D maps (PCA, UMAP), their on-disk cache, and nearest-source look-ups."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diag import projection
 from diag.errors import ConfigError, DataError
-from diag.projection import cached_projection, joint_projection, nearest_source, pca_2d, umap_2d
+from diag.stats import projection
+from diag.stats.projection import cached_projection, joint_projection, nearest_source, pca_2d, umap_2d
 
 
 def blobs(n_per: int = 60, d: int = 20, gap: float = 12.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +69,7 @@ def test_pca_2d_matches_the_leading_principal_components() -> None:
 
 def test_tiny_inputs_fall_back_to_pca_with_a_notice(caplog: pytest.LogCaptureFixture) -> None:
     x = np.random.default_rng(2).normal(size=(8, 6))
-    with caplog.at_level(logging.INFO, logger="diag.projection"):
+    with caplog.at_level(logging.INFO, logger="diag.stats.projection"):
         got = umap_2d(x)
     np.testing.assert_allclose(got, pca_2d(x), rtol=1e-6)
     assert any("too few for UMAP" in r.getMessage() for r in caplog.records)
@@ -116,7 +116,7 @@ def test_a_corrupt_cache_file_is_recomputed(tmp_path: Path, caplog: pytest.LogCa
     first = cached_projection(x, tmp_path, "pooled", method="pca")
     (path,) = tmp_path.glob("projection_pooled_*.npy")
     path.write_bytes(b"not an npy file")
-    with caplog.at_level(logging.WARNING, logger="diag.projection"):
+    with caplog.at_level(logging.WARNING, logger="diag.stats.projection"):
         again = cached_projection(x, tmp_path, "pooled", method="pca")
     np.testing.assert_array_equal(first, again)
     assert any("recomputing" in r.getMessage() for r in caplog.records)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from diag.errors import ConfigError, DataError
-from diag.finetune import FinetuneConfig, freeze_units
-from diag.rgn import relative_gradient_norms
+from diag.train.finetune import FinetuneConfig, freeze_units
+from diag.train.rgn import relative_gradient_norms
 from tests.conftest import write_digit_folder
 
 
@@ -58,7 +58,7 @@ def test_inverted_digits_pull_harder_on_the_early_blocks(lite0, tmp_path) -> Non
     import numpy as np
     from PIL import Image
 
-    from diag.samples import open_sample
+    from diag.data.samples import open_sample
 
     src = open_sample("uci-digits")
     inv = tmp_path / "inv"

@@ -1,4 +1,4 @@
-"""Tests of diag.samples: the bundled digit folders, the text samples and their generation.
+"""Tests of diag.data.samples: the bundled digit folders, the text samples and their generation.
 
 The image checks compare every bundled file with its original item (pixels and label), loaded
 directly from the source package, not through diag.
@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diag import samples
-from diag.data import open_data
-from diag.errors import ConfigError, DataError, MissingDependencyError
-from diag.samples import (
+from diag.data import samples
+from diag.data.dataset import open_data
+from diag.data.samples import (
     SampleInfo,
     list_samples,
     make_mnist,
@@ -29,6 +28,7 @@ from diag.samples import (
     samples_dir,
     speech_passages,
 )
+from diag.errors import ConfigError, DataError, MissingDependencyError
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"

@@ -12,9 +12,9 @@ import torch
 from scipy import stats
 from scipy.spatial.distance import cdist
 
-from diag import shift
 from diag.errors import ConfigError, DataError
-from diag.shift import c2st, coral_distance, frechet_distance, knn_shift_scores, label_shift, mmd_test
+from diag.stats import shift
+from diag.stats.shift import c2st, coral_distance, frechet_distance, knn_shift_scores, label_shift, mmd_test
 
 
 def gaussian_pair(m: int, n: int, d: int, *, shift_by: float = 0.0, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from diag.backbones import load
 from diag.errors import ConfigError
-from diag.finetune import FinetuneConfig, FinetuneResult, TrainCallback, TrainState
-from diag.sweep import SweepResult, default_depths, sweep
+from diag.models.backbones import load
+from diag.train.finetune import FinetuneConfig, FinetuneResult, TrainCallback, TrainState
+from diag.train.sweep import SweepResult, default_depths, sweep
 from tests.conftest import write_digit_folder
 
 TINY = "timm:test_efficientnet"
@@ -110,7 +110,7 @@ def test_bad_sweep_arguments(digits: Path, tiny, tmp_path: Path, kw: dict[str, A
 
 def test_cli_sweep_on_text(tmp_path: Path, capsys) -> None:
     """A local Hugging Face folder is 'pretrained' offline; the text path runs through the sweep too."""
-    from diag.cli import main
+    from diag.cli.main import main
     from tests.test_finetune import tiny_bert
 
     bert = tiny_bert(tmp_path / "bert")

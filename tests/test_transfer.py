@@ -16,9 +16,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from diag import transfer
 from diag.errors import ConfigError, DataError
-from diag.transfer import (
+from diag.stats import transfer
+from diag.stats.transfer import (
     SCORES,
     TransferScores,
     gbc_score,
@@ -213,7 +213,7 @@ def test_logme_warns_when_the_evidence_is_unbounded(caplog: pytest.LogCaptureFix
     # Duplicated rows with d above the distinct count: y lies in the span of F with rank < n.
     x, y = blobs(10, 50, 3, sep=3.0, seed=3)
     idx = np.random.default_rng(3).integers(0, 30, 30)
-    with caplog.at_level("WARNING", logger="diag.transfer"):
+    with caplog.at_level("WARNING", logger="diag.stats.transfer"):
         logme_score(x, y, device="cpu")
         assert not caplog.records
         logme_score(x[idx], y[idx], device="cpu")
@@ -539,9 +539,9 @@ def test_gpu_and_cpu_agree() -> None:
 
 def digit_scores(per_class: int | None, scores: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """Scores of EfficientNet-Lite0 (64 px) on the bundled UCI digits, pretrained and random-init."""
-    from diag.backbones import load
+    from diag.data.samples import open_sample
+    from diag.models.backbones import load
     from diag.pipeline import embed
-    from diag.samples import open_sample
 
     data = open_sample("uci-digits")
     assert data.labels is not None

@@ -10,9 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pages' share
 import _common as ui
 import streamlit as st
 
-from diag.backbones import BUNDLED
-from diag.export import report_title
-from diag.samples import list_samples
+from diag.data.samples import list_samples
+from diag.models.backbones import BUNDLED
+from diag.report.export import report_title
 
 ui.page_setup("Home")
 st.title("diag: domain-adaptation diagnostics")

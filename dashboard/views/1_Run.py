@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pages' share
 import _common as ui
 import streamlit as st
 
-from diag.backbones import BUNDLED
-from diag.samples import list_samples
+from diag.data.samples import list_samples
+from diag.models.backbones import BUNDLED
 
 CUSTOM = "Other (path or name)…"
 

@@ -11,7 +11,7 @@ import _common as ui
 import pandas as pd
 import streamlit as st
 
-from diag import export
+from diag.report import export
 
 ui.page_setup("Shift")
 report = ui.require_report()

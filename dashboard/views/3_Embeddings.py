@@ -11,7 +11,8 @@ import _common as ui
 import numpy as np
 import streamlit as st
 
-from diag import export, projection
+from diag.report import export
+from diag.stats import projection
 
 K_NEIGHBOURS = 3
 MAX_GALLERY = 12
@@ -26,7 +27,7 @@ st.caption(export.report_title(report))
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def joint_map(folder: str, mtime: int, layer: str, method: str, n_neighbors: int, min_dist: float) -> dict:
-    """The map's arrays (computed by diag.projection, cached on disk in the report folder too)."""
+    """The map's arrays (computed by diag.stats.projection, cached on disk in the report folder too)."""
     src = ui.embeddings(folder, mtime, "source")
     tgt = ui.embeddings(folder, mtime, "target")
     proj = projection.joint_projection(

@@ -12,7 +12,8 @@ import _common as ui
 import pandas as pd
 import streamlit as st
 
-from diag import export, jobs
+from diag.report import export
+from diag.train import jobs
 
 LIVE_STATES = ("starting", "running", "stopping")
 FREEZE_HELP = "Blocks frozen from the input side: 0 tunes everything; the number of blocks is a linear probe."

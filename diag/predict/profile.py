@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from diag.embeddings import Embeddings, check_finite
+from diag.engine.embeddings import Embeddings, check_finite
 from diag.errors import ConfigError, DataError, param_error
 from diag.progress import ProgressCallback
-from diag.shift import MIN_SAMPLES, c2st, coral_distance, frechet_distance, knn_shift_scores, mmd_test
+from diag.stats.shift import MIN_SAMPLES, c2st, coral_distance, frechet_distance, knn_shift_scores, mmd_test
 
 __all__ = [
     "ClassShift",
@@ -76,16 +76,17 @@ class LayerShift:
     Attributes
     ----------
     name, index, dim, kind : the probe point (see :class:`diag.ProbePoint`).
-    mmd2, p_value : unbiased MMD² and its permutation p-value (:func:`diag.shift.mmd_test`).
+    mmd2, p_value : unbiased MMD² and its permutation p-value (:func:`diag.stats.shift.mmd_test`).
     p_adjusted : Holm-adjusted ``p_value`` over the profile's layers.
     c2st_auc, c2st_auc_ci, c2st_p_value, proxy_a_distance : the classifier two-sample test
-        (:func:`diag.shift.c2st`).
+        (:func:`diag.stats.shift.c2st`).
     frechet : Fréchet distance of Gaussian fits (in squared feature units; not comparable across layers).
     frechet_relative : ``frechet / (tr Σ_source + tr Σ_target)``: comparable across layers (0 = same).
     coral : CORAL distance ``||C_s - C_t||²_F / (4 d²)``.
     ood_median, ood_p90, ood_far : median and 90th percentile of the target's per-sample OOD scores
-        (:func:`diag.shift.knn_shift_scores`, ~1 = typical of the source) and the share above ``OOD_FAR``;
-        None at a degenerate layer (most source rows identical, e.g. dead units), where they are undefined.
+        (:func:`~diag.stats.shift.knn_shift_scores`, ~1 = typical of the source) and the share
+        above ``OOD_FAR``; None at a degenerate layer (most source rows identical, e.g. dead units),
+        where they are undefined.
     bandwidths, method : the MMD kernel widths and ``exact``/``rff``.
     seconds : time spent on this layer.
     """
@@ -494,7 +495,7 @@ def _class_view(
     random_state: int,
     device: str,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    from diag.shift import label_shift
+    from diag.stats.shift import label_shift
 
     cs, ct = list(source.classes), list(target.classes)
     common = [c for c in cs if c in ct]

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from diag.embeddings import Embeddings, atomic_write_bytes
+from diag.engine.embeddings import Embeddings
 from diag.errors import CacheError, DataError
+from diag.fileio import atomic_write_bytes
 
 __all__ = ["REPORT_FILE", "SCHEMA_VERSION", "Report", "load_report"]
 

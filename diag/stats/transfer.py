@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from diag._validate import check_int, numeric_matrix, require_finite, to_tensor
+from diag.device import resolve_device
 from diag.errors import DataError, DiagError, param_error
-from diag.extract import resolve_device
+from diag.stats.common import check_int, numeric_matrix, require_finite, to_tensor
 
 __all__ = [
     "SCORES",

@@ -1,18 +1,18 @@
 """Background ``diag finetune`` runs: launch, poll, stop, and read their metrics.
 
 A fine-tuning run takes minutes to hours, so the dashboard never runs it inside its own process (a page
-rerun or a closed browser tab must not kill it). :func:`launch_finetune` starts ``python -m diag.cli
+rerun or a closed browser tab must not kill it). :func:`launch_finetune` starts ``python -m diag.cli.main
 finetune ...`` as a detached process (its own session, so signals meant for the dashboard do not reach
 it) and records it in the run folder::
 
     DIR/job.json        the command, pid, process start time, launch time (this module)
     DIR/log.txt         the process's stdout and stderr
-    DIR/metrics.jsonl   one JSON line per logged step and per epoch (written by diag.finetune)
-    DIR/result.json     status running/completed/stopped/interrupted/failed (written by diag.finetune)
+    DIR/metrics.jsonl   one JSON line per logged step and per epoch (written by diag.train.finetune)
+    DIR/result.json     status running/completed/stopped/interrupted/failed (written by diag.train.finetune)
 
 Everything else reads those files, so any process (a page rerun, another browser tab, a restarted
 dashboard) sees the same state. :func:`stop` asks for a clean stop (the ``STOP`` file that
-:mod:`diag.finetune` polls after every step, plus SIGINT when the run has not reached its training
+:mod:`diag.train.finetune` polls after every step, plus SIGINT when the run has not reached its training
 loop yet); :func:`terminate` sends SIGTERM to the whole process group when a run does not react.
 """
 
@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from diag.embeddings import atomic_write_bytes
 from diag.errors import ConfigError, DataError, param_error
+from diag.fileio import atomic_write_bytes
 
 __all__ = [
     "JOB_FILE",
@@ -60,7 +60,9 @@ JOB_FILE = "job.json"
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
-STOP_FILE = "STOP"  # the name diag.finetune polls (diag.finetune.STOP_FILE; not imported: it pulls torch)
+STOP_FILE = (
+    "STOP"  # the name diag.train.finetune polls (diag.train.finetune.STOP_FILE; not imported: it pulls torch)
+)
 _FINISHED = ("completed", "stopped", "interrupted", "failed")
 
 # The Popen objects of the runs this process launched, by pid: polling them reaps finished children
@@ -126,7 +128,7 @@ class RunStatus:
     out : Path
     state : str
         ``starting`` (process alive, training not yet begun), ``running``, ``stopping`` (a stop was
-        asked for), one of the finished states of :mod:`diag.finetune` (``completed``, ``stopped``,
+        asked for), one of the finished states of :mod:`diag.train.finetune` (``completed``, ``stopped``,
         ``interrupted``, ``failed``), ``died`` (the process ended without a final result: killed, or it
         failed before training; see ``log_tail``) or ``unknown`` (no job and no result in the folder).
     alive : bool
@@ -171,7 +173,7 @@ def finetune_command(
     extra_args: Sequence[str] = (),
     python: str | None = None,
 ) -> list[str]:
-    """The ``python -m diag.cli finetune`` command line for one run (see ``diag finetune -h``).
+    """The ``python -m diag.cli.main finetune`` command line for one run (see ``diag finetune -h``).
 
     Parameters
     ----------
@@ -495,7 +497,7 @@ def stop(out: str | Path, *, wait_s: float = 0.0) -> RunStatus:
     st = run_status(out)
     if not st.alive:
         return st
-    (out / STOP_FILE).write_text("stop requested by diag.jobs\n")
+    (out / STOP_FILE).write_text("stop requested by diag.train.jobs\n")
     if st.state != "running" and st.pid is not None:
         _signal_group(st.pid, signal.SIGINT)
     deadline = time.monotonic() + wait_s

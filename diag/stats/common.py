@@ -1,4 +1,4 @@
-"""Input checks shared by the pure statistics (:mod:`diag.shift`, :mod:`diag.transfer`): one message each."""
+"""Input checks shared by the pure statistics (:mod:`~diag.stats.shift`, :mod:`~diag.stats.transfer`)."""
 
 from __future__ import annotations
 

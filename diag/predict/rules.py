@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from diag.embeddings import Embeddings
+from diag.engine.embeddings import Embeddings
 from diag.errors import DataError, DiagError
 
 __all__ = [
@@ -79,7 +79,7 @@ def layer_transfer(
     Returns ``{layer: {"scores": {...}, "skipped": {...}, "linear_probe_std": float}}``; at the deepest
     probe LEEP and NCE are added when the embeddings carry the source head's logits.
     """
-    from diag.transfer import linear_probe_accuracy, transferability
+    from diag.stats.transfer import linear_probe_accuracy, transferability
 
     y = _require_labels(emb, "the target")
     out: dict[str, dict[str, Any]] = {}
@@ -176,7 +176,7 @@ HEAD_START_PER_DOUBLING = 0.04
 #: Logistic rule, z = SLOPE·(-(advantage) - head_start(n)) + B_SHIFT·shift_excess + B_REACH·blocked.
 _SLOPE = 20.0
 _B_SHIFT = 0.5
-#: Gradient reach: the mean normalised relative gradient norm (:mod:`diag.rgn`) over the input-side half
+#: Gradient reach: the mean normalised relative gradient norm (:mod:`diag.train.rgn`) over the input-side half
 #: of the blocks. Below REACH_MIN the target's gradient hardly reaches them — dead or saturated units —
 #: and fine-tuning cannot adapt them (measured: 0.02 and 0.00 for Lite0 with 60 % / 90 % dead ReLU6
 #: units, where scratch training won by 0.19 / 0.44; 0.23-0.64 in the 13 sweeps where pretrained won).
@@ -215,7 +215,7 @@ def negative_transfer(
     shift : dict, optional
         The report's ``shift`` verdict (effect AUC, onset).
     rgn : dict, optional
-        Normalised relative gradient norm per block (:func:`diag.rgn.relative_gradient_norms`).
+        Normalised relative gradient norm per block (:func:`diag.train.rgn.relative_gradient_norms`).
 
     The rule: the *feature advantage* ``a`` is the best-layer linear-probe accuracy of the pretrained
     features minus that of the random-init twin. Transfer fails only when ``a`` falls below minus the
@@ -371,7 +371,7 @@ class FreezeRecommendation:
 
 def freeze_blocks(backbone: Any) -> list[str]:
     """The backbone's blocks in freeze order (names = probe points), from the fine-tuning engine."""
-    from diag.finetune import freeze_units
+    from diag.train.finetune import freeze_units
 
     return [u.name for u in freeze_units(backbone)]
 
@@ -399,7 +399,7 @@ def recommend_freeze(
        are frozen, the blocks after it — whose features turn source-specific — are tuned (Yosinski et
        al. 2014). The shallowest layer within one fold-spread of the peak is named in the rationale.
     3. A *flat* curve (every layer serves the target about equally) cannot say where to stop freezing;
-       then the relative gradient norms (:mod:`diag.rgn`, Lee et al. 2023) decide: tuning starts at the
+       then the relative gradient norms (:mod:`diag.train.rgn`, Lee et al. 2023) decide: tuning starts at the
        first block whose normalised RGN reaches ``RGN_PULL`` — where the target pulls hardest. Without
        RGN the informative-curve rule applies.
     4. Otherwise at least the last two blocks are tuned (a head-only probe leaves accuracy on the table
@@ -542,8 +542,8 @@ def recommend_for_target(
     per-layer probe curve and, with ``rgn``, the relative gradient norms of its blocks on a few target
     batches (no source, so no shift evidence).
     """
-    from diag.backbones import Backbone, load
-    from diag.data import open_data
+    from diag.data.dataset import open_data
+    from diag.models.backbones import Backbone, load
     from diag.pipeline import embed
 
     if report is not None:
@@ -561,7 +561,7 @@ def recommend_for_target(
     y = _require_labels(emb, "the target")
     grads = None
     if rgn:
-        from diag.rgn import relative_gradient_norms
+        from diag.train.rgn import relative_gradient_norms
 
         # no config: the loaded backbone's own input size / token length, as for the probe curve above
         grads = relative_gradient_norms(data, bb, seed=random_state).normalized

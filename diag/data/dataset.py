@@ -435,7 +435,7 @@ def open_data(
         return spec
     s = str(spec)
     if s.startswith("samples:"):
-        from diag.samples import open_sample
+        from diag.data.samples import open_sample
 
         return open_sample(s.split(":", 1)[1])
     path = Path(s).expanduser()

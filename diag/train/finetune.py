@@ -1,13 +1,13 @@
 """The fine-tuning engine: a backbone, a fresh linear head, the first K blocks frozen.
 
 This is the ground truth every freeze-depth recommendation is checked against (see DESIGN.md, "Freeze
-depth" and "Negative transfer"). :func:`finetune` trains one run into a folder; :func:`diag.sweep.sweep`
+depth" and "Negative transfer"). :func:`finetune` trains one run into a folder; :func:`diag.train.sweep.sweep`
 runs it over freeze depths and seeds.
 
 Blocks (what ``freeze=K`` counts)
 ---------------------------------
 A backbone is cut into an ordered list of **blocks** (parameter groups), input side first, each named
-after the probe point at its output (the names :mod:`diag.embeddings` uses), so "freeze up to
+after the probe point at its output (the names :mod:`diag.engine.embeddings` uses), so "freeze up to
 ``blocks.4``" means the same thing to the recommender and to the engine:
 
 - timm image models: ``stem`` (everything before the first stage: ``conv_stem`` + ``bn1``), one block per
@@ -70,11 +70,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diag.backbones import Backbone, HFTextBackbone, TimmBackbone, _masked_mean, load
-from diag.data import DataSet, open_data
-from diag.embeddings import atomic_write_bytes
+from diag.data.dataset import DataSet, open_data
+from diag.device import resolve_device, resolve_precision
 from diag.errors import ConfigError, DataError, DiagError, param_error
-from diag.extract import resolve_device, resolve_precision
+from diag.fileio import atomic_write_bytes
+from diag.models.backbones import Backbone, HFTextBackbone, TimmBackbone, _masked_mean, load
 
 __all__ = [
     "PRESETS",
@@ -1343,7 +1343,7 @@ def finetune(
         Labelled training data (``samples:uci-digits``, an image folder, a table, ...). Without ``val``, a
         stratified ``config.val_fraction`` of it is held out for validation.
     backbone : str or Backbone
-        A name for :func:`diag.backbones.load`, or a loaded backbone (never modified: its model is copied).
+        A name for :func:`diag.load_backbone`, or a loaded backbone (never modified: its model is copied).
     config : FinetuneConfig, optional
         The recipe; ``config.freeze`` picks the frozen blocks (see the module docstring).
     out : str or Path
@@ -1424,7 +1424,7 @@ def _determinism(on: bool) -> Iterator[None]:
 def _run(
     job: _Job, cfg: FinetuneConfig, out: Path, *, callbacks: Sequence[TrainCallback], resume: bool
 ) -> FinetuneResult:
-    from diag._meta import device_description, versions
+    from diag.provenance import device_description, versions
 
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)

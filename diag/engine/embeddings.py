@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from diag.backbones import ProbePoint
 from diag.errors import CacheError, DataError
+from diag.fileio import atomic_write_bytes
+from diag.models.backbones import ProbePoint
 
-__all__ = ["ARRAYS_FILE", "MANIFEST_FILE", "SCHEMA_VERSION", "Embeddings", "atomic_write_bytes"]
+__all__ = ["ARRAYS_FILE", "MANIFEST_FILE", "SCHEMA_VERSION", "Embeddings", "check_finite"]
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -199,28 +198,6 @@ class Embeddings:
 
 def _probe_dict(p: ProbePoint) -> dict[str, Any]:
     return {"name": p.name, "index": p.index, "dim": p.dim, "kind": p.kind, "pooling": p.pooling}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_finite(features: Mapping[str, np.ndarray], *, where: str) -> None:

@@ -47,7 +47,7 @@ def _config_from_args(cls: Any, args: argparse.Namespace) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     from diag import __version__
-    from diag.extract import ExtractConfig
+    from diag.engine.extract import ExtractConfig
 
     parser = argparse.ArgumentParser(
         prog="diag",
@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     # Commands that live in their own modules register themselves (and their handler) here.
-    from diag import cli_dashboard, cli_diagnose, cli_train
+    from diag.cli import dashboard as cli_dashboard
+    from diag.cli import diagnose as cli_diagnose
+    from diag.cli import train as cli_train
 
     cli_diagnose.register(sub)
     cli_train.register(sub)
@@ -115,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from diag.backbones import load
-    from diag.data import open_data
-    from diag.extract import ExtractConfig
+    from diag.data.dataset import open_data
+    from diag.engine.extract import ExtractConfig
+    from diag.models.backbones import load
     from diag.pipeline import embed
     from diag.progress import ProgressCallback, TqdmProgress
 
@@ -163,8 +165,8 @@ def _print_embed_summary(emb: Any, out: Path) -> None:
 
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
-    from diag.backbones import BUNDLED, EXAMPLES, load
     from diag.errors import DiagError
+    from diag.models.backbones import BUNDLED, EXAMPLES, load
 
     rows: list[dict[str, Any]] = []
     for name, b in BUNDLED.items():
@@ -206,7 +208,7 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def _cmd_samples(args: argparse.Namespace) -> int:
-    from diag.samples import list_samples
+    from diag.data.samples import list_samples
 
     infos = list_samples()
     if args.json:

@@ -10,7 +10,7 @@ body's gradient is exactly zero, and a random head's gradient says more about th
 target. So a linear head is first fitted (L-BFGS, L2-regularised cross-entropy) to the pooled features of
 the target's training split, then the gradient of the mean cross-entropy over ``n_batches`` seeded
 batches is taken with the body in eval mode (BatchNorm statistics are read, not updated) and without
-augmentation. Only the target's training split is used (the same split :func:`diag.finetune.finetune`
+augmentation. Only the target's training split is used (the same split :func:`diag.train.finetune.finetune`
 makes), so nothing of the validation set leaks into a recommendation.
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from diag._validate import check_int
-from diag.backbones import Backbone, HFTextBackbone, TimmBackbone, load
-from diag.data import DataSet, open_data
+from diag.data.dataset import DataSet, open_data
+from diag.models.backbones import Backbone, HFTextBackbone, TimmBackbone, load
+from diag.stats.common import check_int
 
 __all__ = ["BlockGradients", "relative_gradient_norms"]
 
@@ -39,7 +39,7 @@ class BlockGradients:
     Attributes
     ----------
     blocks : list of str
-        Block names (the freeze order of :func:`diag.finetune.freeze_units`).
+        Block names (the freeze order of :func:`diag.train.finetune.freeze_units`).
     rgn : dict
         ``‖g‖/‖θ‖`` per block.
     normalized : dict
@@ -94,7 +94,7 @@ def relative_gradient_norms(
     Parameters
     ----------
     target : str, Path or DataSet
-        Labelled target data (what :func:`diag.finetune.finetune` would train on).
+        Labelled target data (what :func:`diag.train.finetune.finetune` would train on).
     backbone : str or Backbone
         Never modified (its model is copied).
     config : FinetuneConfig, optional
@@ -105,8 +105,8 @@ def relative_gradient_norms(
     l2 : float, default 1e-3
         L2 penalty of the head fit (on the sum of squared weights).
     """
-    from diag.extract import resolve_device
-    from diag.finetune import (
+    from diag.device import resolve_device
+    from diag.train.finetune import (
         FinetuneConfig,
         Trainer,
         _build_model,

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diag.embeddings import atomic_write_bytes
 from diag.errors import DataError, param_error, require
+from diag.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from diag.report import Report
+    from diag.report.schema import Report
 
 __all__ = [
     "MIN_UMAP_SAMPLES",

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from diag.errors import require
 
 if TYPE_CHECKING:
-    from diag.report import Report
+    from diag.report.schema import Report
 
 __all__ = [
     "TRANSFER_SECTIONS",
@@ -588,7 +588,7 @@ def embedding_figure(
     Parameters
     ----------
     coords : array-like of shape (n_source + n_target, 2)
-        Source rows first (see :class:`diag.projection.JointProjection`).
+        Source rows first (see :class:`diag.stats.projection.JointProjection`).
     n_source : int
     colour_by : {"domain", "label", "ood"}
         ``label`` draws one colour per class, circles for source and crosses for target; ``ood``

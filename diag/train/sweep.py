@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diag.backbones import Backbone
-from diag.data import DataSet, open_data
+from diag.data.dataset import DataSet, open_data
 from diag.errors import ConfigError
-from diag.finetune import (
+from diag.models.backbones import Backbone
+from diag.progress import ProgressCallback
+from diag.train.finetune import (
     STOP_FILE,
     FinetuneConfig,
     TrainCallback,
@@ -41,7 +42,6 @@ from diag.finetune import (
     _units_of_model,
     resolve_freeze,
 )
-from diag.progress import ProgressCallback
 
 __all__ = ["SWEEP_SCHEMA", "DepthSummary", "SweepResult", "default_depths", "sweep"]
 
@@ -199,7 +199,7 @@ def sweep(
     Parameters
     ----------
     target, backbone, val
-        As for :func:`diag.finetune.finetune`. The data are decoded once for every run.
+        As for :func:`diag.train.finetune.finetune`. The data are decoded once for every run.
     config : FinetuneConfig, optional
         The shared budget and recipe; its ``freeze``, ``seed`` and ``from_scratch`` are set per run.
     out : str or Path
@@ -221,7 +221,7 @@ def sweep(
     SweepResult
         Also written to ``out/sweep.json``.
     """
-    from diag._meta import versions
+    from diag.provenance import versions
 
     t0 = time.perf_counter()
     base = replace(config or FinetuneConfig(), freeze=0, seed=0, from_scratch=False)

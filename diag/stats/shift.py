@@ -38,9 +38,9 @@ import torch
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from diag._validate import check_int, numeric_matrix, require_finite, to_tensor
+from diag.device import resolve_device
 from diag.errors import DataError, param_error
-from diag.extract import resolve_device
+from diag.stats.common import check_int, numeric_matrix, require_finite, to_tensor
 
 __all__ = [
     "MIN_SAMPLES",

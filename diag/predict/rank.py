@@ -1,7 +1,7 @@
 """Which backbone transfers best to this target? Scores per backbone, bootstrap stability, a static baseline.
 
 Each candidate backbone (and, optionally, its random-init twin) embeds the labelled target once; the
-transferability scores of :mod:`diag.transfer` are computed at the deepest probe and the per-layer
+transferability scores of :mod:`diag.stats.transfer` are computed at the deepest probe and the per-layer
 linear probe finds each backbone's best layer. The ranking uses LogME (You et al., ICML 2021) by default.
 Transferability rankings are unstable (Agostinelli et al., "How stable are Transferability Metrics
 evaluations?", ECCV 2022), so the ranking comes with its bootstrap stability — how often the top pick
@@ -85,7 +85,7 @@ def rank_backbones(
     target : path, ``samples:NAME`` or DataSet
         Labelled, 2+ classes.
     backbones : list of str
-        Backbone names (:func:`diag.backbones.load`).
+        Backbone names (:func:`diag.models.backbones.load`).
     include_random_init : bool, default True
         Add each backbone's random-init twin as a candidate (``NAME (random-init)``): a backbone that
         does not beat its own twin brings nothing to transfer.
@@ -94,11 +94,11 @@ def rank_backbones(
         are cross-validated and costly, the fold spread is shown instead).
     n_bootstrap : int, default 200
     """
-    from diag.backbones import load
-    from diag.data import open_data
+    from diag.data.dataset import open_data
+    from diag.models.backbones import load
     from diag.pipeline import embed
-    from diag.predict import _require_labels, layer_transfer
-    from diag.transfer import transferability
+    from diag.predict.rules import _require_labels, layer_transfer
+    from diag.stats.transfer import transferability
 
     allowed = ("logme", "h_score_shrinkage", "linear_probe_accuracy", "knn_accuracy")
     if by not in allowed:
@@ -183,7 +183,7 @@ def _bootstrap_top(
     Resamples draw 80% of the target *without* replacement (subsampling, Politis & Romano 1994): with
     replacement, duplicated rows let LogME's evidence grow without bound when d > n.
     """
-    from diag.transfer import h_score, logme_score
+    from diag.stats.transfer import h_score, logme_score
 
     if n_bootstrap == 0:
         return {}
@@ -214,8 +214,8 @@ def write_ranking(ranking: Ranking, out: str | Path) -> Path:
     """Write ``out/rank.json`` atomically."""
     import json
 
-    from diag.embeddings import atomic_write_bytes
-    from diag.report import _json_safe
+    from diag.fileio import atomic_write_bytes
+    from diag.report.schema import _json_safe
 
     path = Path(out) / "rank.json"
     blob = json.dumps(_json_safe({"kind": "diag.rank", "schema_version": 1, **ranking.to_dict()}), indent=1)

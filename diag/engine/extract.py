@@ -3,7 +3,7 @@
 This is the only module that knows about devices, batches and precision. On CUDA it uses bf16 autocast,
 channels_last for conv nets, decoding in DataLoader worker processes, pinned host memory and
 non-blocking device-to-host copies; on CPU it uses every core. Pooling happens on the device (inside
-:meth:`diag.backbones.Backbone.capture`), so only ``(batch, dim)`` vectors cross to the host. Rows come
+:meth:`diag.models.backbones.Backbone.capture`), so only ``(batch, dim)`` vectors cross to the host. Rows come
 back in the data set's order, whatever the batching.
 """
 
@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from diag.backbones import Backbone, HFTextBackbone, TextBatch, TimmBackbone
-from diag.data import DataSet
-from diag.embeddings import Embeddings, check_finite
+from diag.data.dataset import DataSet
+from diag.device import resolve_device, resolve_precision
+from diag.engine.embeddings import Embeddings, check_finite
 from diag.errors import ConfigError, DataError
+from diag.models.backbones import Backbone, HFTextBackbone, TextBatch, TimmBackbone
 from diag.progress import ProgressCallback
 
-__all__ = ["ExtractConfig", "extract", "resolve_device", "resolve_precision"]
+__all__ = ["ExtractConfig", "extract"]
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +62,6 @@ class ExtractConfig:
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
             raise ConfigError(f"num_workers must be an integer >= 0; got {self.num_workers!r}.")
         resolve_device(self.device)  # validates the name
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``; a CUDA device without CUDA is an error."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {device!r} was asked for but CUDA is not available here; use --device cpu."
-        )
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}.")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 class _ImageItems(Dataset[tuple[int, torch.Tensor | None, str | None]]):
@@ -233,7 +209,7 @@ def extract(
     features = {p.name: arrays[p.name] for p in backbone.probes}
     check_finite(features, where=f"{data.name} [{backbone.name}]")
 
-    from diag._meta import device_description, versions
+    from diag.provenance import device_description, versions
 
     manifest = {
         "backbone": backbone.describe(),

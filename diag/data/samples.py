@@ -13,7 +13,7 @@ package, and never copied into this repository: ``speeches`` (2012 US party-conv
 into passages) and ``debates`` (the two candidates' statements in the 2016 presidential debates),
 both labelled by party.
 
-Open a sample with :func:`open_sample` (or ``diag.data.open_data("samples:NAME")``); list them with
+Open a sample with :func:`open_sample` (or ``diag.data.dataset.open_data("samples:NAME")``); list them with
 :func:`list_samples`.
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diag.data import DataSet, Modality, open_image_folder, texts_dataset
+from diag.data.dataset import DataSet, Modality, open_image_folder, texts_dataset
 from diag.errors import DataError, MissingDependencyError, param_error, require
 
 __all__ = [
@@ -169,7 +169,7 @@ def samples_dir() -> Path:
     env = os.environ.get(SAMPLES_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "samples"
+    return Path(__file__).resolve().parents[2] / "samples"
 
 
 def open_sample(name: str) -> DataSet:

@@ -1,6 +1,6 @@
-"""``diag finetune`` and ``diag sweep`` (registered into :mod:`diag.cli`).
+"""``diag finetune`` and ``diag sweep`` (registered into :mod:`diag.cli.main`).
 
-Both take the fine-tuning recipe as flags generated from :class:`diag.finetune.FinetuneConfig` (the
+Both take the fine-tuning recipe as flags generated from :class:`diag.train.finetune.FinetuneConfig` (the
 dataclass is the single source of names, defaults and help). ``--preset small`` fills in a budget
 that runs the bundled samples in minutes on a CPU; flags given explicitly override the preset.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diag.errors import ConfigError
-from diag.finetune import FinetuneResult, TrainCallback, TrainState
+from diag.train.finetune import FinetuneResult, TrainCallback, TrainState
 
 __all__ = ["register"]
 
@@ -45,7 +45,7 @@ def _flag_type(annotation: str) -> Any:
 
 def _add_config_flags(parser: argparse.ArgumentParser, title: str, skip: tuple[str, ...] = ()) -> None:
     """One flag per :class:`FinetuneConfig` field; unset flags stay absent (so a preset can fill them)."""
-    from diag.finetune import FinetuneConfig
+    from diag.train.finetune import FinetuneConfig
 
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(FinetuneConfig):
@@ -69,7 +69,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, title: str, skip: tuple[s
 
 
 def _config(args: argparse.Namespace, **fixed: Any) -> Any:
-    from diag.finetune import PRESETS, FinetuneConfig
+    from diag.train.finetune import PRESETS, FinetuneConfig
 
     names = {f.name for f in dataclasses.fields(FinetuneConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
@@ -180,10 +180,10 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 
 def _auto_freeze(args: argparse.Namespace) -> int:
     """``--freeze auto``: the recommended depth (from ``--report``, or from the target's probe curve)."""
-    from diag.backbones import load
-    from diag.finetune import PRESETS
-    from diag.predict import recommend_for_target
-    from diag.report import load_report
+    from diag.models.backbones import load
+    from diag.predict.rules import recommend_for_target
+    from diag.report.schema import load_report
+    from diag.train.finetune import PRESETS
 
     report = load_report(args.report) if args.report else None
     image_size = getattr(args, "image_size", None) or PRESETS[args.preset].get("image_size")
@@ -198,7 +198,7 @@ def _auto_freeze(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace, spec: str | None) -> Any:
-    from diag.data import open_data
+    from diag.data.dataset import open_data
 
     return (
         None
@@ -263,8 +263,8 @@ class _Bars(TrainCallback):
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from diag.backbones import load
-    from diag.finetune import finetune, freeze_units
+    from diag.models.backbones import load
+    from diag.train.finetune import finetune, freeze_units
 
     if getattr(args, "freeze", None) == "auto":
         _require(args, "target", "out")
@@ -344,7 +344,7 @@ def _parse_list(text: str, what: str) -> list[str]:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from diag.progress import ProgressCallback, TqdmProgress
-    from diag.sweep import SweepResult, sweep
+    from diag.train.sweep import SweepResult, sweep
 
     _require(args, "target", "out")
     config = _config(args)

@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from diag.backbones import Backbone
-from diag.data import DataSet
-from diag.embeddings import Embeddings
+from diag.data.dataset import DataSet
+from diag.engine.embeddings import Embeddings
 from diag.errors import CacheError
+from diag.models.backbones import Backbone
 
 __all__ = ["EXTRACT_VERSION", "cache_dir", "cache_key", "lookup", "store"]
 

@@ -1,4 +1,4 @@
-"""``diag diagnose`` (the per-layer report) and ``diag rank`` (registered into :mod:`diag.cli`)."""
+"""``diag diagnose`` (the per-layer report) and ``diag rank`` (registered into :mod:`diag.cli.main`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ __all__ = ["print_report", "register"]
 
 def register(sub: Any) -> None:
     """Add the ``diagnose`` subcommand to the parser's subparsers; its handler is ``args.handler``."""
-    from diag.cli import _add_dataclass_flags
-    from diag.extract import ExtractConfig
+    from diag.cli.main import _add_dataclass_flags
+    from diag.engine.extract import ExtractConfig
 
     p = sub.add_parser(
         "diagnose",
@@ -104,10 +104,10 @@ def register(sub: Any) -> None:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
-    from diag.cli import _config_from_args
-    from diag.extract import ExtractConfig
+    from diag.cli.main import _config_from_args
+    from diag.engine.extract import ExtractConfig
+    from diag.predict.rank import rank_backbones, write_ranking
     from diag.progress import ProgressCallback, TqdmProgress
-    from diag.rank import rank_backbones, write_ranking
 
     ranking = rank_backbones(
         args.target,
@@ -149,9 +149,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from diag.cli import _config_from_args
+    from diag.cli.main import _config_from_args
+    from diag.engine.extract import ExtractConfig
     from diag.errors import ConfigError
-    from diag.extract import ExtractConfig
     from diag.pipeline import diagnose
     from diag.progress import ProgressCallback, TqdmProgress
 

@@ -1,4 +1,4 @@
-"""``diag dashboard``: serve the Streamlit dashboard (registered into :mod:`diag.cli`).
+"""``diag dashboard``: serve the Streamlit dashboard (registered into :mod:`diag.cli.main`).
 
 The app lives in the repository's ``dashboard/`` folder (beside the ``diag`` package in a source
 checkout or an editable install). The command runs ``python -m streamlit run dashboard/app.py``
@@ -103,7 +103,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     app = dashboard_app()
     env = dict(os.environ)
     if args.report is not None:
-        from diag.report import load_report
+        from diag.report.schema import load_report
 
         report = load_report(args.report)  # a clear error now rather than in the browser
         assert report.folder is not None

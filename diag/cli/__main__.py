@@ -1,0 +1,7 @@
+"""``python -m diag.cli.main``: the same as the ``diag`` command."""
+
+import sys
+
+from diag.cli.main import main
+
+sys.exit(main())

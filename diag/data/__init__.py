@@ -1,0 +1,1 @@
+"""Data sets: folders, tables, arrays, text files and the bundled samples."""

@@ -1,0 +1,1 @@
+"""Backbones: one adapter per model family (timm, transformers), their weights and registry."""

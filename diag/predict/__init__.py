@@ -1,0 +1,1 @@
+"""Rules over the statistics: shift verdict, negative transfer, freeze depth, backbone ranking."""

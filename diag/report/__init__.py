@@ -1,0 +1,1 @@
+"""The report: typed schema, view-model tables, figures and Markdown/HTML rendering."""

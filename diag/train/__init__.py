@@ -1,0 +1,1 @@
+"""Fine-tuning: config, block freezing, trainer and callbacks, runs, sweeps, gradient norms, jobs."""
