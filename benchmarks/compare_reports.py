@@ -45,7 +45,9 @@ def differences(a: Any, b: Any, *, rel: float, path: tuple[str, ...] = ()) -> li
         if len(a) != len(b):
             return [f"{where}: lengths {len(a)} != {len(b)}"]
         return [
-            d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, rel=rel, path=(*path, str(i)))
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in differences(x, y, rel=rel, path=(*path, str(i)))
         ]
     numbers = (int, float)
     if (
@@ -57,6 +59,10 @@ def differences(a: Any, b: Any, *, rel: float, path: tuple[str, ...] = ()) -> li
         same = a == b or math.isclose(a, b, rel_tol=rel, abs_tol=0.0) or (math.isnan(a) and math.isnan(b))
         return [] if same else [f"{where}: {a!r} != {b!r}"]
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def main(argv: list[str] | None = None) -> int:
