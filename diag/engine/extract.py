@@ -3,7 +3,7 @@
 This is the only module that knows about devices, batches and precision. On CUDA it uses bf16 autocast,
 channels_last for conv nets, decoding in DataLoader worker processes, pinned host memory and
 non-blocking device-to-host copies; on CPU it uses every core. Pooling happens on the device (inside
-:meth:`diag.models.backbones.Backbone.capture`), so only ``(batch, dim)`` vectors cross to the host. Rows come
+:meth:`diag.models.Backbone.capture`), so only ``(batch, dim)`` vectors cross to the host. Rows come
 back in the data set's order, whatever the batching.
 """
 
@@ -14,17 +14,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from diag.data.dataset import DataSet
 from diag.device import resolve_device, resolve_precision
 from diag.engine.embeddings import Embeddings, check_finite
 from diag.errors import ConfigError, DataError
-from diag.models.backbones import Backbone, HFTextBackbone, TextBatch, TimmBackbone
+from diag.models import Backbone
 from diag.progress import ProgressCallback
 
 __all__ = ["ExtractConfig", "extract"]
@@ -62,63 +61,6 @@ class ExtractConfig:
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
             raise ConfigError(f"num_workers must be an integer >= 0; got {self.num_workers!r}.")
         resolve_device(self.device)  # validates the name
-
-
-class _ImageItems(Dataset[tuple[int, torch.Tensor | None, str | None]]):
-    """Decodes and transforms one image per index; an unreadable file yields its error, not an exception."""
-
-    def __init__(self, data: DataSet, transform: Any) -> None:
-        self.data = data
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            return i, self.transform(self.data.load_image(i)), None
-        except Exception as exc:  # a corrupt or truncated file must not stop the pass
-            return i, None, f"{type(exc).__name__}: {exc}"
-
-
-def _collate_images(
-    items: list[tuple[int, torch.Tensor | None, str | None]],
-) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]:
-    ok = [(i, x) for i, x, _ in items if x is not None]
-    failed = [(i, err) for i, x, err in items if x is None and err is not None]
-    idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
-    batch = torch.stack([x for _, x in ok]) if ok else None
-    return idx, batch, failed
-
-
-def _image_batches(
-    backbone: TimmBackbone, data: DataSet, batch_size: int, num_workers: int, pin: bool
-) -> DataLoader[Any]:
-    return DataLoader(
-        _ImageItems(data, backbone.transform()),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate_images,
-        pin_memory=pin,
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
-
-
-def _text_batches(
-    backbone: HFTextBackbone, data: DataSet, batch_size: int
-) -> list[tuple[torch.Tensor, TextBatch]]:
-    """Length-bucketed batches: texts sorted by token count, so padding is minimal; rows are put back in
-    order after the pass."""
-    assert data.texts is not None
-    lengths = np.asarray(backbone.token_lengths(data.texts))
-    order = np.argsort(-lengths, kind="stable")
-    out = []
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        out.append((torch.from_numpy(idx.copy()), backbone.tokenize([data.texts[i] for i in idx])))
-    return out
 
 
 def extract(
@@ -167,13 +109,7 @@ def extract(
     t0 = time.perf_counter()
     progress.on_start(n, f"embed {data.name} [{backbone.name}]")
     try:
-        batches: Any
-        if isinstance(backbone, TimmBackbone):
-            batches = _image_batches(backbone, data, batch_size, workers, pin=cuda)
-        elif isinstance(backbone, HFTextBackbone):
-            batches = ((idx, b, []) for idx, b in _text_batches(backbone, data, batch_size))
-        else:
-            raise TypeError(f"unsupported backbone type {type(backbone).__name__}")
+        batches = backbone.batches(data, batch_size, workers, pin=cuda)
         with torch.inference_mode(), autocast:
             for idx, batch, failed in batches:
                 for i, err in failed:

@@ -35,20 +35,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from diag.errors import BackboneError, ConfigError, MissingDependencyError
+from diag.data.dataset import DataSet
+from diag.errors import BackboneError, ConfigError, DataError, MissingDependencyError
 
 __all__ = [
     "BUNDLED",
     "EXAMPLES",
     "Backbone",
+    "BlockLayout",
+    "Failed",
     "HFTextBackbone",
+    "ImageItems",
     "ProbePoint",
     "SourceHead",
+    "TextBatch",
     "TimmBackbone",
     "load",
+    "masked_mean",
+    "text_layers",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,6 +97,32 @@ class SourceHead:
 
     name: str
     num_classes: int
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where the backbone's blocks sit inside its ``nn.Module``: what fine-tuning freezes, block by block.
+
+    Attributes
+    ----------
+    modules : list of (str, str)
+        ``(module path inside the model, block name)``, input side first.
+    exclude : list of str
+        Module paths that belong to no block (the source classifier, an unused pooler): never trained.
+    before : str
+        Name of the block that holds everything before the first named module (``stem``, ``embeddings``).
+    after : str
+        Name of the block that holds everything after the last named module (``pooled``).
+    """
+
+    modules: list[tuple[str, str]]
+    exclude: list[str]
+    before: str
+    after: str
+
+
+#: ``(index, error message)`` of the items a batch could not read.
+Failed = list[tuple[int, str]]
 
 
 @dataclass(frozen=True)
@@ -223,6 +258,60 @@ class Backbone:
         self.model.to(device)
         return self
 
+    # -- family-specific behaviour (what the engine and the trainer ask of any backbone) --------------
+
+    def batches(
+        self, data: DataSet, batch_size: int, workers: int, *, pin: bool
+    ) -> Iterator[tuple[torch.Tensor, Any, Failed]]:
+        """``(indices, batch, failed)`` over ``data`` in the order this family reads best.
+
+        ``indices`` are the rows of ``data`` in ``batch`` (``capture``'s input, ``None`` when every item
+        of the batch failed); ``failed`` lists ``(index, error)`` of the unreadable items. Every index of
+        ``data`` appears exactly once, in ``indices`` or in ``failed``.
+        """
+        raise NotImplementedError
+
+    def block_layout(self, model: nn.Module) -> BlockLayout:
+        """The blocks of ``model`` (``self.model`` or a deep copy of it), input side first."""
+        raise NotImplementedError
+
+    def strip_source_head(self, body: nn.Module) -> None:
+        """Remove, in place, what a new task head makes useless in ``body`` (a copy of ``self.model``)."""
+        raise NotImplementedError
+
+    def pooled_features(self, body: nn.Module, batch: Any) -> torch.Tensor:
+        """The ``pooled`` probe point of ``body`` for ``batch``, ``(B, dim)``, differentiable."""
+        raise NotImplementedError
+
+    def decode_all(
+        self,
+        data: DataSet,
+        *,
+        image_size: int | None,
+        crop_pct: float | None,
+        max_length: int | None,
+        num_workers: int,
+    ) -> torch.Tensor | list[list[int]]:
+        """Every item of ``data`` decoded once: uint8 images ``(N, 3, H, W)`` (not normalised; see
+        :attr:`input_normalization`) or token-id lists (not padded; see :attr:`pad_token_id`).
+
+        Raises
+        ------
+        DataError
+            An item cannot be read (the message names the first one).
+        """
+        raise NotImplementedError
+
+    @property
+    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """``(mean, std)`` per channel to apply to ``decode_all``'s images scaled to [0, 1]; None for text."""
+        return None
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id that pads ``decode_all``'s token lists to a batch (0 where nothing is tokenised)."""
+        return 0
+
     def __repr__(self) -> str:
         kind = "pretrained" if self.pretrained else f"random-init(seed={self.seed})"
         return f"{type(self).__name__}({self.name!r}, {kind}, {len(self.probes)} probes)"
@@ -230,6 +319,72 @@ class Backbone:
 
 # ======================================================================================================
 # timm image models
+
+
+class ImageItems(Dataset[tuple[int, torch.Tensor | None, str | None]]):
+    """Decodes and transforms one image per index; an unreadable file yields its error, not an exception.
+
+    Parameters
+    ----------
+    data : DataSet
+        An image set.
+    transform : callable
+        PIL image -> float CHW tensor.
+    uint8 : bool, default False
+        Round the transform's output (in [0, 1]) to uint8 ``0..255``: four times less memory for a set
+        decoded once and normalised later on the device.
+    """
+
+    def __init__(
+        self, data: DataSet, transform: Callable[[Any], torch.Tensor], *, uint8: bool = False
+    ) -> None:
+        self.data = data
+        self.transform = transform
+        self.uint8 = uint8
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            x = self.transform(self.data.load_image(i))
+            if self.uint8:
+                x = torch.round(x * 255.0).clamp_(0, 255).to(torch.uint8)
+            return i, x, None
+        except Exception as exc:  # a corrupt or truncated file must not stop the pass
+            return i, None, f"{type(exc).__name__}: {exc}"
+
+
+def _collate_images(
+    items: list[tuple[int, torch.Tensor | None, str | None]],
+) -> tuple[torch.Tensor, torch.Tensor | None, Failed]:
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    failed = [(i, err) for i, x, err in items if x is None and err is not None]
+    idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
+    batch = torch.stack([x for _, x in ok]) if ok else None
+    return idx, batch, failed
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def _decode_images(data: DataSet, transform: Callable[[Any], torch.Tensor], num_workers: int) -> torch.Tensor:
+    """Every image of ``data`` as uint8 ``(N, 3, H, W)``; DataError naming the first unreadable one."""
+    items = ImageItems(data, transform, uint8=True)
+    if num_workers > 0:
+        loader = DataLoader(items, batch_size=64, num_workers=num_workers, collate_fn=_as_list, shuffle=False)
+        results = [r for batch in loader for r in batch]
+    else:
+        results = [items[i] for i in range(len(items))]
+    bad = [(i, err) for i, x, err in results if x is None]
+    if bad:
+        i, err = bad[0]
+        raise DataError(
+            f"{data.name}: {len(bad)} of {len(data)} images cannot be read (first: {data.ids[i]}: {err}). "
+            "Fix or remove them before fine-tuning."
+        )
+    return torch.stack([x for _, x, _ in results if x is not None])
 
 
 def _pool(x: torch.Tensor, *, nhwc: bool = False) -> torch.Tensor:
@@ -321,6 +476,75 @@ class TimmBackbone(Backbone):
             crop_mode=p["crop_mode"],
             is_training=False,
         )
+
+    def batches(
+        self, data: DataSet, batch_size: int, workers: int, *, pin: bool
+    ) -> Iterator[tuple[torch.Tensor, Any, Failed]]:
+        """Images decoded in ``workers`` DataLoader processes (0: in this one), in data order."""
+        loader = DataLoader(
+            ImageItems(data, self.transform()),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate_images,
+            pin_memory=pin,
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        yield from loader
+
+    def block_layout(self, model: nn.Module) -> BlockLayout:
+        """The stages/blocks probed by :meth:`capture`; the source classifier, when it has parameters,
+        belongs to no block (fine-tuning replaces it)."""
+        get_clf = getattr(model, "get_classifier", None)
+        clf = get_clf() if callable(get_clf) else None
+        has_params = clf is not None and any(True for _ in clf.parameters())
+        exclude = [n for n, m in model.named_modules() if n and has_params and m is clf]
+        return BlockLayout([(n, n) for n, _ in self._stages], exclude, before="stem", after="pooled")
+
+    def strip_source_head(self, body: nn.Module) -> None:
+        reset: Any = getattr(body, "reset_classifier", None)
+        if callable(reset):
+            reset(0)
+
+    def pooled_features(self, body: nn.Module, batch: Any) -> torch.Tensor:
+        """timm's ``forward_head(forward_features(x), pre_logits=True)``."""
+        m: Any = body
+        out: torch.Tensor = m.forward_head(m.forward_features(batch), pre_logits=True)
+        return out
+
+    def decode_all(
+        self,
+        data: DataSet,
+        *,
+        image_size: int | None,
+        crop_pct: float | None,
+        max_length: int | None,
+        num_workers: int,
+    ) -> torch.Tensor:
+        """The eval transform at ``image_size``/``crop_pct`` (default: the backbone's) without its
+        normalisation, which runs later on the device on uint8 batches."""
+        import timm.data
+
+        p = self.preprocessing
+        size = tuple(p["input_size"])
+        if image_size is not None:
+            size = (size[0], image_size, image_size)
+        transform = timm.data.create_transform(
+            input_size=size,
+            interpolation=p["interpolation"],
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            crop_pct=crop_pct if crop_pct is not None else p["crop_pct"],
+            crop_mode=p["crop_mode"],
+            is_training=False,
+        )
+        return _decode_images(data, transform, num_workers)
+
+    @property
+    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        p = self.preprocessing
+        return tuple(float(v) for v in p["mean"]), tuple(float(v) for v in p["std"])
 
     def capture(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -451,10 +675,25 @@ def _load_timm(
 # Hugging Face text encoders
 
 
-def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the tokens the attention mask keeps (padding excluded), in float32."""
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the tokens the attention mask keeps (padding excluded), in float32.
+
+    Parameters
+    ----------
+    h : Tensor of shape (B, T, D)
+        Token states.
+    mask : Tensor of shape (B, T)
+        1 for a real token, 0 for padding.
+
+    Returns
+    -------
+    Tensor of shape (B, D), float32
+    """
     m = mask.unsqueeze(-1).to(torch.float32)
     return (h.float() * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+_masked_mean = masked_mean  # transitional: diag/train/finetune.py still imports the old private name
 
 
 @dataclass
@@ -481,6 +720,26 @@ class TextBatch:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+def text_layers(model: nn.Module) -> tuple[str, int]:
+    """``(path, count)`` of the transformer layers inside a Hugging Face encoder (``encoder.layer``, ...).
+
+    Raises
+    ------
+    ConfigError
+        No layer container found: only BERT-like encoders are supported.
+    """
+    for path in ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, (nn.ModuleList, nn.Sequential)) and len(obj) > 0:
+            return path, len(obj)
+    raise ConfigError(
+        f"{type(model).__name__}: cannot find its transformer layers (looked for encoder.layer, "
+        "transformer.layer, layers). Fine-tuning supports BERT-like encoders."
+    )
 
 
 class HFTextBackbone(Backbone):
@@ -528,6 +787,58 @@ class HFTextBackbone(Backbone):
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         return [len(x) for x in ids]
 
+    def batches(
+        self, data: DataSet, batch_size: int, workers: int, *, pin: bool
+    ) -> Iterator[tuple[torch.Tensor, Any, Failed]]:
+        """Length-bucketed batches: texts sorted by token count, so padding is minimal (the caller puts
+        rows back in order). Tokenised up front, here; ``workers`` and ``pin`` are not used."""
+        assert data.texts is not None
+        lengths = np.asarray(self.token_lengths(data.texts))
+        order = np.argsort(-lengths, kind="stable")
+        out: list[tuple[torch.Tensor, Any, Failed]] = []
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            out.append((torch.from_numpy(idx.copy()), self.tokenize([data.texts[i] for i in idx]), []))
+        return iter(out)
+
+    def block_layout(self, model: nn.Module) -> BlockLayout:
+        """``embeddings``, then one block per transformer layer; the unused pooler belongs to none."""
+        path, n_layers = text_layers(model)
+        named = [("embeddings", "embeddings"), *((f"{path}.{i}", f"layer.{i}") for i in range(n_layers))]
+        return BlockLayout(named, ["pooler"], before="embeddings", after="pooled")
+
+    def strip_source_head(self, body: nn.Module) -> None:
+        # The pooler is unused (the pooled features are the masked mean of the last layer): dropping it
+        # saves its compute.
+        if getattr(body, "pooler", None) is not None:
+            body.register_module("pooler", None)
+
+    def pooled_features(self, body: nn.Module, batch: Any) -> torch.Tensor:
+        """Masked token mean of the last layer, in the layer's dtype. ``batch`` is
+        ``(input_ids, attention_mask)``."""
+        input_ids, attention_mask = batch
+        h = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return masked_mean(h, attention_mask).to(h.dtype)
+
+    def decode_all(
+        self,
+        data: DataSet,
+        *,
+        image_size: int | None,
+        crop_pct: float | None,
+        max_length: int | None,
+        num_workers: int,
+    ) -> list[list[int]]:
+        """Token ids of every text, truncated at ``max_length`` (default: the backbone's), not padded."""
+        assert data.texts is not None
+        ml = max_length or self.max_length
+        ids: list[list[int]] = self.tokenizer(list(data.texts), truncation=True, max_length=ml)["input_ids"]
+        return ids
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
     def capture(self, batch: TextBatch) -> dict[str, torch.Tensor]:
         res = self.model(
             input_ids=batch.input_ids,
@@ -537,9 +848,9 @@ class HFTextBackbone(Backbone):
         )
         hs = res.hidden_states
         mask = batch.attention_mask
-        out = {"embeddings": _masked_mean(hs[0], mask)}
+        out = {"embeddings": masked_mean(hs[0], mask)}
         for i, h in enumerate(hs[1:]):
-            out[f"layer.{i}"] = _masked_mean(h, mask)
+            out[f"layer.{i}"] = masked_mean(h, mask)
         out["cls"] = hs[-1][:, 0].float()
         pooled = out[f"layer.{len(hs) - 2}"]
         out["pooled"] = torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
