@@ -18,7 +18,7 @@ from diag.pipeline import diagnose, embed
 from diag.predict.rank import Ranking, rank_backbones
 from diag.progress import ProgressCallback, TqdmProgress
 from diag.report.schema import Report, load_report
-from diag.train.finetune import FinetuneConfig, FinetuneResult, TrainCallback, finetune, load_finetuned
+from diag.train import FinetuneConfig, FinetuneResult, TrainCallback, finetune, load_finetuned
 from diag.train.sweep import SweepResult, sweep
 
 __version__ = "0.1.0"

@@ -310,7 +310,7 @@ def _add_predictions(
     blocks = freeze_blocks(bb)
     grads = None
     if rgn:
-        from diag.train.finetune import FinetuneConfig
+        from diag.train import FinetuneConfig
         from diag.train.rgn import relative_gradient_norms
 
         t = time.perf_counter()

@@ -239,7 +239,7 @@ def test_safetensors_without_classifier_has_no_source_head(tiny_image_backbone, 
 def test_a_finetune_run_folder_is_a_backbone_whose_head_is_the_source_head(
     tiny_image_backbone, tmp_path
 ) -> None:
-    from diag.train.finetune import FinetuneConfig, finetune, load_finetuned
+    from diag.train import FinetuneConfig, finetune, load_finetuned
     from tests.conftest import write_digit_folder
 
     data = write_digit_folder(tmp_path / "digits", per_class=4)

@@ -17,7 +17,7 @@ import torch
 from diag.data.dataset import open_data, texts_dataset
 from diag.errors import ConfigError, DataError
 from diag.models.backbones import load
-from diag.train.finetune import (
+from diag.train import (
     STOP_FILE,
     FinetuneConfig,
     FinetuneResult,
@@ -29,7 +29,7 @@ from diag.train.finetune import (
     n_blocks,
     resolve_freeze,
 )
-from diag.train.finetune import stratified_split as split
+from diag.train.data import stratified_split as split
 from tests.conftest import write_digit_folder
 
 TINY = "timm:test_efficientnet"
@@ -331,9 +331,9 @@ def test_outputs_and_reloading_the_best_model(digits: Path, tiny, tmp_path: Path
     assert loaded == res
     # The reloaded best model reproduces the best validation accuracy on the same split.
     data = open_data(digits)
-    from diag.train.finetune import _image_transform
+    from diag.train.data import image_transform
 
-    tf = _image_transform(tiny, FinetuneConfig(**res.config))
+    tf = image_transform(tiny, FinetuneConfig(**res.config))
     _, va = split(data.labels, 0.25, 0)
     mean = torch.tensor(tiny.preprocessing["mean"]).view(3, 1, 1)
     std = torch.tensor(tiny.preprocessing["std"]).view(3, 1, 1)

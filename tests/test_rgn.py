@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diag.errors import ConfigError, DataError
-from diag.train.finetune import FinetuneConfig, freeze_units
+from diag.train import FinetuneConfig, freeze_units
 from diag.train.rgn import relative_gradient_norms
 from tests.conftest import write_digit_folder
 

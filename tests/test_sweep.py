@@ -11,7 +11,7 @@ import pytest
 
 from diag.errors import ConfigError
 from diag.models.backbones import load
-from diag.train.finetune import FinetuneConfig, FinetuneResult, TrainCallback, TrainState
+from diag.train import FinetuneConfig, FinetuneResult, TrainCallback, TrainState
 from diag.train.sweep import SweepResult, default_depths, sweep
 from tests.conftest import write_digit_folder
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diag.errors import ConfigError
-from diag.train.finetune import FinetuneResult, TrainCallback, TrainState
+from diag.train import FinetuneResult, TrainCallback, TrainState
 
 __all__ = ["register"]
 
@@ -45,7 +45,7 @@ def _flag_type(annotation: str) -> Any:
 
 def _add_config_flags(parser: argparse.ArgumentParser, title: str, skip: tuple[str, ...] = ()) -> None:
     """One flag per :class:`FinetuneConfig` field; unset flags stay absent (so a preset can fill them)."""
-    from diag.train.finetune import FinetuneConfig
+    from diag.train import FinetuneConfig
 
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(FinetuneConfig):
@@ -69,7 +69,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, title: str, skip: tuple[s
 
 
 def _config(args: argparse.Namespace, **fixed: Any) -> Any:
-    from diag.train.finetune import PRESETS, FinetuneConfig
+    from diag.train import PRESETS, FinetuneConfig
 
     names = {f.name for f in dataclasses.fields(FinetuneConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
@@ -183,7 +183,7 @@ def _auto_freeze(args: argparse.Namespace) -> int:
     from diag.models.backbones import load
     from diag.predict.rules import recommend_for_target
     from diag.report.schema import load_report
-    from diag.train.finetune import PRESETS
+    from diag.train import PRESETS
 
     report = load_report(args.report) if args.report else None
     image_size = getattr(args, "image_size", None) or PRESETS[args.preset].get("image_size")
@@ -264,7 +264,7 @@ class _Bars(TrainCallback):
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from diag.models.backbones import load
-    from diag.train.finetune import finetune, freeze_units
+    from diag.train import finetune, freeze_units
 
     if getattr(args, "freeze", None) == "auto":
         _require(args, "target", "out")

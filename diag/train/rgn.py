@@ -10,7 +10,7 @@ body's gradient is exactly zero, and a random head's gradient says more about th
 target. So a linear head is first fitted (L-BFGS, L2-regularised cross-entropy) to the pooled features of
 the target's training split, then the gradient of the mean cross-entropy over ``n_batches`` seeded
 batches is taken with the body in eval mode (BatchNorm statistics are read, not updated) and without
-augmentation. Only the target's training split is used (the same split :func:`diag.train.finetune.finetune`
+augmentation. Only the target's training split is used (the same split :func:`diag.train.run.finetune`
 makes), so nothing of the validation set leaks into a recommendation.
 """
 
@@ -26,8 +26,14 @@ import torch
 from torch import nn
 
 from diag.data.dataset import DataSet, open_data
+from diag.device import resolve_device
 from diag.models.backbones import Backbone, HFTextBackbone, TimmBackbone, load
 from diag.stats.common import check_int
+from diag.train.blocks import units_of_model
+from diag.train.config import FinetuneConfig
+from diag.train.data import prepare_data
+from diag.train.model import build_model
+from diag.train.trainer import Trainer
 
 __all__ = ["BlockGradients", "relative_gradient_norms"]
 
@@ -39,7 +45,7 @@ class BlockGradients:
     Attributes
     ----------
     blocks : list of str
-        Block names (the freeze order of :func:`diag.train.finetune.freeze_units`).
+        Block names (the freeze order of :func:`diag.train.blocks.freeze_units`).
     rgn : dict
         ``‖g‖/‖θ‖`` per block.
     normalized : dict
@@ -83,7 +89,7 @@ def _fit_head(head: nn.Linear, feats: torch.Tensor, y: torch.Tensor, l2: float) 
 def relative_gradient_norms(
     target: str | Path | DataSet,
     backbone: str | Backbone,
-    config: Any = None,
+    config: FinetuneConfig | None = None,
     *,
     n_batches: int = 4,
     seed: int = 0,
@@ -94,7 +100,7 @@ def relative_gradient_norms(
     Parameters
     ----------
     target : str, Path or DataSet
-        Labelled target data (what :func:`diag.train.finetune.finetune` would train on).
+        Labelled target data (what :func:`diag.train.run.finetune` would train on).
     backbone : str or Backbone
         Never modified (its model is copied).
     config : FinetuneConfig, optional
@@ -105,15 +111,6 @@ def relative_gradient_norms(
     l2 : float, default 1e-3
         L2 penalty of the head fit (on the sum of squared weights).
     """
-    from diag.device import resolve_device
-    from diag.train.finetune import (
-        FinetuneConfig,
-        Trainer,
-        _build_model,
-        _prepare,
-        _units_of_model,
-    )
-
     check_int("n_batches", n_batches, minimum=1)
     cfg = config or FinetuneConfig()
     cfg = dataclasses.replace(cfg, augment="none", freeze=0, lp_ft=0, epochs=1)
@@ -121,9 +118,9 @@ def relative_gradient_norms(
         backbone, image_size=cfg.image_size, max_length=cfg.max_length
     )  # fmt: skip
     data = target if isinstance(target, DataSet) else open_data(target)
-    prep = _prepare(bb, data, None, cfg)
-    model = _build_model(bb, len(prep.classes))
-    units = _units_of_model(model.body, bb)
+    prep = prepare_data(bb, data, None, cfg)
+    model = build_model(bb, len(prep.classes))
+    units = units_of_model(model.body, bb)
     device = resolve_device(cfg.device)
     stats = (bb.preprocessing["mean"], bb.preprocessing["std"]) if isinstance(bb, TimmBackbone) else None
     pad = int(bb.tokenizer.pad_token_id or 0) if isinstance(bb, HFTextBackbone) else 0
@@ -131,7 +128,7 @@ def relative_gradient_norms(
         torch.manual_seed(seed)
         tr = Trainer(model, units, 0, prep.train, prep.val, cfg, device, "fp32", stats, pad)
         model.eval()
-        feats = tr._features_of(tr.train)
+        feats = tr.features_of(tr.train)
         head_acc = _fit_head(model.head, feats, tr.train.y, l2)
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(tr.train.n, generator=gen)
@@ -141,7 +138,7 @@ def relative_gradient_norms(
         model.zero_grad(set_to_none=True)
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
         for idx in batches:
-            loss = loss_fn(model(tr._inputs(tr.train, idx, None)), tr.train.y[idx.to(device)]) / n_items
+            loss = loss_fn(model(tr.batch_inputs(tr.train, idx, None)), tr.train.y[idx.to(device)]) / n_items
             loss.backward()
     params = dict(model.body.named_parameters())
     rgn: dict[str, float] = {}

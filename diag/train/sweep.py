@@ -26,22 +26,14 @@ from diag.data.dataset import DataSet, open_data
 from diag.errors import ConfigError
 from diag.models.backbones import Backbone
 from diag.progress import ProgressCallback
-from diag.train.finetune import (
-    STOP_FILE,
-    FinetuneConfig,
-    TrainCallback,
-    _build_model,
-    _check_out,
-    _comparable,
-    _describe_backbone,
-    _Job,
-    _load_backbone,
-    _prepare,
-    _ResultFile,
-    _run,
-    _units_of_model,
-    resolve_freeze,
-)
+from diag.provenance import versions
+from diag.train.blocks import resolve_freeze, units_of_model
+from diag.train.callbacks import STOP_FILE, StopFile, TrainCallback
+from diag.train.config import FinetuneConfig
+from diag.train.data import prepare_data
+from diag.train.model import build_model
+from diag.train.result import ResultFile, describe_backbone
+from diag.train.run import TrainJob, check_run_folder, comparable_config, load_job_backbone, run_job
 
 __all__ = ["SWEEP_SCHEMA", "DepthSummary", "SweepResult", "default_depths", "sweep"]
 
@@ -97,7 +89,7 @@ class DepthSummary:
 
 
 @dataclass(frozen=True)
-class SweepResult(_ResultFile):
+class SweepResult(ResultFile):
     """The sweep's summary; ``OUT/sweep.json``.
 
     Attributes
@@ -144,20 +136,10 @@ class SweepResult(_ResultFile):
     out: str
     schema: str = SWEEP_SCHEMA
 
-    # kept by _ResultFile as OUT/sweep.json
+    # kept by ResultFile as OUT/sweep.json
     FILE: ClassVar[str] = "sweep.json"
     SCHEMA_ID: ClassVar[str] = SWEEP_SCHEMA
     KIND: ClassVar[tuple[str, str, str]] = ("sweep", "sweep result", "the sweep")
-
-
-class _StopFile(TrainCallback):
-    """Stops the current run when ``OUT/STOP`` of the sweep appears."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def should_stop(self) -> bool:
-        return self.path.exists()
 
 
 def _summary(
@@ -199,7 +181,7 @@ def sweep(
     Parameters
     ----------
     target, backbone, val
-        As for :func:`diag.train.finetune.finetune`. The data are decoded once for every run.
+        As for :func:`diag.train.run.finetune`. The data are decoded once for every run.
     config : FinetuneConfig, optional
         The shared budget and recipe; its ``freeze``, ``seed`` and ``from_scratch`` are set per run.
     out : str or Path
@@ -221,8 +203,6 @@ def sweep(
     SweepResult
         Also written to ``out/sweep.json``.
     """
-    from diag.provenance import versions
-
     t0 = time.perf_counter()
     base = replace(config or FinetuneConfig(), freeze=0, seed=0, from_scratch=False)
     seeds = list(seeds)
@@ -239,17 +219,17 @@ def sweep(
     stop_path.unlink(missing_ok=True)  # a stale request from an earlier session
 
     name = backbone if isinstance(backbone, str) else backbone.name
-    job = _Job(
+    job = TrainJob(
         target=open_data(target),
         val=None if val is None else open_data(val),
         backbone=None if isinstance(backbone, str) else backbone,
         backbone_name=name,
     )
-    bb = _load_backbone(job, base)
-    units = _units_of_model(_build_model(bb, 2).body, bb)
+    bb = load_job_backbone(job, base)
+    units = units_of_model(build_model(bb, 2).body, bb)
     block_names = [u.name for u in units]
     ks = sorted({resolve_freeze(d, units) for d in depths}) if depths else default_depths(len(units))
-    job.prepared = _prepare(bb, job.target, job.val, base)
+    job.prepared = prepare_data(bb, job.target, job.val, base)
 
     plan: list[tuple[str, int, bool, int]] = []  # (label, K, from_scratch, seed)
     for s in seeds:
@@ -266,7 +246,7 @@ def sweep(
         )
 
     progress = progress or ProgressCallback()
-    all_callbacks = [*callbacks, _StopFile(stop_path)]
+    all_callbacks = [*callbacks, StopFile(stop_path)]
     status = "completed"
     summary("running").save(outp)
     progress.on_start(len(plan), f"sweep {job.target.name} [{name}]")
@@ -275,10 +255,10 @@ def sweep(
             rel = results[(label, s)][0]
             run_dir = outp / rel
             cfg = replace(base, freeze=k, seed=s, from_scratch=from_scratch)
-            res = _check_out(run_dir, cfg, resume=not overwrite, overwrite=overwrite)
+            res = check_run_folder(run_dir, cfg, resume=not overwrite, overwrite=overwrite)
             if res is None:
                 log.info("sweep: run %s", rel)
-                res = _run(job, cfg, run_dir, callbacks=all_callbacks, resume=not overwrite)
+                res = run_job(job, cfg, run_dir, callbacks=all_callbacks, resume=not overwrite)
             else:
                 log.info("sweep: %s already completed (best val acc %.4f)", rel, res.best_val_accuracy or 0.0)
             if res.status != "completed":
@@ -304,8 +284,8 @@ def _check_previous(out: Path, base: FinetuneConfig, *, overwrite: bool) -> None
         prev = json.loads(path.read_text()).get("config", {})
     except (OSError, json.JSONDecodeError):
         return
-    cur = _comparable(base.to_dict())
-    diff = sorted(k for k, v in cur.items() if k not in _PER_RUN and _comparable(prev).get(k, v) != v)
+    cur = comparable_config(base.to_dict())
+    diff = sorted(k for k, v in cur.items() if k not in _PER_RUN and comparable_config(prev).get(k, v) != v)
     if diff:
         raise ConfigError(
             f"out {out} holds a sweep with another budget ({', '.join(diff)}: was "
@@ -317,7 +297,7 @@ def _check_previous(out: Path, base: FinetuneConfig, *, overwrite: bool) -> None
 def _sweep_result(
     status: str,
     bb: Backbone,
-    job: _Job,
+    job: TrainJob,
     blocks: list[str],
     ks: list[int],
     seeds: list[int],
@@ -346,7 +326,7 @@ def _sweep_result(
     cfg = {k: v for k, v in base.to_dict().items() if k not in _PER_RUN}
     return SweepResult(
         status=status,
-        backbone=_describe_backbone(bb),
+        backbone=describe_backbone(bb),
         target=prep.target.describe(),
         val=prep.val_desc,
         n_blocks=len(blocks),

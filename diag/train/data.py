@@ -1,0 +1,230 @@
+"""Fine-tuning data: label checks, the seeded stratified train/validation split, and decoding once.
+
+The target set is decoded once into memory (uint8 images at the backbone's input size, or token ids)
+and the trainer cuts its batches from it, so no epoch re-reads or re-decodes a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from diag.data.dataset import DataSet
+from diag.errors import DataError
+from diag.models.backbones import Backbone, HFTextBackbone, TimmBackbone
+from diag.train.config import FinetuneConfig
+
+__all__ = [
+    "DecodedSplit",
+    "PreparedData",
+    "check_labels",
+    "image_transform",
+    "prepare_data",
+    "stratified_split",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodedSplit:
+    """One side of the data, decoded: uint8 images ``(n, 3, H, W)`` or token-id lists, and labels."""
+
+    x: torch.Tensor | list[list[int]]
+    y: torch.Tensor
+    n: int
+    feats: torch.Tensor | None = None  # pooled features, when the body is frozen and cached
+
+
+@dataclass
+class PreparedData:
+    """What :func:`prepare_data` returns: both sides decoded, the target's classes and how the
+    validation side was made (``val_desc``, for the result), and the decoding time in seconds."""
+
+    train: DecodedSplit
+    val: DecodedSplit
+    classes: tuple[str, ...]
+    target: DataSet
+    val_desc: dict[str, Any]
+    decode_s: float
+
+
+def check_labels(target: DataSet, val: DataSet | None, modality: str, backbone_name: str) -> None:
+    """Check that ``target`` (and ``val``) can train a classifier on a ``modality`` backbone.
+
+    Raises
+    ------
+    DataError
+        Wrong modality, no labels, an empty set, a single target class, or validation classes the
+        target lacks; the message names the data and what to do.
+    """
+    for d, role in ((target, "target"), (val, "val")):
+        if d is None:
+            continue
+        if d.modality != modality:
+            raise DataError(
+                f"{role} data {d.name}: holds {d.modality}s but backbone {backbone_name!r} takes "
+                f"{modality}s. Pick a{'n image' if d.modality == 'image' else ' text'} backbone."
+            )
+        if d.labels is None:
+            raise DataError(
+                f"{role} data {d.name}: has no labels. Fine-tuning needs a labelled set: one subfolder per "
+                "class for images, or a label column (--label-column) for a table."
+            )
+        if len(d) == 0:
+            raise DataError(f"{role} data {d.name}: the set is empty.")
+    assert target.labels is not None
+    present = np.unique(target.labels)
+    if len(present) < 2:
+        only = target.classes[int(present[0])] if len(present) else "none"
+        raise DataError(
+            f"target data {target.name}: all {len(target)} items have the same label ({only!r}); a "
+            "classifier needs at least two classes. Add items of other classes."
+        )
+    if val is not None:
+        unknown = sorted(set(val.classes) - set(target.classes))
+        if unknown:
+            raise DataError(
+                f"val data {val.name}: has class(es) {', '.join(map(repr, unknown[:5]))} that the target "
+                f"{target.name} does not have ({', '.join(target.classes[:10])}); the head can only predict "
+                "the target's classes. Remove those items or add them to the target."
+            )
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split: about ``fraction`` of each class to validation, at least one item per class
+    kept for training. Classes with a single item go to training only.
+
+    Returns
+    -------
+    train_idx, val_idx : ndarray of int64, each sorted
+    """
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        k = 0 if len(idx) < 2 else min(max(round(fraction * len(idx)), 1), len(idx) - 1)
+        val += idx[:k].tolist()
+        train += idx[k:].tolist()
+    return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
+
+
+def image_transform(backbone: TimmBackbone, cfg: FinetuneConfig) -> Any:
+    """The backbone's eval transform without normalisation (that runs on the device, on uint8 batches)."""
+    import timm.data
+
+    p = backbone.preprocessing
+    size = tuple(p["input_size"])
+    if cfg.image_size is not None:
+        size = (size[0], cfg.image_size, cfg.image_size)
+    return timm.data.create_transform(
+        input_size=size,
+        interpolation=p["interpolation"],
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        crop_pct=cfg.crop_pct if cfg.crop_pct is not None else p["crop_pct"],
+        crop_mode=p["crop_mode"],
+        is_training=False,
+    )
+
+
+class _Decode(torch.utils.data.Dataset[tuple[int, torch.Tensor | None, str | None]]):
+    def __init__(self, data: DataSet, transform: Any) -> None:
+        self.data = data
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            x = self.transform(self.data.load_image(i))
+            return i, torch.round(x * 255.0).clamp_(0, 255).to(torch.uint8), None
+        except Exception as exc:  # reported together below, with the file names
+            return i, None, f"{type(exc).__name__}: {exc}"
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def _decode_images(data: DataSet, transform: Any, num_workers: int) -> torch.Tensor:
+    items = _Decode(data, transform)
+    if num_workers > 0:
+        loader = torch.utils.data.DataLoader(
+            items, batch_size=64, num_workers=num_workers, collate_fn=_as_list, shuffle=False
+        )
+        results = [r for batch in loader for r in batch]
+    else:
+        results = [items[i] for i in range(len(items))]
+    bad = [(i, err) for i, x, err in results if x is None]
+    if bad:
+        i, err = bad[0]
+        raise DataError(
+            f"{data.name}: {len(bad)} of {len(data)} images cannot be read (first: {data.ids[i]}: {err}). "
+            "Fix or remove them before fine-tuning."
+        )
+    return torch.stack([x for _, x, _ in results if x is not None])
+
+
+def _tokenize(backbone: HFTextBackbone, data: DataSet, cfg: FinetuneConfig) -> list[list[int]]:
+    assert data.texts is not None
+    ml = cfg.max_length or backbone.max_length
+    ids: list[list[int]] = backbone.tokenizer(list(data.texts), truncation=True, max_length=ml)["input_ids"]
+    return ids
+
+
+def prepare_data(
+    backbone: Backbone, target: DataSet, val: DataSet | None, cfg: FinetuneConfig
+) -> PreparedData:
+    """Check labels, split (without ``val``: a stratified ``cfg.val_fraction`` of the target), and decode
+    (or tokenise) everything once, as ``backbone`` takes it."""
+    check_labels(target, val, backbone.modality, backbone.name)
+    assert target.labels is not None
+    t0 = time.perf_counter()
+    if val is None:
+        tr_idx, va_idx = stratified_split(target.labels, cfg.val_fraction, cfg.split_seed)
+        if len(va_idx) == 0:
+            raise DataError(
+                f"target data {target.name}: too small for a validation split ({len(target)} items, "
+                f"val_fraction={cfg.val_fraction}). Add items, raise --val-fraction, or pass --val DATA."
+            )
+        train_ds, val_ds = target.subset(tr_idx), target.subset(va_idx)
+        val_y = target.labels[va_idx]
+        val_desc = {
+            "source": "split", "fraction": cfg.val_fraction, "split_seed": cfg.split_seed, "n": len(va_idx),
+        }  # fmt: skip
+    else:
+        assert val.labels is not None
+        train_ds, val_ds = target, val
+        remap = np.array([target.classes.index(c) for c in val.classes], dtype=np.int64)
+        val_y = remap[val.labels]
+        val_desc = {"source": "data", **val.describe()}
+    assert train_ds.labels is not None
+    if isinstance(backbone, TimmBackbone):
+        tf = image_transform(backbone, cfg)
+        x_tr: torch.Tensor | list[list[int]] = _decode_images(train_ds, tf, cfg.num_workers)
+        x_va: torch.Tensor | list[list[int]] = _decode_images(val_ds, tf, cfg.num_workers)
+    elif isinstance(backbone, HFTextBackbone):
+        x_tr, x_va = _tokenize(backbone, train_ds, cfg), _tokenize(backbone, val_ds, cfg)
+    else:  # pragma: no cover - only two kinds of backbone exist
+        raise TypeError(f"unsupported backbone type {type(backbone).__name__}")
+    decode_s = time.perf_counter() - t0
+    log.info("decoded %d train + %d val items in %.1f s", len(train_ds), len(val_ds), decode_s)
+    y_tr = torch.from_numpy(train_ds.labels.astype(np.int64))
+    y_va = torch.from_numpy(np.asarray(val_y, np.int64))
+    return PreparedData(
+        train=DecodedSplit(x_tr, y_tr, len(train_ds)),
+        val=DecodedSplit(x_va, y_va, len(val_ds)),
+        classes=target.classes,
+        target=target,
+        val_desc=val_desc,
+        decode_s=decode_s,
+    )
