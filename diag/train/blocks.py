@@ -21,12 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
 from diag.errors import ConfigError
-from diag.models.backbones import Backbone, TimmBackbone
+from diag.models import Backbone
 
 __all__ = ["FreezeUnit", "freeze_units", "n_blocks", "resolve_freeze", "units_of_model"]
 
@@ -104,32 +103,11 @@ def _group(
     return out
 
 
-def _text_layers(model: nn.Module) -> tuple[str, int]:
-    for path in ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, (nn.ModuleList, nn.Sequential)) and len(obj) > 0:
-            return path, len(obj)
-    raise ConfigError(
-        f"{type(model).__name__}: cannot find its transformer layers (looked for encoder.layer, "
-        "transformer.layer, layers). Fine-tuning supports BERT-like encoders."
-    )
-
-
 def units_of_model(model: nn.Module, backbone: Backbone) -> list[FreezeUnit]:
     """The blocks of ``model``: ``backbone.model`` itself or a copy of it (a fine-tuning body, whose
-    source classifier is removed), cut as ``backbone`` cuts its model."""
-    if isinstance(backbone, TimmBackbone):
-        stages = [(n, n) for n, _ in backbone._stages]
-        get_clf = getattr(model, "get_classifier", None)
-        clf = get_clf() if callable(get_clf) else None
-        has_params = clf is not None and any(True for _ in clf.parameters())
-        exclude = [n for n, m in model.named_modules() if n and has_params and m is clf]
-        return _group(model, stages, exclude=exclude, before="stem", after="pooled")
-    path, n_layers = _text_layers(model)
-    named = [("embeddings", "embeddings"), *((f"{path}.{i}", f"layer.{i}") for i in range(n_layers))]
-    return _group(model, named, exclude=["pooler"], before="embeddings", after="pooled")
+    source classifier is removed), cut where :meth:`Backbone.block_layout` says."""
+    layout = backbone.block_layout(model)
+    return _group(model, layout.modules, exclude=layout.exclude, before=layout.before, after=layout.after)
 
 
 def freeze_units(backbone: Backbone) -> list[FreezeUnit]:

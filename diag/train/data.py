@@ -16,14 +16,13 @@ import torch
 
 from diag.data.dataset import DataSet
 from diag.errors import DataError
-from diag.models.backbones import Backbone, HFTextBackbone, TimmBackbone
+from diag.models import Backbone
 from diag.train.config import FinetuneConfig
 
 __all__ = [
     "DecodedSplit",
     "PreparedData",
     "check_labels",
-    "image_transform",
     "prepare_data",
     "stratified_split",
 ]
@@ -116,71 +115,6 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
 
 
-def image_transform(backbone: TimmBackbone, cfg: FinetuneConfig) -> Any:
-    """The backbone's eval transform without normalisation (that runs on the device, on uint8 batches)."""
-    import timm.data
-
-    p = backbone.preprocessing
-    size = tuple(p["input_size"])
-    if cfg.image_size is not None:
-        size = (size[0], cfg.image_size, cfg.image_size)
-    return timm.data.create_transform(
-        input_size=size,
-        interpolation=p["interpolation"],
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
-        crop_pct=cfg.crop_pct if cfg.crop_pct is not None else p["crop_pct"],
-        crop_mode=p["crop_mode"],
-        is_training=False,
-    )
-
-
-class _Decode(torch.utils.data.Dataset[tuple[int, torch.Tensor | None, str | None]]):
-    def __init__(self, data: DataSet, transform: Any) -> None:
-        self.data = data
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            x = self.transform(self.data.load_image(i))
-            return i, torch.round(x * 255.0).clamp_(0, 255).to(torch.uint8), None
-        except Exception as exc:  # reported together below, with the file names
-            return i, None, f"{type(exc).__name__}: {exc}"
-
-
-def _as_list(batch: list[Any]) -> list[Any]:
-    return batch
-
-
-def _decode_images(data: DataSet, transform: Any, num_workers: int) -> torch.Tensor:
-    items = _Decode(data, transform)
-    if num_workers > 0:
-        loader = torch.utils.data.DataLoader(
-            items, batch_size=64, num_workers=num_workers, collate_fn=_as_list, shuffle=False
-        )
-        results = [r for batch in loader for r in batch]
-    else:
-        results = [items[i] for i in range(len(items))]
-    bad = [(i, err) for i, x, err in results if x is None]
-    if bad:
-        i, err = bad[0]
-        raise DataError(
-            f"{data.name}: {len(bad)} of {len(data)} images cannot be read (first: {data.ids[i]}: {err}). "
-            "Fix or remove them before fine-tuning."
-        )
-    return torch.stack([x for _, x, _ in results if x is not None])
-
-
-def _tokenize(backbone: HFTextBackbone, data: DataSet, cfg: FinetuneConfig) -> list[list[int]]:
-    assert data.texts is not None
-    ml = cfg.max_length or backbone.max_length
-    ids: list[list[int]] = backbone.tokenizer(list(data.texts), truncation=True, max_length=ml)["input_ids"]
-    return ids
-
-
 def prepare_data(
     backbone: Backbone, target: DataSet, val: DataSet | None, cfg: FinetuneConfig
 ) -> PreparedData:
@@ -208,14 +142,13 @@ def prepare_data(
         val_y = remap[val.labels]
         val_desc = {"source": "data", **val.describe()}
     assert train_ds.labels is not None
-    if isinstance(backbone, TimmBackbone):
-        tf = image_transform(backbone, cfg)
-        x_tr: torch.Tensor | list[list[int]] = _decode_images(train_ds, tf, cfg.num_workers)
-        x_va: torch.Tensor | list[list[int]] = _decode_images(val_ds, tf, cfg.num_workers)
-    elif isinstance(backbone, HFTextBackbone):
-        x_tr, x_va = _tokenize(backbone, train_ds, cfg), _tokenize(backbone, val_ds, cfg)
-    else:  # pragma: no cover - only two kinds of backbone exist
-        raise TypeError(f"unsupported backbone type {type(backbone).__name__}")
+    x_tr, x_va = (
+        backbone.decode_all(
+            d, image_size=cfg.image_size, crop_pct=cfg.crop_pct, max_length=cfg.max_length,
+            num_workers=cfg.num_workers,
+        )
+        for d in (train_ds, val_ds)
+    )  # fmt: skip
     decode_s = time.perf_counter() - t0
     log.info("decoded %d train + %d val items in %.1f s", len(train_ds), len(val_ds), decode_s)
     y_tr = torch.from_numpy(train_ds.labels.astype(np.int64))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diag.models.backbones import Backbone, TimmBackbone, _masked_mean
+from diag.models import Backbone
 
 __all__ = ["FinetuneModel", "build_model"]
 
@@ -19,43 +19,38 @@ class FinetuneModel(nn.Module):
     Parameters
     ----------
     body : nn.Module
-        The timm model (its source classifier removed) or the Hugging Face encoder.
+        A copy of the backbone's model, its source head removed (:meth:`Backbone.strip_source_head`).
     head : nn.Linear
         ``(dim, n_classes)``.
-    modality : {"image", "text"}
+    backbone : Backbone
+        The backbone ``body`` was copied from: it knows how its family pools features
+        (:meth:`Backbone.pooled_features`). Its own model is never used.
     """
 
-    def __init__(self, body: nn.Module, head: nn.Linear, modality: str) -> None:
+    def __init__(self, body: nn.Module, head: nn.Linear, backbone: Backbone) -> None:
         super().__init__()
         self.body = body
         self.head = head
-        self.modality = modality
+        self.modality = backbone.modality
+        self._pool = backbone.pooled_features
 
     def features(self, batch: Any) -> torch.Tensor:
-        """Pooled features ``(B, dim)``: timm's ``forward_head(pre_logits=True)``, or the token mean."""
-        body: Any = self.body
-        if self.modality == "image":
-            return body.forward_head(body.forward_features(batch), pre_logits=True)
-        input_ids, attention_mask = batch
-        h = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return _masked_mean(h, attention_mask).to(h.dtype)
+        """Pooled features ``(B, dim)``, differentiable (timm's ``forward_head(pre_logits=True)``, a
+        text encoder's masked token mean)."""
+        return self._pool(self.body, batch)
 
     def forward(self, batch: Any) -> torch.Tensor:
         return self.head(self.features(batch))
 
 
 def build_model(backbone: Backbone, n_classes: int) -> FinetuneModel:
-    body = copy.deepcopy(backbone.model)  # never touch the caller's backbone
-    if isinstance(backbone, TimmBackbone):
-        reset: Any = getattr(body, "reset_classifier", None)
-        if callable(reset):
-            reset(0)
-    elif getattr(body, "pooler", None) is not None:
-        # Unused (the head reads the masked mean of the last layer): dropping it saves its compute.
-        body.register_module("pooler", None)
+    """A :class:`FinetuneModel` for ``n_classes``: a deep copy of ``backbone.model`` (the caller's
+    backbone is never touched) without its source head, and a zero-initialised linear head."""
+    body = copy.deepcopy(backbone.model)
+    backbone.strip_source_head(body)
     dim = next(p.dim for p in backbone.probes if p.name == "pooled")
     head = nn.Linear(dim, n_classes)
     # A zero head: no random projection to distort the features in the first steps, and no RNG use.
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    return FinetuneModel(body, head, backbone.modality)
+    return FinetuneModel(body, head, backbone)

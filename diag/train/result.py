@@ -10,7 +10,7 @@ from typing import Any, ClassVar, TypeVar, cast
 
 from diag.errors import DataError
 from diag.fileio import atomic_write_bytes
-from diag.models.backbones import Backbone
+from diag.models import Backbone
 
 __all__ = ["SCHEMA", "FinetuneResult", "ResultFile", "describe_backbone"]
 

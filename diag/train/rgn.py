@@ -27,7 +27,7 @@ from torch import nn
 
 from diag.data.dataset import DataSet, open_data
 from diag.device import resolve_device
-from diag.models.backbones import Backbone, HFTextBackbone, TimmBackbone, load
+from diag.models import Backbone, load
 from diag.stats.common import check_int
 from diag.train.blocks import units_of_model
 from diag.train.config import FinetuneConfig
@@ -122,11 +122,20 @@ def relative_gradient_norms(
     model = build_model(bb, len(prep.classes))
     units = units_of_model(model.body, bb)
     device = resolve_device(cfg.device)
-    stats = (bb.preprocessing["mean"], bb.preprocessing["std"]) if isinstance(bb, TimmBackbone) else None
-    pad = int(bb.tokenizer.pad_token_id or 0) if isinstance(bb, HFTextBackbone) else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tr = Trainer(model, units, 0, prep.train, prep.val, cfg, device, "fp32", stats, pad)
+        tr = Trainer(
+            model,
+            units,
+            0,
+            prep.train,
+            prep.val,
+            cfg,
+            device,
+            "fp32",
+            bb.input_normalization,
+            bb.pad_token_id,
+        )
         model.eval()
         feats = tr.features_of(tr.train)
         head_acc = _fit_head(model.head, feats, tr.train.y, l2)

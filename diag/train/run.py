@@ -31,7 +31,7 @@ from diag.data.dataset import DataSet, open_data
 from diag.device import resolve_device, resolve_precision
 from diag.errors import ConfigError, DataError, DiagError, param_error
 from diag.fileio import atomic_write_bytes
-from diag.models.backbones import Backbone, HFTextBackbone, TimmBackbone, load
+from diag.models import Backbone, load
 from diag.provenance import device_description, versions
 from diag.train.blocks import resolve_freeze, units_of_model
 from diag.train.callbacks import STOP_FILE, EarlyStopping, MetricsLog, StopFile, TrainCallback, TrainState
@@ -251,12 +251,6 @@ def run_job(
         )
     if cfg.from_scratch and k > 0:
         log.warning("from_scratch with %d frozen blocks: those blocks stay at their random init", k)
-    image_stats = None
-    pad_id = 0
-    if isinstance(bb, TimmBackbone):
-        image_stats = (bb.preprocessing["mean"], bb.preprocessing["std"])
-    elif isinstance(bb, HFTextBackbone):
-        pad_id = int(bb.tokenizer.pad_token_id or 0)
     deterministic = cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +265,10 @@ def run_job(
 
     with torch.random.fork_rng(devices=fork_devices), _determinism(deterministic):
         torch.manual_seed(mix_seed(cfg.seed, 1 << 20))
-        trainer = Trainer(model, units, k, prep.train, prep.val, cfg, device, precision, image_stats, pad_id)
+        trainer = Trainer(
+            model, units, k, prep.train, prep.val, cfg, device, precision,
+            bb.input_normalization, bb.pad_token_id,
+        )  # fmt: skip
         state = TrainState(
             out=str(out), epochs=cfg.epochs, steps_per_epoch=trainer.steps_per_epoch,
             total_steps=trainer.total_steps,

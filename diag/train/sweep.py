@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from diag.data.dataset import DataSet, open_data
 from diag.errors import ConfigError
-from diag.models.backbones import Backbone
+from diag.models import Backbone
 from diag.progress import ProgressCallback
 from diag.provenance import versions
 from diag.train.blocks import resolve_freeze, units_of_model

@@ -93,7 +93,9 @@ class Trainer:
     precision : str
         ``fp32`` or ``bf16``.
     image_stats : (mean, std), optional
-        Per-channel normalisation of image batches.
+        Per-channel normalisation of image batches (:attr:`Backbone.input_normalization`).
+    pad_id : int, default 0
+        The token id that pads text batches (:attr:`Backbone.pad_token_id`).
     """
 
     def __init__(
