@@ -31,7 +31,7 @@ import torch
 from diag.data.dataset import open_data
 from diag.device import resolve_device, resolve_precision
 from diag.engine.extract import ExtractConfig, extract
-from diag.models.backbones import HFTextBackbone, TimmBackbone, load
+from diag.models import HFTextBackbone, TimmBackbone, load
 
 
 def _sync(device: torch.device) -> None:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from diag.data.dataset import open_data
 from diag.device import resolve_device, resolve_precision
-from diag.models.backbones import TimmBackbone, load
+from diag.models import TimmBackbone, load
 from diag.train import PRESETS, FinetuneConfig, TrainCallback, TrainState, finetune
 from diag.train.data import prepare_data as _prepare
 from diag.train.model import build_model as _build_model

@@ -168,7 +168,7 @@ def rule_rgn_argmax(ev: dict, blocks: list[str]) -> int | None:
 def rule_as_fixed(ev: dict, blocks: list[str]) -> int:
     """diag's rule as it stood at commit 208fe5d, before the small-target step: diag's own rule on the
     same evidence, with targets of 10 to ``SMALL_TARGET`` examples per class treated as larger ones."""
-    from diag.predict.rules import SMALL_TARGET, recommend_freeze
+    from diag.predict.freeze import SMALL_TARGET, recommend_freeze
 
     curve = {k: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": ev["tolerance"]}
              for k, v in ev["linear_probe"].items()}  # fmt: skip
@@ -303,7 +303,7 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path) -> di
 
 def _all_scores(sc: dict) -> dict[str, float]:
     """Every transferability score at the pooled embedding (LEEP/NCE from the backbone's own head)."""
-    from diag.models.backbones import load
+    from diag.models import load
     from diag.pipeline import embed
     from diag.stats.transfer import transferability
 

@@ -148,7 +148,7 @@ def _dead_units(path: Path, fraction: float) -> None:
     from safetensors.torch import save_file
     from timm.layers import BatchNormAct2d
 
-    from diag.models.backbones import load
+    from diag.models import load
 
     model = load("efficientnet_lite0").model
     gen = torch.Generator().manual_seed(0)

@@ -12,10 +12,10 @@ from diag.data.dataset import DataSet, open_data
 from diag.engine.embeddings import Embeddings
 from diag.engine.extract import ExtractConfig, extract
 from diag.errors import BackboneError, CacheError, ConfigError, DataError, DiagError, MissingDependencyError
-from diag.models.backbones import Backbone, ProbePoint, SourceHead
-from diag.models.backbones import load as load_backbone
-from diag.pipeline import diagnose, embed
-from diag.predict.rank import Ranking, rank_backbones
+from diag.models import Backbone, ProbePoint, SourceHead
+from diag.models import load as load_backbone
+from diag.pipeline import diagnose, embed, rank_backbones
+from diag.predict.rank import Ranking
 from diag.progress import ProgressCallback, TqdmProgress
 from diag.report.schema import Report, load_report
 from diag.train import FinetuneConfig, FinetuneResult, TrainCallback, finetune, load_finetuned

@@ -1,29 +1,49 @@
-"""The one place that orchestrates: data + backbone + engine + cache. The CLI and the dashboard call it."""
+"""The one place that orchestrates: data + backbone + engine + cache, then statistics and rules.
+
+The CLI and the dashboard call it. Four entry points, each open → load → embed → score:
+
+- :func:`embed`: one data set at every probe point of a backbone, through the cache;
+- :func:`diagnose`: the shift profile of source vs target and, with a labelled target, the per-layer
+  transfer curve, the negative-transfer verdict and the freeze depth (:mod:`diag.predict`);
+- :func:`rank_backbones`: candidate backbones scored on one labelled target (:mod:`diag.predict.rank`);
+- :func:`recommend_for_target`: the freeze depth for ``diag finetune --freeze auto``.
+
+Statistics and rules are pure functions; this module only feeds them (with the user's device) and
+assembles their results, never editing them.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from diag.config import DiagnoseConfig, RankConfig
 from diag.data.dataset import DataSet, open_data
 from diag.device import resolve_device, resolve_precision
 from diag.engine import cache
 from diag.engine.embeddings import Embeddings
 from diag.engine.extract import ExtractConfig, extract
-from diag.models.backbones import Backbone, load
+from diag.errors import ConfigError, DataError, DiagError
+from diag.models import Backbone, load
+from diag.predict.freeze import FreezeRecommendation, recommend_freeze
+from diag.predict.layers import layer_transfer, require_labels
+from diag.predict.negative import negative_transfer
+from diag.predict.profile import shift_profile
+from diag.predict.rank import Ranking, candidate_names, rank_candidates
 from diag.progress import ProgressCallback
+from diag.provenance import device_description, versions
+from diag.report.schema import Report
+from diag.stats.transfer import transferability
+from diag.train import FinetuneConfig, freeze_units, relative_gradient_norms
 
-if TYPE_CHECKING:
-    from diag.report.schema import Report
-
-__all__ = ["diagnose", "embed", "split_halves"]
+__all__ = ["diagnose", "embed", "rank_backbones", "recommend_for_target", "split_halves"]
 
 log = logging.getLogger(__name__)
 
@@ -107,25 +127,31 @@ def split_halves(emb: Embeddings, *, seed: int = 0) -> tuple[Embeddings, Embeddi
     return emb.subset(a, name=f"{name} (half A)"), emb.subset(b, name=f"{name} (half B)")
 
 
+def _settings(config: Any, overrides: dict[str, Any]) -> Any:
+    """``config`` with the keyword arguments that were given (not None) replacing its fields."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(config, **changes) if changes else config
+
+
 def diagnose(
     source: DataLike,
     target: DataLike | None,
     backbone: str | Backbone,
-    config: ExtractConfig | None = None,
+    config: DiagnoseConfig | ExtractConfig | None = None,
     *,
     out: str | Path | None = None,
-    pretrained: bool = True,
+    progress: ProgressCallback | None = None,
+    pretrained: bool | None = None,
     image_size: int | None = None,
     max_length: int | None = None,
-    n_permutations: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    use_cache: bool = True,
+    n_permutations: int | None = None,
+    alpha: float | None = None,
+    seed: int | None = None,
+    use_cache: bool | None = None,
     cache_dir: str | Path | None = None,
     data_options: dict[str, str] | None = None,
-    transfer: bool = True,
-    rgn: bool = True,
-    progress: ProgressCallback | None = None,
+    transfer: bool | None = None,
+    rgn: bool | None = None,
 ) -> Report:
     """Embed source and target (once each, cached), profile the shift layer by layer, write the report.
 
@@ -134,35 +160,42 @@ def diagnose(
     source, target : path, ``samples:NAME``, DataSet or Embeddings
         ``target=None`` compares two disjoint random halves of ``source`` (a null check).
     backbone : name or Backbone
-    config : ExtractConfig, optional
+    config : DiagnoseConfig or ExtractConfig, optional
+        Every option with its default (:class:`diag.config.DiagnoseConfig`); an ``ExtractConfig`` alone
+        stands for ``DiagnoseConfig(extract=config)``.
     out : folder, optional
         Where to write ``report.json`` and its sidecars; nothing is written when None.
-    n_permutations, alpha, seed
-        See :func:`diag.predict.profile.shift_profile`.
+    progress : ProgressCallback, optional
+    pretrained, image_size, max_length, n_permutations, alpha, seed, use_cache, cache_dir, transfer, rgn
+        Each replaces the field of the same name of ``config`` when given (not None); see
+        :class:`~diag.config.DiagnoseConfig` for their meaning and defaults. ``transfer`` adds, when the
+        target has labels (2+ classes), the per-layer transferability of the pretrained backbone and of
+        its random-init twin (one more forward pass over the target), the negative-transfer verdict and
+        the freeze-depth recommendation (:mod:`diag.predict`); without labels the report says why these
+        sections are missing. ``rgn`` adds the relative gradient norm of each block on a few target
+        batches (:mod:`diag.train.rgn`, Auto-RGN), evidence for the freeze depth.
     data_options : dict, optional
-        ``text_column`` / ``label_column`` for tables.
-    transfer : bool, default True
-        When the target has labels (2+ classes): per-layer transferability of the pretrained backbone
-        and of its random-init twin (one more forward pass over the target), the negative-transfer
-        verdict and the freeze-depth recommendation (:mod:`diag.predict.rules`). Without labels the report
-        says why these sections are missing.
-    rgn : bool, default True
-        With ``transfer``: also the relative gradient norm of each block on a few target batches
-        (:mod:`diag.train.rgn`, Auto-RGN), evidence for the freeze depth.
+        ``text_column`` / ``label_column`` for tables (replace the config's).
 
     Returns
     -------
     Report
     """
-    from diag import __version__
-    from diag.device import resolve_device
-    from diag.predict.profile import shift_profile
-    from diag.provenance import device_description, versions
-    from diag.report.schema import Report
+    from diag import __version__  # deferred: diag/__init__ imports this module
 
-    cfg = config or ExtractConfig()
+    base = config if isinstance(config, DiagnoseConfig) else DiagnoseConfig(extract=config or ExtractConfig())
+    opts = {k: v for k, v in (data_options or {}).items() if v is not None}
+    settings: DiagnoseConfig = _settings(
+        base,
+        {
+            "pretrained": pretrained, "image_size": image_size, "max_length": max_length,
+            "n_permutations": n_permutations, "alpha": alpha, "seed": seed, "use_cache": use_cache,
+            "cache_dir": cache_dir, "transfer": transfer, "rgn": rgn, **opts,
+        },
+    )  # fmt: skip
+    cfg = settings.extract
+    seed = settings.seed
     t0 = time.perf_counter()
-    opts = data_options or {}
     bb: Backbone | None = None
 
     def get_backbone() -> Backbone:
@@ -173,10 +206,10 @@ def diagnose(
                 if isinstance(backbone, Backbone)
                 else load(
                     backbone,
-                    pretrained=pretrained,
+                    pretrained=settings.pretrained,
                     seed=seed,
-                    image_size=image_size,
-                    max_length=max_length,
+                    image_size=settings.image_size,
+                    max_length=settings.max_length,
                 )
             )
         return bb
@@ -192,8 +225,11 @@ def diagnose(
             emb = data
             datasets[what] = None
         else:
-            ds = datasets[what] = open_data(data, **opts)
-            emb = embed(ds, get_backbone(), cfg, use_cache=use_cache, cache_dir=cache_dir, progress=progress)
+            ds = datasets[what] = open_data(data, **settings.data_options)
+            emb = embed(
+                ds, get_backbone(), cfg, use_cache=settings.use_cache, cache_dir=settings.cache_dir,
+                progress=progress,
+            )  # fmt: skip
         timings[f"embed_{what}_s"] = round(time.perf_counter() - t, 3)
         timings[f"{what}_from_cache"] = emb.from_cache
         return emb, {"spec": spec, **emb.manifest.get("data", {})}
@@ -213,11 +249,21 @@ def diagnose(
     t = time.perf_counter()
     dev = resolve_device(cfg.device)
     profile = shift_profile(
-        src, tgt, n_permutations=n_permutations, alpha=alpha, random_state=seed, device=str(dev),
-        progress=progress,
+        src, tgt, n_permutations=settings.n_permutations, alpha=settings.alpha, random_state=seed,
+        device=str(dev), progress=progress,
     )  # fmt: skip
     timings["shift_s"] = round(time.perf_counter() - t, 3)
     timings["total_s"] = round(time.perf_counter() - t0, 3)
+    layers = [x.to_dict() for x in profile.layers]
+    shift = profile.verdict.to_dict()
+    sections: dict[str, Any] = {}
+    if settings.transfer:
+        t = time.perf_counter()
+        layers, sections = _predictions(
+            layers, shift, tgt, datasets["target"], get_backbone, settings, progress=progress
+        )
+        timings["transfer_s"] = round(time.perf_counter() - t, 3)
+        timings["total_s"] = round(time.perf_counter() - t0, 3)
     backbone_info = src.manifest.get("backbone", {})
     report = Report(
         backbone={k: v for k, v in backbone_info.items() if k != "probes"},
@@ -225,8 +271,8 @@ def diagnose(
         target=tgt_info,
         n_source=profile.n_source,
         n_target=profile.n_target,
-        layers=[x.to_dict() for x in profile.layers],
-        shift=profile.verdict.to_dict(),
+        layers=layers,
+        shift=shift,
         label_shift=profile.label_shift,
         class_conditional=profile.class_conditional,
         meta={
@@ -239,20 +285,13 @@ def diagnose(
             "config": {
                 "extract": asdict(cfg),
                 "shift": profile.config,
-                "pretrained": backbone_info.get("pretrained", pretrained),
+                "pretrained": backbone_info.get("pretrained", settings.pretrained),
                 "null_split": target is None,
             },
             "embeddings": {"source_cache_key": src.cache_key, "target_cache_key": tgt.cache_key},
         },
+        sections=sections,
     )
-    if transfer:
-        t = time.perf_counter()
-        report = _add_predictions(
-            report, tgt, datasets["target"], get_backbone, cfg, seed=seed, use_cache=use_cache,
-            cache_dir=cache_dir, progress=progress, rgn=rgn,
-        )  # fmt: skip
-        timings["transfer_s"] = round(time.perf_counter() - t, 3)
-        timings["total_s"] = round(time.perf_counter() - t0, 3)
     if out is not None:
         report = report.save(out, source=src, target=tgt, ood_scores=profile.ood_scores)
     return report
@@ -264,33 +303,36 @@ def _rows_of(data: DataSet, half: Embeddings) -> DataSet:
     return data.subset([pos[i] for i in half.ids], name=half.manifest["data"]["name"])
 
 
-def _add_predictions(
-    report: Report,
+def _freeze_blocks(backbone: Backbone) -> list[str]:
+    """The backbone's blocks in freeze order (names = probe points), from the fine-tuning engine."""
+    return [u.name for u in freeze_units(backbone)]
+
+
+def _predictions(
+    layers: list[dict[str, Any]],
+    shift: dict[str, Any],
     target: Embeddings,
     target_data: DataSet | None,
     get_backbone: Callable[[], Backbone],
-    cfg: ExtractConfig,
+    settings: DiagnoseConfig,
     *,
-    seed: int,
-    use_cache: bool,
-    cache_dir: str | Path | None,
     progress: ProgressCallback | None,
-    rgn: bool = True,
-) -> Report:
-    """Transferability per layer (pretrained and random-init twin), negative transfer, freeze depth."""
-    from dataclasses import replace
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Transferability per layer (pretrained and random-init twin), negative transfer, freeze depth.
 
-    from diag.errors import DataError, DiagError
-    from diag.predict.rules import freeze_blocks, layer_transfer, negative_transfer, recommend_freeze
-
+    Returns the shift ``layers`` with each one's transfer scores added, and the report sections
+    (``transferability``; ``negative_transfer`` and ``freeze`` when the target allows them).
+    """
+    cfg, seed = settings.extract, settings.seed
+    device = str(resolve_device(cfg.device))
     try:
-        pre = layer_transfer(target, random_state=seed)
+        pre = layer_transfer(target, random_state=seed, device=device)
     except DataError as exc:
         log.info("no transfer predictions: %s", exc)
-        return report.with_sections(transferability={"skipped": str(exc)})
+        return layers, {"transferability": {"skipped": str(exc)}}
     if target_data is None:
         msg = "the target was given as embeddings, so its random-init twin cannot embed it"
-        return report.with_sections(transferability={"skipped": msg})
+        return layers, {"transferability": {"skipped": msg}}
     bb = get_backbone()
     pre_kw = bb.preprocessing
     twin = load(
@@ -300,19 +342,17 @@ def _add_predictions(
         image_size=pre_kw["input_size"][1] if bb.modality == "image" else None,
         max_length=pre_kw.get("max_length") if bb.modality == "text" else None,
     )
-    twin_emb = embed(target_data, twin, cfg, use_cache=use_cache, cache_dir=cache_dir, progress=progress)
+    twin_emb = embed(
+        target_data, twin, cfg, use_cache=settings.use_cache, cache_dir=settings.cache_dir, progress=progress
+    )
     if twin_emb.ids != target.ids:  # the same items in the same order (skips are content-determined)
         pos = {i: k for k, i in enumerate(twin_emb.ids)}
         twin_emb = twin_emb.subset([pos[i] for i in target.ids])
-    rnd = layer_transfer(twin_emb, random_state=seed)
+    rnd = layer_transfer(twin_emb, random_state=seed, device=device)
     assert target.labels is not None
     n_classes = len(np.unique(target.labels))
-    blocks = freeze_blocks(bb)
     grads = None
-    if rgn:
-        from diag.train import FinetuneConfig
-        from diag.train.rgn import relative_gradient_norms
-
+    if settings.rgn:
         t = time.perf_counter()
         try:  # input size and token length: the loaded backbone's own (the config leaves them unset)
             grads = relative_gradient_norms(target_data, bb, FinetuneConfig(device=cfg.device), seed=seed)
@@ -320,25 +360,12 @@ def _add_predictions(
             log.info("no relative gradient norms: %s", exc)
         else:
             log.info("relative gradient norms in %.1f s", time.perf_counter() - t)
-    nt = negative_transfer(
-        pre, rnd, n_target=len(target), n_classes=n_classes, shift=report.shift,
-        rgn=None if grads is None else grads.normalized,
-    )  # fmt: skip
+    rgn = None if grads is None else grads.normalized
+    nt = negative_transfer(pre, rnd, n_target=len(target), n_classes=n_classes, shift=shift, rgn=rgn)
     fr = recommend_freeze(
-        pre, blocks, n_target=len(target), n_classes=n_classes, shift=report.shift,
-        shift_layers=report.layers, rgn=None if grads is None else grads.normalized,
+        pre, _freeze_blocks(bb), n_target=len(target), n_classes=n_classes, shift=shift,
+        shift_layers=layers, rgn=rgn, negative=nt,
     )  # fmt: skip
-    if nt.risk == "high":
-        fr = replace(
-            fr,
-            rationale=[
-                *fr.rationale,
-                f"Negative-transfer risk is high (p = {nt.probability:.2f}): fine-tuning from these weights "
-                "is expected to end below training from scratch at any depth. Compare with "
-                "`diag finetune --from-scratch` (or `diag sweep`) before trusting this K.",
-            ],
-            evidence={**fr.evidence, "negative_transfer_risk": nt.risk},
-        )
     layers = [
         {
             **lay,
@@ -346,7 +373,7 @@ def _add_predictions(
         }
         if lay["name"] in pre
         else lay
-        for lay in report.layers
+        for lay in layers
     ]
     last = layers[-1]["name"]
     transferability = {
@@ -359,6 +386,153 @@ def _add_predictions(
         "random_init_layers": rnd,
         "random_init": {"seed": seed, "weights_sha256": twin.weights_fingerprint()},
     }
-    return replace(report, layers=layers).with_sections(
-        transferability=transferability, negative_transfer=nt.to_dict(), freeze=fr.to_dict()
+    return layers, {
+        "transferability": transferability,
+        "negative_transfer": nt.to_dict(),
+        "freeze": fr.to_dict(),
+    }
+
+
+def rank_backbones(
+    target: str | Path | DataSet,
+    backbones: Sequence[str],
+    config: RankConfig | ExtractConfig | None = None,
+    *,
+    include_random_init: bool | None = None,
+    by: str | None = None,
+    n_bootstrap: int | None = None,
+    image_size: int | None = None,
+    max_length: int | None = None,
+    seed: int | None = None,
+    use_cache: bool | None = None,
+    progress: ProgressCallback | None = None,
+) -> Ranking:
+    """Score every backbone on the labelled target and rank them, with bootstrap rank stability.
+
+    Parameters
+    ----------
+    target : path, ``samples:NAME`` or DataSet
+        Labelled, 2+ classes.
+    backbones : list of str
+        Backbone names (:func:`diag.models.backbones.load`).
+    config : RankConfig or ExtractConfig, optional
+        Every option with its default (:class:`diag.config.RankConfig`); an ``ExtractConfig`` alone
+        stands for ``RankConfig(extract=config)``.
+    include_random_init, by, n_bootstrap, image_size, max_length, seed, use_cache
+        Each replaces the field of the same name of ``config`` when given (not None).
+        ``include_random_init`` adds each backbone's random-init twin as a candidate
+        (``NAME (random-init)``): a backbone that does not beat its own twin brings nothing to transfer.
+        ``by`` is the score to rank by (bootstrap stability is computed for LogME and the shrinkage
+        H-score; for the probes, which are cross-validated and costly, the fold spread is shown instead).
+    progress : ProgressCallback, optional
+
+    Returns
+    -------
+    Ranking
+        See :mod:`diag.predict.rank`.
+    """
+    base = config if isinstance(config, RankConfig) else RankConfig(extract=config or ExtractConfig())
+    settings: RankConfig = _settings(
+        base,
+        {
+            "include_random_init": include_random_init, "by": by, "n_bootstrap": n_bootstrap,
+            "image_size": image_size, "max_length": max_length, "seed": seed, "use_cache": use_cache,
+        },
+    )  # fmt: skip
+    names = candidate_names(backbones)
+    seed = settings.seed
+    device = str(resolve_device(settings.extract.device))
+    t0 = time.perf_counter()
+    data = open_data(target)
+    image_size, max_length = settings.image_size, settings.max_length
+    candidates: list[tuple[str, Backbone]] = []
+    for name in names:
+        candidates.append((name, load(name, image_size=image_size, max_length=max_length)))
+        if settings.include_random_init:
+            twin = load(name, pretrained=False, seed=seed, image_size=image_size, max_length=max_length)
+            candidates.append((f"{name} (random-init)", twin))
+    modalities = {bb.modality for _, bb in candidates}
+    if len(modalities) > 1:
+        raise ConfigError(
+            f"backbones mix modalities ({', '.join(sorted(modalities))}); rank image or text backbones, "
+            f"matching the target ({data.modality})."
+        )
+    rows: list[dict[str, Any]] = []
+    pooled: dict[str, np.ndarray] = {}
+    labels: np.ndarray | None = None
+    for label, bb in candidates:
+        emb = embed(data, bb, settings.extract, use_cache=settings.use_cache, progress=progress)
+        y = require_labels(emb, str(target))
+        labels = y if labels is None else labels
+        last = emb.probes[-1].name
+        per_layer = layer_transfer(emb, random_state=seed, device=device)
+        best = max(per_layer, key=lambda k: per_layer[k]["scores"].get("linear_probe_accuracy", -1.0))
+        # layer_transfer already scored the last layer (LogME, probes, and LEEP/NCE from the head):
+        # only the remaining scores are computed here.
+        extra = transferability(
+            emb[last], y, random_state=seed, scores=("h_score_shrinkage", "gbc", "transrate"), device=device
+        ).scores
+        scores = {**extra, **per_layer[last]["scores"]}
+        pooled[label] = emb[last]
+        rows.append(
+            {
+                "backbone": label,
+                "name": bb.name,
+                "pretrained": bb.pretrained,
+                "num_params": bb.num_params,
+                "layer": last,
+                "score": float(scores.get(settings.by, float("nan"))),
+                "scores": scores,
+                "best_layer": best,
+                "best_layer_linear_probe": per_layer[best]["scores"].get("linear_probe_accuracy"),
+                "layers": {k: v["scores"] for k, v in per_layer.items()},
+            }
+        )
+    assert labels is not None
+    return rank_candidates(
+        rows, pooled, labels, by=settings.by, n_bootstrap=settings.n_bootstrap, seed=seed,
+        seconds=round(time.perf_counter() - t0, 3),
+    )  # fmt: skip
+
+
+def recommend_for_target(
+    target: str | Path | DataSet,
+    backbone: str | Backbone,
+    *,
+    report: Report | None = None,
+    random_state: int = 0,
+    use_cache: bool = True,
+    rgn: bool = True,
+    config: ExtractConfig | None = None,
+) -> FreezeRecommendation:
+    """The freeze recommendation for ``diag finetune --freeze auto``.
+
+    With a ``report`` (from ``diag diagnose`` on this target) its ``freeze`` section is used as is.
+    Otherwise the target is embedded with ``backbone`` (cached) and the recommendation comes from its
+    per-layer probe curve and, with ``rgn``, the relative gradient norms of its blocks on a few target
+    batches (no source, so no shift evidence). ``config`` sets the device and batches of the embedding.
+    """
+    if report is not None:
+        fr = report.sections.get("freeze")
+        if fr is not None and not isinstance(fr, dict):
+            fr = fr.to_dict()  # a typed report section: the recommendation's own fields
+        if not fr:
+            raise DataError(
+                f"{report.folder or 'the report'} has no freeze recommendation (unlabelled target, or "
+                "--no-transfer). Run `diag diagnose` with a labelled target, or pass --freeze K."
+            )
+        return FreezeRecommendation(**fr)
+    bb = backbone if isinstance(backbone, Backbone) else load(backbone)
+    data = open_data(target)
+    emb = embed(data, bb, config, use_cache=use_cache)
+    device = str(resolve_device((config or ExtractConfig()).device))
+    pre = layer_transfer(emb, scores=("linear_probe_accuracy",), random_state=random_state, device=device)
+    y = require_labels(emb, "the target")
+    grads = None
+    if rgn:
+        # input size and token length: the loaded backbone's own, as for the probe curve above
+        train_cfg = None if config is None else FinetuneConfig(device=config.device)
+        grads = relative_gradient_norms(data, bb, train_cfg, seed=random_state).normalized
+    return recommend_freeze(
+        pre, _freeze_blocks(bb), n_target=len(emb), n_classes=len(np.unique(y)), rgn=grads
     )

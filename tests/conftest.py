@@ -36,14 +36,14 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def lite0():
-    from diag.models.backbones import load
+    from diag.models import load
 
     return load("efficientnet_lite0")
 
 
 @pytest.fixture(scope="session")
 def minilm():
-    from diag.models.backbones import load
+    from diag.models import load
 
     return load("minilm")
 
@@ -51,7 +51,7 @@ def minilm():
 @pytest.fixture(scope="session")
 def tiny_image_backbone():
     """timm's tiny EfficientNet, random init: fast plumbing tests, no weights needed."""
-    from diag.models.backbones import load
+    from diag.models import load
 
     return load("timm:test_efficientnet", pretrained=False, image_size=32)
 

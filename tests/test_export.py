@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from diag.engine.embeddings import Embeddings
-from diag.models.backbones import ProbePoint
+from diag.models import ProbePoint
 from diag.pipeline import diagnose
 from diag.report import export
 from diag.report.schema import Report, load_report

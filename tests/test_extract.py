@@ -90,7 +90,7 @@ def test_second_run_reads_the_cache_and_runs_no_forward(lite0, digit_folder: Pat
 
 
 def test_cache_key_changes_with_what_changes_the_numbers(tiny_image_backbone, digit_folder: Path) -> None:
-    from diag.models.backbones import load
+    from diag.models import load
 
     ds = open_data(digit_folder)
     key = cache.cache_key(tiny_image_backbone, ds, precision="fp32")

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from diag.errors import DataError
-from diag.predict.rules import layer_transfer, negative_transfer, recommend_freeze
+from diag.predict.freeze import recommend_freeze
+from diag.predict.layers import layer_transfer
+from diag.predict.negative import negative_transfer
 from tests.test_profile import make_embeddings
 
 BLOCKS = ["stem", *[f"blocks.{i}" for i in range(7)], "pooled"]
@@ -71,7 +73,7 @@ def test_freeze_depth_edge_cases_stay_in_range() -> None:
 
 
 def test_negative_transfer_risk_follows_the_feature_advantage_and_data_size() -> None:
-    from diag.predict.rules import head_start
+    from diag.predict.negative import head_start
 
     strong = curve([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88])
     weak = curve([0.5, 0.6, 0.7, 0.8, 0.85, 0.85, 0.85, 0.85, 0.85])
@@ -127,7 +129,8 @@ def test_layer_transfer_on_separable_features() -> None:
 
 
 def test_rank_is_deterministic_and_pretrained_beats_its_twin(tmp_path: Path) -> None:
-    from diag.predict.rank import rank_backbones, write_ranking
+    from diag.pipeline import rank_backbones
+    from diag.predict.rank import write_ranking
     from tests.conftest import write_digit_folder
 
     folder = write_digit_folder(tmp_path / "d", per_class=10, classes=("0", "1", "2", "3"))
@@ -187,7 +190,7 @@ def test_a_flat_probe_curve_hands_the_depth_to_the_gradient_norms() -> None:
 
 
 def test_a_blocked_gradient_raises_the_risk_whatever_the_features_probe() -> None:
-    from diag.predict.rules import gradient_reach
+    from diag.predict.negative import gradient_reach
 
     healthy = dict(zip(BLOCKS, [0.5, 0.8, 0.6, 0.4, 0.35, 0.45, 0.4, 1.0, 0.1], strict=True))
     blocked = dict(zip(BLOCKS, [0.0, 0.01, 0.02, 0.01, 0.06, 0.1, 0.2, 1.0, 0.95], strict=True))
@@ -201,3 +204,19 @@ def test_a_blocked_gradient_raises_the_risk_whatever_the_features_probe() -> Non
     assert bad.risk == "high" and bad.drivers[0] == "gradient reach"
     # Closed form: z = 20 (0.05 - 0.30) + 8 (1 - 0.02 / 0.1)
     assert bad.probability == pytest.approx(1 / (1 + np.exp(-(20 * (0.05 - 0.30) + 8 * 0.8))), abs=1e-4)
+
+
+def test_a_high_negative_transfer_risk_is_part_of_the_freeze_rule() -> None:
+    pre = curve([0.5, 0.55, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88])
+    twin = curve([0.6, 0.7, 0.8, 0.9, 0.97, 0.99, 0.99, 0.98, 0.97])
+    dead = dict(zip(BLOCKS, [0.0] * 5 + [0.5, 0.8, 1.0, 0.9], strict=True))  # no gradient reach
+    risky = negative_transfer(pre, twin, n_target=3000, n_classes=10, rgn=dead)
+    assert risky.risk == "high"
+    plain = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10)
+    warned = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, negative=risky)
+    assert warned.depth == plain.depth and warned.rationale[:-1] == plain.rationale
+    assert warned.rationale[-1].startswith(f"Negative-transfer risk is high (p = {risky.probability:.2f})")
+    assert warned.evidence == {**plain.evidence, "negative_transfer_risk": "high"}
+    low = negative_transfer(pre, pre, n_target=300, n_classes=10)
+    assert low.risk != "high"
+    assert recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, negative=low) == plain

@@ -9,7 +9,7 @@ import pytest
 
 from diag.engine.embeddings import Embeddings
 from diag.errors import ConfigError, DataError
-from diag.models.backbones import ProbePoint
+from diag.models import ProbePoint
 from diag.predict.profile import check_compatible, class_conditional_shift, holm, shift_profile
 from diag.report.schema import Report, load_report
 

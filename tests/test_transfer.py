@@ -540,7 +540,7 @@ def test_gpu_and_cpu_agree() -> None:
 def digit_scores(per_class: int | None, scores: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """Scores of EfficientNet-Lite0 (64 px) on the bundled UCI digits, pretrained and random-init."""
     from diag.data.samples import open_sample
-    from diag.models.backbones import load
+    from diag.models import load
     from diag.pipeline import embed
 
     data = open_sample("uci-digits")

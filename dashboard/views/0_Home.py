@@ -11,7 +11,7 @@ import _common as ui
 import streamlit as st
 
 from diag.data.samples import list_samples
-from diag.models.backbones import BUNDLED
+from diag.models import BUNDLED
 from diag.report.export import report_title
 
 ui.page_setup("Home")

@@ -12,7 +12,7 @@ import _common as ui
 import streamlit as st
 
 from diag.data.samples import list_samples
-from diag.models.backbones import BUNDLED
+from diag.models import BUNDLED
 
 CUSTOM = "Other (path or name)…"
 

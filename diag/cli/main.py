@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_embed(args: argparse.Namespace) -> int:
     from diag.data.dataset import open_data
     from diag.engine.extract import ExtractConfig
-    from diag.models.backbones import load
+    from diag.models import load
     from diag.pipeline import embed
     from diag.progress import ProgressCallback, TqdmProgress
 
@@ -166,7 +166,7 @@ def _print_embed_summary(emb: Any, out: Path) -> None:
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
     from diag.errors import DiagError
-    from diag.models.backbones import BUNDLED, EXAMPLES, load
+    from diag.models import BUNDLED, EXAMPLES, load
 
     rows: list[dict[str, Any]] = []
     for name, b in BUNDLED.items():

@@ -180,7 +180,7 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 
 def _auto_freeze(args: argparse.Namespace) -> int:
     """``--freeze auto``: the recommended depth (from ``--report``, or from the target's probe curve)."""
-    from diag.models.backbones import load
+    from diag.models import load
     from diag.predict.rules import recommend_for_target
     from diag.report.schema import load_report
     from diag.train import PRESETS
@@ -263,7 +263,7 @@ class _Bars(TrainCallback):
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from diag.models.backbones import load
+    from diag.models import load
     from diag.train import finetune, freeze_units
 
     if getattr(args, "freeze", None) == "auto":

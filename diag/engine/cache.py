@@ -21,7 +21,7 @@ from typing import Any
 from diag.data.dataset import DataSet
 from diag.engine.embeddings import Embeddings
 from diag.errors import CacheError
-from diag.models.backbones import Backbone
+from diag.models import Backbone
 
 __all__ = ["EXTRACT_VERSION", "cache_dir", "cache_key", "lookup", "store"]
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from diag.errors import CacheError, DataError
 from diag.fileio import atomic_write_bytes
-from diag.models.backbones import ProbePoint
+from diag.models import ProbePoint
 
 __all__ = ["ARRAYS_FILE", "MANIFEST_FILE", "SCHEMA_VERSION", "Embeddings", "check_finite"]
 

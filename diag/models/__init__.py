@@ -1,29 +1,34 @@
-"""Backbones: one adapter per model family (timm, transformers), their weights and registry.
+"""Backbones: one adapter per model family (timm, transformers), their weights and the registry.
 
 Only this package knows which family is behind a backbone: everything family-specific (batching,
-decoding, blocks, pooled features) is a method of :class:`Backbone`.
+decoding, blocks, pooled features, weights) is a method of :class:`Backbone`.
+
+Modules
+-------
+base
+    :class:`Backbone`, :class:`ProbePoint`, :class:`SourceHead`, :class:`BlockLayout`,
+    :class:`TextBatch`, :func:`masked_mean`.
+decode
+    :class:`ImageItems`, the one image-decoding ``Dataset``.
+timm, hf
+    :class:`TimmBackbone` and :class:`HFTextBackbone` with their loaders.
+weights
+    The bundled weights (:data:`BUNDLED`) and weights files (``NAME@PATH``).
+registry
+    :func:`load`, the one factory, and :data:`FAMILIES`, the ``PREFIX:`` -> loader table.
 """
 
-from diag.models.backbones import (
-    BUNDLED,
-    EXAMPLES,
-    Backbone,
-    BlockLayout,
-    Failed,
-    HFTextBackbone,
-    ImageItems,
-    ProbePoint,
-    SourceHead,
-    TextBatch,
-    TimmBackbone,
-    load,
-    masked_mean,
-    text_layers,
-)
+from diag.models.base import Backbone, BlockLayout, Failed, ProbePoint, SourceHead, TextBatch, masked_mean
+from diag.models.decode import ImageItems
+from diag.models.hf import HFTextBackbone, text_layers
+from diag.models.registry import BUNDLED, EXAMPLES, FAMILIES, load
+from diag.models.timm import TimmBackbone
+from diag.models.weights import package_file
 
 __all__ = [
     "BUNDLED",
     "EXAMPLES",
+    "FAMILIES",
     "Backbone",
     "BlockLayout",
     "Failed",
@@ -35,5 +40,6 @@ __all__ = [
     "TimmBackbone",
     "load",
     "masked_mean",
+    "package_file",
     "text_layers",
 ]

@@ -1,18 +1,17 @@
-"""Which backbone transfers best to this target? Scores per backbone, bootstrap stability, a static baseline.
+"""Which backbone transfers best to this target? The ranking, its bootstrap stability, a static baseline.
 
-Each candidate backbone (and, optionally, its random-init twin) embeds the labelled target once; the
-transferability scores of :mod:`diag.stats.transfer` are computed at the deepest probe and the per-layer
-linear probe finds each backbone's best layer. The ranking uses LogME (You et al., ICML 2021) by default.
-Transferability rankings are unstable (Agostinelli et al., "How stable are Transferability Metrics
-evaluations?", ECCV 2022), so the ranking comes with its bootstrap stability — how often the top pick
-stays on top when the target samples are resampled — and beside a static baseline that needs no data:
-the parameter count.
+Each candidate backbone (and, optionally, its random-init twin) embeds the labelled target once
+(:func:`diag.pipeline.rank_backbones` orchestrates that); the transferability scores of
+:mod:`diag.stats.transfer` are computed at the deepest probe and the per-layer linear probe finds each
+backbone's best layer. The ranking uses LogME (You et al., ICML 2021) by default. Transferability
+rankings are unstable (Agostinelli et al., "How stable are Transferability Metrics evaluations?", ECCV
+2022), so the ranking comes with its bootstrap stability — how often the top pick stays on top when the
+target samples are resampled — and beside a static baseline that needs no data: the parameter count.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,19 +19,28 @@ from typing import Any
 
 import numpy as np
 
-from diag.errors import ConfigError, param_error
-from diag.progress import ProgressCallback
+from diag.errors import param_error
+from diag.stats.transfer import h_score, logme_score
 
-__all__ = ["Ranking", "rank_backbones"]
+__all__ = [
+    "RANK_SCORES",
+    "Ranking",
+    "bootstrap_top_frequency",
+    "candidate_names",
+    "rank_candidates",
+    "write_ranking",
+]
 
 log = logging.getLogger(__name__)
 
-_BOOTSTRAP_SCORES = ("logme", "h_score_shrinkage")
+#: The scores a ranking can use; bootstrap stability is computed for the first two.
+RANK_SCORES = ("logme", "h_score_shrinkage", "linear_probe_accuracy", "knn_accuracy")
+_BOOTSTRAP_SCORES = RANK_SCORES[:2]
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """Outcome of :func:`rank_backbones`.
+    """Outcome of :func:`diag.pipeline.rank_backbones`.
 
     Attributes
     ----------
@@ -64,100 +72,35 @@ class Ranking:
         return asdict(self)
 
 
-def rank_backbones(
-    target: Any,
-    backbones: Sequence[str],
+def rank_candidates(
+    rows: list[dict[str, Any]],
+    features: dict[str, np.ndarray],
+    labels: np.ndarray,
     *,
-    include_random_init: bool = True,
-    by: str = "logme",
-    n_bootstrap: int = 200,
-    image_size: int | None = None,
-    max_length: int | None = None,
-    seed: int = 0,
-    config: Any = None,
-    use_cache: bool = True,
-    progress: ProgressCallback | None = None,
+    by: str,
+    n_bootstrap: int,
+    seed: int,
+    seconds: float,
 ) -> Ranking:
-    """Score every backbone on the labelled target and rank them, with bootstrap rank stability.
+    """Order scored candidates by ``by``, best first, with bootstrap stability and the size baseline.
 
     Parameters
     ----------
-    target : path, ``samples:NAME`` or DataSet
-        Labelled, 2+ classes.
-    backbones : list of str
-        Backbone names (:func:`diag.models.backbones.load`).
-    include_random_init : bool, default True
-        Add each backbone's random-init twin as a candidate (``NAME (random-init)``): a backbone that
-        does not beat its own twin brings nothing to transfer.
-    by : {"logme", "h_score_shrinkage", "linear_probe_accuracy", "knn_accuracy"}
-        The score to rank by (bootstrap stability is computed for the first two; for the probes, which
-        are cross-validated and costly, the fold spread is shown instead).
-    n_bootstrap : int, default 200
+    rows : list of dict
+        One per candidate with at least ``backbone``, ``pretrained``, ``num_params`` and ``score``
+        (the value of ``by``; NaN sorts last). ``rank`` and ``top_frequency`` are added in place.
+    features : dict of str to ndarray of shape (n_samples, n_features)
+        Each candidate's features at the scored layer, keyed by ``backbone``.
+    labels : ndarray of shape (n_samples,)
+    by, n_bootstrap, seed
+        See :func:`diag.pipeline.rank_backbones`.
+    seconds : float
+        Wall time of the ranking, recorded in the result.
     """
-    from diag.data.dataset import open_data
-    from diag.models.backbones import load
-    from diag.pipeline import embed
-    from diag.predict.rules import _require_labels, layer_transfer
-    from diag.stats.transfer import transferability
-
-    allowed = ("logme", "h_score_shrinkage", "linear_probe_accuracy", "knn_accuracy")
-    if by not in allowed:
-        raise param_error("by", f"must be one of {', '.join(allowed)}", by)
-    names = [b.strip() for b in backbones if b.strip()]
-    if not names or len(set(names)) != len(names):
-        raise param_error("backbones", "must be one or more distinct backbone names", list(backbones))
-    if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
-        raise param_error("n_bootstrap", "must be an integer >= 0", n_bootstrap)
-    t0 = time.perf_counter()
-    data = open_data(target)
-    candidates: list[tuple[str, Any]] = []
-    for name in names:
-        candidates.append((name, load(name, image_size=image_size, max_length=max_length)))
-        if include_random_init:
-            twin = load(name, pretrained=False, seed=seed, image_size=image_size, max_length=max_length)
-            candidates.append((f"{name} (random-init)", twin))
-    modalities = {bb.modality for _, bb in candidates}
-    if len(modalities) > 1:
-        raise ConfigError(
-            f"backbones mix modalities ({', '.join(sorted(modalities))}); rank image or text backbones, "
-            f"matching the target ({data.modality})."
-        )
-    rows: list[dict[str, Any]] = []
-    pooled: dict[str, np.ndarray] = {}
-    labels: np.ndarray | None = None
-    for label, bb in candidates:
-        emb = embed(data, bb, config, use_cache=use_cache, progress=progress)
-        y = _require_labels(emb, str(target))
-        labels = y if labels is None else labels
-        last = emb.probes[-1].name
-        per_layer = layer_transfer(emb, random_state=seed)
-        best = max(per_layer, key=lambda k: per_layer[k]["scores"].get("linear_probe_accuracy", -1.0))
-        # layer_transfer already scored the last layer (LogME, probes, and LEEP/NCE from the head):
-        # only the remaining scores are computed here.
-        extra = transferability(
-            emb[last], y, random_state=seed, scores=("h_score_shrinkage", "gbc", "transrate")
-        ).scores
-        scores = {**extra, **per_layer[last]["scores"]}
-        pooled[label] = emb[last]
-        rows.append(
-            {
-                "backbone": label,
-                "name": bb.name,
-                "pretrained": bb.pretrained,
-                "num_params": bb.num_params,
-                "layer": last,
-                "score": float(scores.get(by, float("nan"))),
-                "scores": scores,
-                "best_layer": best,
-                "best_layer_linear_probe": per_layer[best]["scores"].get("linear_probe_accuracy"),
-                "layers": {k: v["scores"] for k, v in per_layer.items()},
-            }
-        )
     rows.sort(key=lambda r: -r["score"] if np.isfinite(r["score"]) else np.inf)
     for i, r in enumerate(rows):
         r["rank"] = i + 1
-    assert labels is not None
-    freq = _bootstrap_top(pooled, labels, by, n_bootstrap, seed) if by in _BOOTSTRAP_SCORES else {}
+    freq = bootstrap_top_frequency(features, labels, by, n_bootstrap, seed) if by in _BOOTSTRAP_SCORES else {}
     for r in rows:
         r["top_frequency"] = freq.get(r["backbone"])
     by_params = [
@@ -171,20 +114,36 @@ def rank_backbones(
         stability=float(top_freq),
         rank_by_params=by_params,
         n_bootstrap=n_bootstrap if freq else 0,
-        seconds=round(time.perf_counter() - t0, 3),
+        seconds=seconds,
     )
 
 
-def _bootstrap_top(
+def candidate_names(backbones: Sequence[str]) -> list[str]:
+    """The backbone names to rank, stripped; raise unless they are one or more and distinct."""
+    names = [b.strip() for b in backbones if b.strip()]
+    if not names or len(set(names)) != len(names):
+        raise param_error("backbones", "must be one or more distinct backbone names", list(backbones))
+    return names
+
+
+def bootstrap_top_frequency(
     features: dict[str, np.ndarray], labels: np.ndarray, by: str, n_bootstrap: int, seed: int
 ) -> dict[str, float]:
     """Share of resamples of the target in which each candidate scores highest.
 
+    Parameters
+    ----------
+    features : dict of str to ndarray of shape (n_samples, n_features)
+        Each candidate's features of the same target samples.
+    labels : ndarray of shape (n_samples,)
+    by : {"logme", "h_score_shrinkage"}
+    n_bootstrap : int
+        Resamples; 0 returns ``{}``.
+    seed : int
+
     Resamples draw 80% of the target *without* replacement (subsampling, Politis & Romano 1994): with
     replacement, duplicated rows let LogME's evidence grow without bound when d > n.
     """
-    from diag.stats.transfer import h_score, logme_score
-
     if n_bootstrap == 0:
         return {}
     rng = np.random.default_rng(seed)

@@ -1,0 +1,226 @@
+"""Hugging Face text encoders: :class:`HFTextBackbone` and its loader."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from diag.data.dataset import DataSet
+from diag.errors import BackboneError, ConfigError
+from diag.models.base import Backbone, BlockLayout, Failed, ProbePoint, TextBatch, masked_mean, seeded
+from diag.models.weights import offline_hint
+
+__all__ = [
+    "HFTextBackbone",
+    "load_hf",
+    "text_layers",
+]
+
+
+def text_layers(model: nn.Module) -> tuple[str, int]:
+    """``(path, count)`` of the transformer layers inside a Hugging Face encoder (``encoder.layer``, ...).
+
+    Raises
+    ------
+    ConfigError
+        No layer container found: only BERT-like encoders are supported.
+    """
+    for path in ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, (nn.ModuleList, nn.Sequential)) and len(obj) > 0:
+            return path, len(obj)
+    raise ConfigError(
+        f"{type(model).__name__}: cannot find its transformer layers (looked for encoder.layer, "
+        "transformer.layer, layers). Fine-tuning supports BERT-like encoders."
+    )
+
+
+class HFTextBackbone(Backbone):
+    """A Hugging Face encoder. Probe points: ``embeddings`` and ``layer.i`` (masked mean over tokens),
+    ``cls`` (the last layer's first token) and ``pooled`` (the sentence embedding: masked mean of the
+    last layer, L2-normalised when the model folder says so, as sentence-transformers does)."""
+
+    modality = "text"
+
+    def __init__(self, *, tokenizer: Any, normalize: bool, max_length: int, **kw: Any) -> None:
+        self.tokenizer = tokenizer
+        self.normalize = normalize
+        model: Any = kw["model"]
+        cfg = model.config
+        n_layers = int(cfg.num_hidden_layers)
+        d = int(cfg.hidden_size)
+        probes = [ProbePoint("embeddings", 0, d, "embeddings", "masked-mean")]
+        probes += [ProbePoint(f"layer.{i}", i + 1, d, "layer", "masked-mean") for i in range(n_layers)]
+        probes.append(ProbePoint("cls", n_layers + 1, d, "cls", "cls"))
+        probes.append(
+            ProbePoint("pooled", n_layers + 2, d, "pooled", "masked-mean" + ("+l2" if normalize else ""))
+        )
+        pre = {
+            "tokenizer": type(tokenizer).__name__,
+            "vocab_size": int(getattr(tokenizer, "vocab_size", 0) or 0),
+            "max_length": max_length,
+            "truncation": True,
+            "lowercase": bool(getattr(tokenizer, "do_lower_case", False)),
+        }
+        super().__init__(probes=probes, preprocessing=pre, **kw)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.preprocessing["max_length"])
+
+    def tokenize(self, texts: Sequence[str]) -> TextBatch:
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        return TextBatch(enc["input_ids"], enc["attention_mask"], extra)
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text after truncation (for length-bucketed batching)."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(x) for x in ids]
+
+    def batches(
+        self, data: DataSet, batch_size: int, workers: int, *, pin: bool
+    ) -> Iterator[tuple[torch.Tensor, Any, Failed]]:
+        """Length-bucketed batches: texts sorted by token count, so padding is minimal (the caller puts
+        rows back in order). Tokenised up front, here; ``workers`` and ``pin`` are not used."""
+        assert data.texts is not None
+        lengths = np.asarray(self.token_lengths(data.texts))
+        order = np.argsort(-lengths, kind="stable")
+        out: list[tuple[torch.Tensor, Any, Failed]] = []
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            out.append((torch.from_numpy(idx.copy()), self.tokenize([data.texts[i] for i in idx]), []))
+        return iter(out)
+
+    def block_layout(self, model: nn.Module) -> BlockLayout:
+        """``embeddings``, then one block per transformer layer; the unused pooler belongs to none."""
+        path, n_layers = text_layers(model)
+        named = [("embeddings", "embeddings"), *((f"{path}.{i}", f"layer.{i}") for i in range(n_layers))]
+        return BlockLayout(named, ["pooler"], before="embeddings", after="pooled")
+
+    def strip_source_head(self, body: nn.Module) -> None:
+        # The pooler is unused (the pooled features are the masked mean of the last layer): dropping it
+        # saves its compute.
+        if getattr(body, "pooler", None) is not None:
+            body.register_module("pooler", None)
+
+    def pooled_features(self, body: nn.Module, batch: Any) -> torch.Tensor:
+        """Masked token mean of the last layer, in the layer's dtype. ``batch`` is
+        ``(input_ids, attention_mask)``."""
+        input_ids, attention_mask = batch
+        h = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return masked_mean(h, attention_mask).to(h.dtype)
+
+    def decode_all(
+        self,
+        data: DataSet,
+        *,
+        image_size: int | None,
+        crop_pct: float | None,
+        max_length: int | None,
+        num_workers: int,
+    ) -> list[list[int]]:
+        """Token ids of every text, truncated at ``max_length`` (default: the backbone's), not padded."""
+        assert data.texts is not None
+        ml = max_length or self.max_length
+        ids: list[list[int]] = self.tokenizer(list(data.texts), truncation=True, max_length=ml)["input_ids"]
+        return ids
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    def capture(self, batch: TextBatch) -> dict[str, torch.Tensor]:
+        res = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=True,
+            **batch.extra,
+        )
+        hs = res.hidden_states
+        mask = batch.attention_mask
+        out = {"embeddings": masked_mean(hs[0], mask)}
+        for i, h in enumerate(hs[1:]):
+            out[f"layer.{i}"] = masked_mean(h, mask)
+        out["cls"] = hs[-1][:, 0].float()
+        pooled = out[f"layer.{len(hs) - 2}"]
+        out["pooled"] = torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+        return out
+
+
+def _sentence_transformers_meta(folder: Path) -> tuple[bool, int | None]:
+    """(normalise?, max_seq_length) from a sentence-transformers model folder, if it is one."""
+    normalize = False
+    max_len = None
+    modules = folder / "modules.json"
+    if modules.is_file():
+        normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
+    sbert = folder / "sentence_bert_config.json"
+    if sbert.is_file():
+        max_len = json.loads(sbert.read_text()).get("max_seq_length")
+    return normalize, max_len
+
+
+def load_hf(
+    name: str,
+    ref: str,
+    *,
+    pretrained: bool,
+    seed: int,
+    image_size: int | None = None,
+    max_length: int | None = None,
+) -> HFTextBackbone:
+    """The Hugging Face encoder ``ref`` (``hf:ID_OR_FOLDER``): a hub id or a local model folder.
+
+    ``image_size`` is accepted for a uniform loader signature and not used.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    local = Path(ref).expanduser()
+    is_local = local.exists()
+    if ref.startswith(("/", "./", "~", "..")) and not is_local:
+        raise BackboneError(f"backbone {name!r}: no such folder {local}. Pass a folder with config.json.")
+    if is_local and not (local / "config.json").is_file():
+        raise BackboneError(
+            f"backbone {name!r}: {local} has no config.json; it is not a Hugging Face model folder "
+            "(save one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder))."
+        )
+    source = str(local) if is_local else ref
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the core never prints; progress is the caller's business
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if pretrained:
+            model = AutoModel.from_pretrained(source)
+        else:
+            config = AutoConfig.from_pretrained(source)
+            with seeded(seed):
+                model = AutoModel.from_config(config)
+    except OSError as exc:
+        raise BackboneError(
+            f"backbone {name!r}: cannot load {source!r} ({str(exc).splitlines()[0][:200]}). "
+            "A hub id needs a network the first time. " + offline_hint()
+        ) from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    normalize, st_max = _sentence_transformers_meta(local) if is_local else (False, None)
+    limit = int(min(getattr(tokenizer, "model_max_length", 512) or 512, 512))
+    ml = int(max_length or st_max or limit)
+    return HFTextBackbone(
+        name=name, model=model, tokenizer=tokenizer, normalize=normalize, max_length=ml,
+        pretrained=pretrained, weights=f"hf:{source}" if pretrained else "random-init",
+        seed=None if pretrained else seed,
+    )  # fmt: skip
