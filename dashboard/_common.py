@@ -173,14 +173,14 @@ def dataset(spec: str) -> Any:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def report_html(folder: str, mtime: int) -> str:
-    from diag.report.export import report_html as build
+    from diag.report.render import report_html as build
 
     return build(_load_report(folder, mtime))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def report_markdown(folder: str, mtime: int) -> str:
-    from diag.report.export import report_markdown as build
+    from diag.report.render import report_markdown as build
 
     return build(_load_report(folder, mtime))
 
@@ -201,7 +201,7 @@ def report_folder_for(root: str | Path, **inputs: Any) -> Path:
 
 def show_key_metrics(report: Any) -> None:
     """The verdict's headline numbers (p-value, effect with CI, onset, level) as ``st.metric`` cards."""
-    from diag.report.export import key_metrics
+    from diag.report.tables import key_metrics
 
     for col, m in zip(st.columns(4), key_metrics(report), strict=False):
         col.metric(

@@ -1,4 +1,4 @@
-"""diag.report.export: the report's charts, its Markdown summary and its self-contained HTML page."""
+"""diag.report.tables, figures and render: the view-model, the charts, the Markdown and the HTML page."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from diag.engine.embeddings import Embeddings
 from diag.models import ProbePoint
 from diag.pipeline import diagnose
-from diag.report import export
+from diag.report import figures, render, tables
 from diag.report.schema import Report, load_report
 
 LAYERS = ("stem", "blocks.0", "pooled")
@@ -100,7 +100,7 @@ def test_the_fixture_has_a_shift_with_an_onset(report: Report) -> None:
 
 
 def test_markdown_has_the_verdict_key_numbers_and_the_layer_table(report: Report) -> None:
-    md = export.report_markdown(report)
+    md = render.report_markdown(report)
     assert report.shift["summary"] in md
     assert (
         "| layer | dim | MMD² | p | p (Holm) | C2ST AUC [95% CI] | Fréchet (rel.) | CORAL | OOD median |"
@@ -124,7 +124,7 @@ def test_markdown_has_the_verdict_key_numbers_and_the_layer_table(report: Report
 
 
 def test_markdown_renders_the_transfer_sections(report: Report) -> None:
-    md = export.report_markdown(report)
+    md = render.report_markdown(report)
     assert "## Negative transfer" in md and "Risk: MEDIUM (probability 0.42)." in md
     assert "- A large shift adds risk." in md
     assert "Freeze the first 2 of 3 blocks (stem, blocks.0); tune pooled; learning-rate scheme: lp-ft." in md
@@ -135,7 +135,7 @@ def test_markdown_renders_the_transfer_sections(report: Report) -> None:
 
 
 def test_html_is_self_contained_with_the_summary_and_plotly_charts(report: Report) -> None:
-    page = export.report_html(report)
+    page = render.report_html(report)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert html.escape(report.shift["summary"]) in page
     assert (
@@ -153,7 +153,7 @@ def test_html_is_self_contained_with_the_summary_and_plotly_charts(report: Repor
 
 
 def test_profile_charts_plot_the_report_values(report: Report) -> None:
-    figs = export.shift_figures(report)
+    figs = figures.shift_figures(report)
     mmd = figs["mmd2"].data[0]
     assert list(mmd.x) == list(LAYERS)
     np.testing.assert_allclose(mmd.y, [lay["shift"]["mmd2"] for lay in report.layers])
@@ -169,28 +169,28 @@ def test_profile_charts_plot_the_report_values(report: Report) -> None:
 
 
 def test_label_and_class_conditional_charts(report: Report) -> None:
-    fig = export.label_shift_figure(report)
+    fig = figures.label_shift_figure(report)
     assert fig is not None and [t.name for t in fig.data] == ["source", "target"]
     np.testing.assert_allclose(fig.data[0].y, report.label_shift["source_proportions"])
-    heat = export.class_conditional_figure(report)
+    heat = figures.class_conditional_figure(report)
     assert heat is not None and list(heat.data[0].y) == ["a", "b", "c"]
-    assert export.class_conditional_rows(report, "pooled")[0]["label"] == "a"
+    assert tables.class_conditional_rows(report, "pooled")[0]["label"] == "a"
 
 
 def test_transfer_chart_and_rows(report: Report) -> None:
-    rows = export.transfer_score_rows(report)
+    rows = tables.transfer_score_rows(report)
     assert rows[0] == {
         "score": "logme",
         "pretrained": 0.279,
         "random_init": 0.085,
         "difference": pytest.approx(0.194),
     }
-    assert export.layer_score_names(report) == ["linear_probe_accuracy", "logme"]
-    fig = export.transfer_layers_figure(report, "linear_probe_accuracy")
+    assert tables.layer_score_names(report) == ["linear_probe_accuracy", "logme"]
+    fig = figures.transfer_layers_figure(report, "linear_probe_accuracy")
     assert fig is not None
     assert list(fig.data[0].y) == [0.70, 0.95, 0.88] and list(fig.data[1].y) == [0.66, 0.80, 0.85]
     assert any(s.x0 == -0.5 and s.x1 == 1.5 for s in fig.layout.shapes)  # the two frozen blocks
-    assert export.transfer_layers_figure(report, "no_such_score") is None
+    assert figures.transfer_layers_figure(report, "no_such_score") is None
 
 
 def test_a_report_without_the_optional_parts_still_exports(report: Report) -> None:
@@ -200,32 +200,32 @@ def test_a_report_without_the_optional_parts_still_exports(report: Report) -> No
         report, label_shift=None, class_conditional=None, sections={},
         layers=[{k: v for k, v in lay.items() if k != "transfer"} for lay in report.layers],
     )  # fmt: skip
-    md = export.report_markdown(bare)
+    md = render.report_markdown(bare)
     assert "Negative transfer" not in md and "Label distribution" not in md
-    assert export.label_shift_figure(bare) is None and export.class_conditional_figure(bare) is None
-    assert export.report_html(bare).count('class="plotly-graph-div"') == 4
+    assert figures.label_shift_figure(bare) is None and figures.class_conditional_figure(bare) is None
+    assert render.report_html(bare).count('class="plotly-graph-div"') == 4
     skipped = bare.with_sections(transferability={"skipped": "the target has no labels"})
-    assert export.transfer_skipped(skipped) == "the target has no labels"
-    assert "Not computed: the target has no labels" in export.report_markdown(skipped)
+    assert tables.transfer_skipped(skipped) == "the target has no labels"
+    assert "Not computed: the target has no labels" in render.report_markdown(skipped)
 
 
 def test_embedding_figure_and_selection_mapping() -> None:
     coords = np.arange(20, dtype=float).reshape(10, 2)
     labels = ["x", "y"] * 5
     scores = np.linspace(1, 3, 6)
-    fig, rows = export.embedding_figure(coords, 4, colour_by="domain")
+    fig, rows = figures.embedding_figure(coords, 4, colour_by="domain")
     assert [t.type for t in fig.data] == ["scattergl", "scattergl"] and rows == [
         [0, 1, 2, 3],
         [4, 5, 6, 7, 8, 9],
     ]
-    fig, rows = export.embedding_figure(coords, 4, colour_by="label", labels=labels)
+    fig, rows = figures.embedding_figure(coords, 4, colour_by="label", labels=labels)
     assert sorted(r for tr in rows for r in tr) == list(range(10)) and len(fig.data) == 4
-    fig, rows = export.embedding_figure(coords, 4, colour_by="ood", target_scores=scores)
+    fig, rows = figures.embedding_figure(coords, 4, colour_by="ood", target_scores=scores)
     np.testing.assert_allclose(fig.data[1].marker.color, scores)
     assert fig.data[0].marker.color == "#9e9e9e"  # source grey
     # A plotly selection event maps back to rows: by customdata, or by curve and point index.
     points = [{"curve_number": 1, "point_index": 2, "customdata": 6}, {"curve_number": 1, "point_index": 0}]
-    assert export.selection_rows(points, rows) == [4, 6]
+    assert figures.selection_rows(points, rows) == [4, 6]
 
 
 def test_saved_report_round_trips_with_sections(report: Report) -> None:
@@ -236,7 +236,7 @@ def test_saved_report_round_trips_with_sections(report: Report) -> None:
 
 
 def test_fmt() -> None:
-    assert export.fmt(None) == "n/a" and export.fmt(float("nan")) == "n/a"
+    assert tables.fmt(None) == "n/a" and tables.fmt(float("nan")) == "n/a"
     assert (
-        export.fmt(1280) == "1280" and export.fmt(0.00123, ".2e") == "1.23e-03" and export.fmt(True) == "yes"
+        tables.fmt(1280) == "1280" and tables.fmt(0.00123, ".2e") == "1.23e-03" and tables.fmt(True) == "yes"
     )

@@ -208,7 +208,8 @@ def test_report_round_trips_and_keeps_unknown_sections(tmp_path) -> None:
     assert raw["meta"]["weird"] is None  # NaN is not JSON: stored as null
     assert raw["transferability"] == {"logme": 1.5}
     back = load_report(tmp_path / "r")
-    assert back.layers == json.loads(json.dumps(rep.layers))
+    assert back.layers == json.loads(json.dumps([x.to_dict() for x in rep.layers]))
+    assert back.shift == rep.shift and back.shift.onset_layer == rep.shift["onset_layer"]
     assert back.sections["transferability"] == {"logme": 1.5}
     assert back.to_dict()["transferability"] == {"logme": 1.5}  # unknown sections survive a round trip
     np.testing.assert_array_equal(back.ood_scores()["layer1"], prof.ood_scores["layer1"])

@@ -12,7 +12,7 @@ import streamlit as st
 
 from diag.data.samples import list_samples
 from diag.models import BUNDLED
-from diag.report.export import report_title
+from diag.report.tables import report_title
 
 ui.page_setup("Home")
 st.title("diag: domain-adaptation diagnostics")
@@ -24,8 +24,7 @@ st.markdown(
 report = ui.current_report()
 if report is not None:
     st.subheader(report_title(report))
-    summary = str(report.shift.get("summary", ""))
-    (st.warning if report.shift.get("is_shift") else st.success)(summary)
+    (st.warning if report.shift.is_shift else st.success)(report.shift.summary)
     ui.show_key_metrics(report)
     st.markdown(
         "Next: **Shift** for the per-layer charts and downloads, **Embeddings** for the map and the samples "

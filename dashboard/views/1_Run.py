@@ -123,7 +123,7 @@ if report is not None:
     st.divider()
     st.subheader("Report in use")
     st.markdown(f"`{report.folder}`")
-    (st.warning if report.shift.get("is_shift") else st.success)(str(report.shift.get("summary", "")))
+    (st.warning if report.shift.is_shift else st.success)(report.shift.summary)
     st.caption("See the **Shift**, **Embeddings**, **Transfer** and **Fine-tune** pages.")
 
 st.divider()

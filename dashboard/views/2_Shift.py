@@ -11,7 +11,7 @@ import _common as ui
 import pandas as pd
 import streamlit as st
 
-from diag.report import export
+from diag.report import figures, tables
 
 ui.page_setup("Shift")
 report = ui.require_report()
@@ -19,24 +19,23 @@ folder, mtime = ui.report_version(report)
 shift = report.shift
 
 st.title("Shift, layer by layer")
-st.caption(export.report_title(report))
+st.caption(tables.report_title(report))
 
-summary = str(shift.get("summary", ""))
-if shift.get("is_shift"):
-    st.warning(summary, icon="⚠️")
+if shift.is_shift:
+    st.warning(shift.summary, icon="⚠️")
 else:
-    st.success(summary, icon="✅")
+    st.success(shift.summary, icon="✅")
 
 ui.show_key_metrics(report)
-onset = shift.get("onset_layer")
+onset = shift.onset_layer
 if onset:
     st.markdown(
-        f"Shift onset at layer **{onset}** ({shift.get('level', 'level unknown')}); significant layers: "
-        + ", ".join(f"`{x}`" for x in shift.get("significant_layers") or [])
+        f"Shift onset at layer **{onset}** ({shift.level or 'level unknown'}); significant layers: "
+        + ", ".join(f"`{x}`" for x in shift.significant_layers)
     )
 
 with ui.shown_errors("Could not draw the profile charts"):
-    figs = export.shift_figures(report)
+    figs = figures.shift_figures(report)
     left, right = st.columns(2)
     left.plotly_chart(figs["c2st_auc"], key="fig_auc")
     right.plotly_chart(figs["mmd2"], key="fig_mmd")
@@ -45,7 +44,7 @@ with ui.shown_errors("Could not draw the profile charts"):
     right.plotly_chart(figs["ood"], key="fig_ood")
 
 st.subheader("Per-layer statistics")
-rows = pd.DataFrame(export.layer_rows(report))
+rows = pd.DataFrame(tables.layer_rows(report))
 rows = rows.rename(
     columns={
         "mmd2": "MMD²", "p_value": "p", "p_adjusted": "p (Holm)", "c2st_auc": "C2ST AUC",
@@ -63,19 +62,19 @@ st.dataframe(rows.style.apply(_highlight, axis=1), hide_index=True, key="layer_t
 st.caption("The onset layer's row is highlighted. p (Holm): per-layer permutation p-value, Holm-adjusted.")
 
 st.subheader("Labels")
-label_fig = export.label_shift_figure(report)
+label_fig = figures.label_shift_figure(report)
 if label_fig is None:
     st.info("No label-distribution analysis: it needs labels on both source and target.")
 else:
     st.plotly_chart(label_fig, key="fig_labels")
-cc_fig = export.class_conditional_figure(report)
+cc_fig = figures.class_conditional_figure(report)
 if cc_fig is not None:
     st.plotly_chart(cc_fig, key="fig_cc")
-    layers_cc = [n for n in report.layer_names if export.class_conditional_rows(report, n)]
+    layers_cc = [n for n in report.layer_names if tables.class_conditional_rows(report, n)]
     default = layers_cc.index(onset) if onset in layers_cc else len(layers_cc) - 1
     layer = st.selectbox("Class-conditional table at layer", layers_cc, index=default, key="cc_layer")
-    st.dataframe(pd.DataFrame(export.class_conditional_rows(report, layer)), hide_index=True)
-elif report.label_shift:
+    st.dataframe(pd.DataFrame(tables.class_conditional_rows(report, layer)), hide_index=True)
+elif report.label_shift is not None:
     st.caption("No class-conditional statistics in this report.")
 
 st.subheader("Downloads")

@@ -11,7 +11,7 @@ import _common as ui
 import numpy as np
 import streamlit as st
 
-from diag.report import export
+from diag.report import figures, tables
 from diag.stats import projection
 
 K_NEIGHBOURS = 3
@@ -22,7 +22,7 @@ report = ui.require_report()
 folder, mtime = ui.report_version(report)
 
 st.title("Embeddings")
-st.caption(export.report_title(report))
+st.caption(tables.report_title(report))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -41,7 +41,7 @@ def joint_map(folder: str, mtime: int, layer: str, method: str, n_neighbors: int
 
 
 names = report.layer_names
-onset = report.shift.get("onset_layer")
+onset = report.shift.onset_layer
 c1, c2, c3 = st.columns([2, 2, 2])
 layer = c1.selectbox(
     "Layer", names, index=names.index(onset) if onset in names else len(names) - 1, key="emb_layer"
@@ -93,7 +93,7 @@ hover += [
     for i, r in enumerate(tgt_rows)
 ]  # fmt: skip
 colour_key = {"domain": "domain", "OOD score": "ood", "label": "label"}[colour]
-fig, trace_rows = export.embedding_figure(
+fig, trace_rows = figures.embedding_figure(
     coords,
     n_src,
     colour_by=colour_key,
@@ -122,7 +122,7 @@ try:
     points = list(event.selection.points) if event is not None else []
 except AttributeError:
     points = []
-selected = export.selection_rows(points, trace_rows)
+selected = figures.selection_rows(points, trace_rows)
 sel_src = [r for r in selected if r < n_src]
 sel_tgt = [r - n_src for r in selected if r >= n_src]
 

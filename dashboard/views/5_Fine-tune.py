@@ -12,7 +12,7 @@ import _common as ui
 import pandas as pd
 import streamlit as st
 
-from diag.report import export
+from diag.report import figures, tables
 from diag.train import jobs
 
 LIVE_STATES = ("starting", "running", "stopping")
@@ -29,9 +29,10 @@ st.caption(
 )
 
 # -- defaults from the report (the freeze depth when the report recommends one) -------------------------
-freeze_section = report.sections.get("freeze") if isinstance(report.sections.get("freeze"), dict) else {}
-default_freeze = freeze_section.get("depth") if isinstance(freeze_section.get("depth"), int) else 0
-n_blocks = freeze_section.get("n_blocks") if isinstance(freeze_section.get("n_blocks"), int) else None
+freeze_section = report.freeze
+default_freeze = freeze_section.depth if freeze_section and isinstance(freeze_section.depth, int) else 0
+n_blocks = freeze_section.n_blocks if freeze_section and isinstance(freeze_section.n_blocks, int) else None
+preselected = freeze_section is not None and freeze_section.depth is not None
 image_default = 0
 if report.backbone.get("modality") == "image":
     size = (report.backbone.get("preprocessing") or {}).get("input_size") or [0]
@@ -48,7 +49,7 @@ with st.form("ft_form"):
     freeze = c1.number_input(
         "Freeze depth (blocks)", min_value=0, max_value=n_blocks or 1000, value=int(default_freeze), step=1,
         key="ft_freeze",
-        help=FREEZE_HELP + (" Preselected from the report." if "depth" in freeze_section else ""),
+        help=FREEZE_HELP + (" Preselected from the report." if preselected else ""),
     )  # fmt: skip
     epochs = c2.number_input("Epochs", min_value=1, max_value=500, value=3, step=1, key="ft_epochs")
     image_size = c3.number_input(
@@ -96,14 +97,14 @@ def render_run(out: Path) -> None:
     steps = [r for r in records if r.get("kind", "step") == "step" and "loss" in r]
     epochs_rec = [r for r in records if r.get("kind") == "epoch"]
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Train loss", export.fmt(steps[-1]["loss"], ".4f") if steps else "n/a")
+    m1.metric("Train loss", tables.fmt(steps[-1]["loss"], ".4f") if steps else "n/a")
     m2.metric(
-        "Val accuracy (last epoch)", export.fmt(epochs_rec[-1].get("val_acc"), ".3f") if epochs_rec else "n/a"
+        "Val accuracy (last epoch)", tables.fmt(epochs_rec[-1].get("val_acc"), ".3f") if epochs_rec else "n/a"
     )
-    m3.metric("Best val accuracy", export.fmt(res.get("best_val_accuracy"), ".3f"))
-    m4.metric("Items/s", export.fmt(steps[-1].get("items_per_s"), ".0f") if steps else "n/a")
+    m3.metric("Best val accuracy", tables.fmt(res.get("best_val_accuracy"), ".3f"))
+    m4.metric("Items/s", tables.fmt(steps[-1].get("items_per_s"), ".0f") if steps else "n/a")
     if records:
-        st.plotly_chart(export.finetune_curves_figure(records), key=f"ft_curves_{out.name}")
+        st.plotly_chart(figures.finetune_curves_figure(records), key=f"ft_curves_{out.name}")
     if status.state in ("failed", "died"):
         why = res.get("error") or "it ended without a result; see the log below"
         st.error(f"The run {status.state}: {why}")
@@ -163,7 +164,7 @@ else:
     ]
     st.dataframe(pd.DataFrame(table), hide_index=True, key="ft_table")
     st.plotly_chart(
-        export.finetune_comparison_figure(
+        figures.finetune_comparison_figure(
             [
                 (run_label(s), jobs.read_metrics(s.out), (s.result or {}).get("best_val_accuracy"))
                 for s in finished
@@ -174,5 +175,5 @@ else:
     names = [s.out.name for s in finished]
     pick = st.selectbox("Curves of run", names, index=len(names) - 1, key="ft_pick")
     st.plotly_chart(
-        export.finetune_curves_figure(jobs.read_metrics(root / pick), title=pick), key="ft_pick_curves"
+        figures.finetune_curves_figure(jobs.read_metrics(root / pick), title=pick), key="ft_pick_curves"
     )

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from diag.report.render import report_text
+
+if TYPE_CHECKING:
+    from diag.report.schema import Report
 
 __all__ = ["print_report", "register"]
 
@@ -106,7 +111,8 @@ def register(sub: Any) -> None:
 def _cmd_rank(args: argparse.Namespace) -> int:
     from diag.cli.main import _config_from_args
     from diag.engine.extract import ExtractConfig
-    from diag.predict.rank import rank_backbones, write_ranking
+    from diag.pipeline import rank_backbones
+    from diag.predict.rank import write_ranking
     from diag.progress import ProgressCallback, TqdmProgress
 
     ranking = rank_backbones(
@@ -187,58 +193,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_report(report: Any, *, out: Path | None = None) -> None:
-    """The human summary: one row per layer, then the verdict sentence."""
-    s, t = report.source, report.target
-    bb = report.backbone
-    kind = "pretrained" if bb.get("pretrained", True) else "random-init"
-    print(
-        f"{s.get('name', 'source')} ({report.n_source}) vs {t.get('name', 'target')} ({report.n_target}) "
-        f"| {bb.get('name')} ({kind})"
-    )
-    head = f"{'layer':<12}{'dim':>6}{'MMD²':>9}{'p':>9}{'p(Holm)':>9}  {'C2ST AUC [95% CI]':<20}"
-    head += f"{'Fréchet(rel)':>13}{'CORAL':>10}{'OOD med':>9}"
-    print(head)
-    onset = report.shift.get("onset_layer")
-    for lay in report.layers:
-        x = lay["shift"]
-        lo, hi = x["c2st_auc_ci"]
-        mark = "  <- onset" if lay["name"] == onset else ""
-        print(
-            f"{lay['name']:<12}{lay['dim']:>6}{x['mmd2']:>9.4f}{x['p_value']:>9.4f}{x['p_adjusted']:>9.4f}  "
-            f"{x['c2st_auc']:.3f} [{lo:.2f}, {hi:.2f}]{'':<3}"
-            f"{x['frechet_relative']:>11.3f}{x['coral']:>10.2e}"
-            + (f"{x['ood_median']:>9.2f}" if x.get("ood_median") is not None else f"{'n/a':>9}")
-            + mark
-        )
-    if report.label_shift:
-        ls = report.label_shift
-        print(f"label shift: total variation {ls['total_variation']:.3f}, chi-square p = {ls['p_value']:.3g}")
-    print(report.shift["summary"])
-    _print_predictions(report.sections)
-    timings = report.meta.get("timings", {})
-    cached = [w for w in ("source", "target") if timings.get(f"{w}_from_cache")]
-    note = f"; embeddings from cache: {', '.join(cached)}" if cached else ""
-    if out is not None:
-        print(f"wrote {Path(out) / 'report.json'} in {timings.get('total_s', 0):.1f} s{note}")
-
-
-def _print_predictions(sections: dict[str, Any]) -> None:
-    tr = sections.get("transferability")
-    if not tr:
-        return
-    if "skipped" in tr:
-        print(f"transfer predictions skipped: {tr['skipped']}")
-        return
-    sc, rs = tr["scores"], tr["random_init_scores"]
-    keys = [k for k in ("logme", "leep", "nce", "knn_accuracy", "linear_probe_accuracy") if k in sc]
-    print(f"transferability at {tr['layer']} (pretrained vs random-init): ", end="")
-    print(", ".join(f"{k} {sc[k]:.3f} vs {rs.get(k, float('nan')):.3f}" for k in keys))
-    nt = sections.get("negative_transfer")
-    if nt:
-        print(f"negative transfer: risk {nt['risk']} (p = {nt['probability']:.2f}); {nt['evidence'][0]}")
-    fr = sections.get("freeze")
-    if fr:
-        tune = ", ".join(fr["tune"]) or "head only"
-        why = fr["rationale"][1] if len(fr["rationale"]) > 1 else ""
-        print(f"freeze: K = {fr['depth']} of {fr['n_blocks']} blocks (tune {tune}; {fr['lr_scheme']}). {why}")
+def print_report(report: Report, *, out: Path | None = None) -> None:
+    """The human summary (:func:`diag.report.render.report_text`): one row per layer, then the verdict."""
+    for line in report_text(report, out=out):
+        print(line)

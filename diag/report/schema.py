@@ -25,50 +25,123 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from diag.engine.embeddings import Embeddings
 from diag.errors import CacheError, DataError
 from diag.fileio import atomic_write_bytes
+from diag.report.sections import (
+    ClassConditionalSection,
+    FreezeSection,
+    LabelShiftSection,
+    LayerSection,
+    NegativeTransferSection,
+    Section,
+    ShiftVerdictSection,
+    TransferabilitySection,
+    section_from_json,
+)
 
 __all__ = ["REPORT_FILE", "SCHEMA_VERSION", "Report", "load_report"]
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "report.json"
 OOD_FILE = "ood_scores.safetensors"
+_S = TypeVar("_S", bound=Section)
 _REQUIRED = ("schema_version", "backbone", "n_source", "n_target", "layers", "shift", "meta")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Report:
-    """A diagnosis. ``sections`` holds every top-level field beyond the core ones (JSON-native)."""
+    """A diagnosis, typed all the way down (each part is a :mod:`diag.report.sections` dataclass).
+
+    The constructor takes each part typed or in its JSON form (a dict, as :func:`diag.pipeline.diagnose`
+    builds it) and types it. ``sections`` holds every top-level field beyond the core ones: those diag
+    knows (``transferability``, ``negative_transfer``, ``freeze``) typed, any other as it was read, so an
+    unknown section survives a round trip. The typed ones are also :attr:`transferability`,
+    :attr:`negative_transfer` and :attr:`freeze`.
+    """
 
     backbone: dict[str, Any]
     source: dict[str, Any]
     target: dict[str, Any]
     n_source: int
     n_target: int
-    layers: list[dict[str, Any]]
-    shift: dict[str, Any]
+    layers: list[LayerSection]
+    shift: ShiftVerdictSection
     meta: dict[str, Any]
-    label_shift: dict[str, Any] | None = None
-    class_conditional: dict[str, Any] | None = None
+    label_shift: LabelShiftSection | None = None
+    class_conditional: ClassConditionalSection | None = None
     sections: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = field(default=None, compare=False)
+
+    def __init__(
+        self,
+        backbone: dict[str, Any],
+        source: dict[str, Any],
+        target: dict[str, Any],
+        n_source: int,
+        n_target: int,
+        layers: Sequence[Mapping[str, Any]],
+        shift: Mapping[str, Any],
+        meta: dict[str, Any],
+        label_shift: Mapping[str, Any] | None = None,
+        class_conditional: Mapping[str, Any] | None = None,
+        sections: Mapping[str, Any] | None = None,
+        folder: Path | None = None,
+    ) -> None:
+        typed = {
+            "backbone": backbone,
+            "source": source,
+            "target": target,
+            "n_source": n_source,
+            "n_target": n_target,
+            "layers": [LayerSection.from_dict(x) for x in layers],
+            "shift": ShiftVerdictSection.from_dict(shift),
+            "meta": meta,
+            "label_shift": None if label_shift is None else LabelShiftSection.from_dict(label_shift),
+            "class_conditional": (
+                None if class_conditional is None else ClassConditionalSection.from_dict(class_conditional)
+            ),
+            "sections": {k: section_from_json(k, v) for k, v in (sections or {}).items()},
+            "folder": folder,
+        }
+        for name, value in typed.items():
+            object.__setattr__(self, name, value)  # frozen: the dataclass way to set fields in __init__
 
     # -- access --------------------------------------------------------------------------------------
 
     @property
-    def layer_names(self) -> list[str]:
-        return [x["name"] for x in self.layers]
+    def transferability(self) -> TransferabilitySection | None:
+        """The ``transferability`` section (None when the report lacks it)."""
+        return self._typed("transferability", TransferabilitySection)
 
-    def layer(self, name: str) -> dict[str, Any]:
+    @property
+    def negative_transfer(self) -> NegativeTransferSection | None:
+        """The ``negative_transfer`` section (None when the report lacks it)."""
+        return self._typed("negative_transfer", NegativeTransferSection)
+
+    @property
+    def freeze(self) -> FreezeSection | None:
+        """The ``freeze`` section (None when the report lacks it)."""
+        return self._typed("freeze", FreezeSection)
+
+    def _typed(self, name: str, cls: type[_S]) -> _S | None:
+        v = self.sections.get(name)
+        return v if isinstance(v, cls) else None
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [x.name for x in self.layers]
+
+    def layer(self, name: str) -> LayerSection:
         for x in self.layers:
-            if x["name"] == name:
+            if x.name == name:
                 return x
         raise KeyError(f"no layer {name!r}; layers: {', '.join(self.layer_names)}")
 
@@ -104,25 +177,24 @@ class Report:
             "target": self.target,
             "n_source": self.n_source,
             "n_target": self.n_target,
-            "layers": self.layers,
-            "shift": self.shift,
-            "label_shift": self.label_shift,
-            "class_conditional": self.class_conditional,
+            "layers": [x.to_dict() for x in self.layers],
+            "shift": self.shift.to_dict(),
+            "label_shift": None if self.label_shift is None else self.label_shift.to_dict(),
+            "class_conditional": None if self.class_conditional is None else self.class_conditional.to_dict(),
             "sidecars": {
                 "ood_scores": OOD_FILE,
                 "source_embeddings": "source",
                 "target_embeddings": "target",
             },
         }
-        return {**core, **self.sections, "meta": self.meta}
+        extra = {k: v.to_dict() if isinstance(v, Section) else v for k, v in self.sections.items()}
+        return {**core, **extra, "meta": self.meta}
 
     def to_json(self) -> str:
         return json.dumps(_json_safe(self.to_dict()), indent=1, allow_nan=False) + "\n"
 
     def with_sections(self, **sections: Any) -> Report:
-        """A copy with top-level sections added or replaced (e.g. ``transferability=...``)."""
-        from dataclasses import replace
-
+        """A copy with top-level sections added or replaced (e.g. ``transferability=...``), typed or dicts."""
         return replace(self, sections={**self.sections, **sections})
 
     def save(
@@ -137,8 +209,6 @@ class Report:
 
         Returns the report bound to ``folder`` (so its sidecars can be read).
         """
-        from dataclasses import replace
-
         from safetensors.numpy import save as st_save
 
         folder = Path(folder)
@@ -206,6 +276,8 @@ def load_report(folder: str | Path) -> Report:
 
 def _json_safe(v: Any) -> Any:
     """NaN/inf become None (JSON has no NaN); numpy scalars and arrays become Python values."""
+    if isinstance(v, Section):
+        v = v.to_dict()
     if isinstance(v, dict):
         return {str(k): _json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
