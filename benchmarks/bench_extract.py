@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from diag.data.dataset import open_data
+from diag.data import open_data
 from diag.device import resolve_device, resolve_precision
 from diag.engine.extract import ExtractConfig, extract
 from diag.models import HFTextBackbone, TimmBackbone, load

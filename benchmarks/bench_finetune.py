@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diag.data.dataset import open_data
+from diag.data import open_data
 from diag.device import resolve_device, resolve_precision
 from diag.models import TimmBackbone, load
 from diag.train import PRESETS, FinetuneConfig, TrainCallback, TrainState, finetune

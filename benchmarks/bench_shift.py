@@ -48,7 +48,7 @@ import scipy.linalg
 import torch
 from scipy import stats
 
-from diag.data.dataset import DataSet, open_data
+from diag.data import DataSet, open_data
 from diag.device import resolve_device
 from diag.stats import shift
 from diag.stats.shift import c2st, coral_distance, frechet_distance, mmd_test

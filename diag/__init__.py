@@ -8,7 +8,7 @@ The public API::
     bb = diag.load_backbone("minilm", pretrained=False)            # the random-init twin
 """
 
-from diag.data.dataset import DataSet, open_data
+from diag.data import DataSet, open_data
 from diag.engine.embeddings import Embeddings
 from diag.engine.extract import ExtractConfig, extract
 from diag.errors import BackboneError, CacheError, ConfigError, DataError, DiagError, MissingDependencyError

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from diag.config import DiagnoseConfig, RankConfig
-from diag.data.dataset import DataSet, open_data
+from diag.data import DataSet, open_data, stratified_halves
 from diag.device import resolve_device, resolve_precision
 from diag.engine import cache
 from diag.engine.embeddings import Embeddings
@@ -111,18 +111,11 @@ def split_halves(emb: Embeddings, *, seed: int = 0) -> tuple[Embeddings, Embeddi
 
     The null check: a calibrated test finds no shift between them (about ``alpha`` of the time).
     """
-    rng = np.random.default_rng(seed)
-    n = len(emb)
     if emb.labels is None:
-        perm = rng.permutation(n)
-        a, b = perm[: n // 2], perm[n // 2 :]
+        perm = np.random.default_rng(seed).permutation(len(emb))
+        a, b = perm[: len(emb) // 2], perm[len(emb) // 2 :]
     else:
-        a_parts, b_parts = [], []
-        for c in np.unique(emb.labels):
-            idx = rng.permutation(np.flatnonzero(emb.labels == c))
-            a_parts.append(idx[: len(idx) // 2])
-            b_parts.append(idx[len(idx) // 2 :])
-        a, b = np.sort(np.concatenate(a_parts)), np.sort(np.concatenate(b_parts))
+        a, b = stratified_halves(emb.labels, seed)
     name = emb.manifest.get("data", {}).get("name", "data")
     return emb.subset(a, name=f"{name} (half A)"), emb.subset(b, name=f"{name} (half B)")
 

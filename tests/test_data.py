@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diag.data.dataset import encode_labels, open_data, texts_dataset
+from diag.data import encode_labels, open_data, texts_dataset
 from diag.errors import DataError
 
 from .conftest import solid_png

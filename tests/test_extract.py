@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diag.data.dataset import open_data, texts_dataset
+from diag.data import open_data, texts_dataset
 from diag.engine import cache
 from diag.engine.embeddings import Embeddings, check_finite
 from diag.engine.extract import ExtractConfig, extract

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from diag.data.dataset import open_image_folder, texts_dataset
+from diag.data import open_image_folder, texts_dataset
 from diag.errors import ConfigError, DataError
 from diag.models import BlockLayout, masked_mean, text_layers
 

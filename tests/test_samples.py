@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diag.data import samples
-from diag.data.dataset import open_data
+from diag.data import open_data, samples
 from diag.data.samples import (
     SampleInfo,
     list_samples,

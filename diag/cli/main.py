@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from diag.data.dataset import open_data
+    from diag.data import open_data
     from diag.engine.extract import ExtractConfig
     from diag.models import load
     from diag.pipeline import embed

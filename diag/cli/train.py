@@ -181,7 +181,7 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 def _auto_freeze(args: argparse.Namespace) -> int:
     """``--freeze auto``: the recommended depth (from ``--report``, or from the target's probe curve)."""
     from diag.models import load
-    from diag.predict.rules import recommend_for_target
+    from diag.pipeline import recommend_for_target
     from diag.report.schema import load_report
     from diag.train import PRESETS
 
@@ -198,7 +198,7 @@ def _auto_freeze(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace, spec: str | None) -> Any:
-    from diag.data.dataset import open_data
+    from diag.data import open_data
 
     return (
         None

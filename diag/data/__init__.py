@@ -1,1 +1,35 @@
-"""Data sets: folders, tables, arrays, text files and the bundled samples."""
+"""Data sets a backbone can embed: image folders, text tables, ``.npz`` arrays and bundled samples.
+
+:func:`open_data` turns what a user types (a path or ``samples:NAME``) into a :class:`DataSet`: a list
+of items (image files, image arrays or texts), optional integer labels with their class names, and a
+content fingerprint for the embedding cache. One module per concept: :mod:`~diag.data.dataset` (the
+DataSet), :mod:`~diag.data.labels` (label codes, stratified splits), :mod:`~diag.data.folders`,
+:mod:`~diag.data.tables`, :mod:`~diag.data.arrays`, :mod:`~diag.data.text`, :mod:`~diag.data.samples`
+and :mod:`~diag.data.open` (the dispatch). Nothing here touches a model.
+"""
+
+from diag.data.arrays import open_npz
+from diag.data.dataset import DataSet, Modality
+from diag.data.folders import IMAGE_EXTENSIONS, open_image_folder
+from diag.data.labels import encode_labels, stratified_halves, stratified_split
+from diag.data.open import open_data
+from diag.data.samples import list_samples, open_sample
+from diag.data.tables import TEXT_EXTENSIONS, open_text_table
+from diag.data.text import texts_dataset
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "TEXT_EXTENSIONS",
+    "DataSet",
+    "Modality",
+    "encode_labels",
+    "list_samples",
+    "open_data",
+    "open_image_folder",
+    "open_npz",
+    "open_sample",
+    "open_text_table",
+    "stratified_halves",
+    "stratified_split",
+    "texts_dataset",
+]

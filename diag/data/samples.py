@@ -13,7 +13,7 @@ package, and never copied into this repository: ``speeches`` (2012 US party-conv
 into passages) and ``debates`` (the two candidates' statements in the 2016 presidential debates),
 both labelled by party.
 
-Open a sample with :func:`open_sample` (or ``diag.data.dataset.open_data("samples:NAME")``); list them with
+Open a sample with :func:`open_sample` (or ``diag.data.open_data("samples:NAME")``); list them with
 :func:`list_samples`.
 """
 
@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diag.data.dataset import DataSet, Modality, open_image_folder, texts_dataset
+from diag.data.dataset import DataSet, Modality
+from diag.data.folders import open_image_folder
+from diag.data.text import texts_dataset
 from diag.errors import DataError, MissingDependencyError, param_error, require
 
 __all__ = [

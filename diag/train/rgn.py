@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diag.data.dataset import DataSet, open_data
+from diag.data import DataSet, open_data
 from diag.device import resolve_device
 from diag.models import Backbone, load
 from diag.stats.common import check_int
