@@ -165,3 +165,20 @@ def test_in_memory_texts_and_subset() -> None:
         texts_dataset([], name="mem")
     with pytest.raises(DataError, match="2 labels for 3 texts"):
         texts_dataset(["a", "b", "c"], ["x", "y"])
+
+
+def test_stratified_splits_match_the_reference_per_class_shuffle() -> None:
+    from diag.data import stratified_halves, stratified_split
+
+    labels = np.array([0, 1, 2, 0, 1, 0, 2, 2, 1, 0, 0, 3])
+    rng = np.random.default_rng(7)  # the reference: one seeded permutation per class, in class order
+    a_ref, b_ref = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        a_ref += idx[: len(idx) // 2].tolist()
+        b_ref += idx[len(idx) // 2 :].tolist()
+    a, b = stratified_halves(labels, 7)
+    assert a.tolist() == sorted(a_ref) and b.tolist() == sorted(b_ref)
+    train, val = stratified_split(labels, 0.2, 7)
+    assert sorted([*train, *val]) == list(range(len(labels))) and 11 not in val  # a lone class trains
+    assert np.bincount(labels[val], minlength=4).tolist() == [1, 1, 1, 0]
