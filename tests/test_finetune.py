@@ -14,13 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from diag.data.dataset import open_data, texts_dataset
+from diag.data import open_data, texts_dataset
+from diag.data import stratified_split as split
 from diag.errors import ConfigError, DataError
 from diag.models import load
 from diag.train import (
     STOP_FILE,
+    EarlyStopping,
     FinetuneConfig,
     FinetuneResult,
+    MetricsLog,
+    StopFile,
     TrainCallback,
     TrainState,
     finetune,
@@ -29,7 +33,6 @@ from diag.train import (
     n_blocks,
     resolve_freeze,
 )
-from diag.train.data import stratified_split as split
 from tests.conftest import write_digit_folder
 
 TINY = "timm:test_efficientnet"
@@ -184,6 +187,104 @@ def test_config_normalises_freeze_strings() -> None:
     assert FinetuneConfig(freeze="5").freeze == 5
     assert FinetuneConfig(freeze="blocks.4").freeze == "blocks.4"
     assert FinetuneConfig.from_dict(FinetuneConfig(lr=3e-4).to_dict()) == FinetuneConfig(lr=3e-4)
+
+
+def test_config_json_round_trip_through_a_file(tmp_path: Path) -> None:
+    cfg = FinetuneConfig(freeze="blocks.4", lr=3e-4, head_lr=None, deterministic=True, image_size=64)
+    path = cfg.save(tmp_path / "run.json")
+    assert json.loads(path.read_text())["freeze"] == "blocks.4"
+    assert FinetuneConfig.from_file(path) == cfg
+    # Missing keys take their defaults.
+    assert FinetuneConfig.from_dict({"epochs": 3}) == FinetuneConfig(epochs=3)
+
+
+@pytest.mark.parametrize(
+    ("d", "message"),
+    [
+        ({"epocs": 3}, r"unknown fine-tuning setting 'epocs'.*epochs"),
+        ({"lr": 1e-3, "zz": 1, "aa": 2}, r"'aa' \(and 'zz'\)"),
+        ({"save_best": "yes"}, "save_best"),
+        ({"deterministic": 1}, "deterministic"),
+        ({"device": 0}, "device"),
+        ({"epochs": "8"}, "epochs"),
+        (["epochs", 8], "JSON object"),
+    ],
+)
+def test_config_from_dict_names_what_is_wrong(d: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        FinetuneConfig.from_dict(d)
+
+
+def test_config_from_file_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "run.json"
+    bad.write_text("{epochs: 3}")
+    with pytest.raises(ConfigError, match=r"run\.json: not valid JSON"):
+        FinetuneConfig.from_file(bad)
+    bad.write_text('{"batch_sise": 3}')
+    with pytest.raises(ConfigError, match=r"run\.json: unknown fine-tuning setting 'batch_sise'"):
+        FinetuneConfig.from_file(bad)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        FinetuneConfig.from_file(tmp_path / "missing.json")
+
+
+# -- callbacks --------------------------------------------------------------------------------------
+
+
+def _state(**kw: Any) -> TrainState:
+    return TrainState(out="o", epochs=5, steps_per_epoch=3, total_steps=15, **kw)
+
+
+def test_train_state_round_trips_through_json() -> None:
+    st = _state(epoch=2, step=6, best_val_accuracy=0.5, best_epoch=1, stop_reason="STOP file")
+    assert TrainState.from_dict(json.loads(json.dumps(st.to_dict()))) == st
+    assert TrainState.from_dict({**st.to_dict(), "from_a_later_version": 1}) == st
+    with pytest.raises(DataError, match="training state"):
+        TrainState.from_dict({"out": "o"})
+
+
+def test_early_stopping_after_patience_epochs_not_at_the_last() -> None:
+    cb = EarlyStopping(2)
+    st = _state(epoch=3, epochs_since_best=1)
+    cb.on_epoch_end(st, {})
+    assert not st.stopped_early
+    st.epochs_since_best = 2
+    cb.on_epoch_end(st, {})
+    assert st.stopped_early
+    last = _state(epoch=5, epochs_since_best=4)  # the last epoch ends the run anyway: not "early"
+    cb.on_epoch_end(last, {})
+    assert not last.stopped_early
+    off = _state(epoch=3, epochs_since_best=9)
+    EarlyStopping(0).on_epoch_end(off, {})
+    assert not off.stopped_early
+
+
+def test_stop_file_asks_while_the_file_exists_and_cleans_up_its_own(tmp_path: Path) -> None:
+    path = tmp_path / STOP_FILE
+    path.touch()
+    owned = StopFile(path, owned=True)
+    owned.on_train_start(_state())  # stale: removed
+    assert not path.exists() and not owned.should_stop()
+    path.touch()
+    assert owned.should_stop() and owned.stop_reason == "STOP file"
+    shared = StopFile(path)
+    shared.on_train_start(_state())
+    assert path.exists() and shared.should_stop()  # a sweep's file is the sweep's to remove
+
+
+def test_metrics_log_writes_logged_steps_and_epochs_and_trims_on_resume(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path, resume=False)
+    log.on_train_start(_state())
+    for epoch in (1, 2):
+        log.on_step_end(_state(), {"kind": "step", "epoch": epoch, "step": 1})  # not logged: no loss
+        log.on_step_end(_state(), {"kind": "step", "epoch": epoch, "step": 2, "loss": 0.5})
+        log.on_epoch_end(_state(), {"kind": "epoch", "epoch": epoch, "step": 2})
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(r["kind"], r["epoch"]) for r in lines] == [("step", 1), ("epoch", 1), ("step", 2), ("epoch", 2)]
+    MetricsLog(path, resume=True).on_train_start(_state(resumed_from_epoch=1))
+    assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 1]
+    MetricsLog(path, resume=False).on_train_start(_state())
+    assert not path.exists()
 
 
 def test_stratified_split_is_seeded_and_keeps_every_class() -> None:

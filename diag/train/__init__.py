@@ -11,7 +11,7 @@ Modules, one concept each:
 - :mod:`~diag.train.blocks`: the blocks ``freeze=K`` counts (:func:`freeze_units`, :func:`n_blocks`,
   :func:`resolve_freeze`);
 - :mod:`~diag.train.model`: :class:`FinetuneModel`, body + head;
-- :mod:`~diag.train.data`: label checks, the stratified split, decoding once;
+- :mod:`~diag.train.data`: label checks, the validation split, decoding once;
 - :mod:`~diag.train.callbacks`: :class:`TrainCallback`, :class:`TrainState` and the built-in
   callbacks (metrics file, STOP file, early stopping);
 - :mod:`~diag.train.trainer`: :class:`Trainer`, the optimisation recipe and the loop of one epoch;
@@ -31,7 +31,6 @@ from diag.train.callbacks import (
     TrainState,
 )
 from diag.train.config import PRESETS, FinetuneConfig
-from diag.train.data import stratified_split
 from diag.train.model import FinetuneModel
 from diag.train.result import SCHEMA, FinetuneResult
 from diag.train.rgn import BlockGradients, relative_gradient_norms
@@ -63,6 +62,5 @@ __all__ = [
     "n_blocks",
     "relative_gradient_norms",
     "resolve_freeze",
-    "stratified_split",
     "sweep",
 ]

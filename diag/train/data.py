@@ -1,4 +1,5 @@
-"""Fine-tuning data: label checks, the seeded stratified train/validation split, and decoding once.
+"""Fine-tuning data: label checks, the train/validation split (:func:`diag.data.stratified_split`), and
+decoding once.
 
 The target set is decoded once into memory (uint8 images at the backbone's input size, or token ids)
 and the trainer cuts its batches from it, so no epoch re-reads or re-decodes a file.
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diag.data.dataset import DataSet
+from diag.data import DataSet, stratified_split
 from diag.errors import DataError
 from diag.models import Backbone
 from diag.train.config import FinetuneConfig
@@ -24,7 +25,6 @@ __all__ = [
     "PreparedData",
     "check_labels",
     "prepare_data",
-    "stratified_split",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,26 +93,6 @@ def check_labels(target: DataSet, val: DataSet | None, modality: str, backbone_n
                 f"{target.name} does not have ({', '.join(target.classes[:10])}); the head can only predict "
                 "the target's classes. Remove those items or add them to the target."
             )
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified split: about ``fraction`` of each class to validation, at least one item per class
-    kept for training. Classes with a single item go to training only.
-
-    Returns
-    -------
-    train_idx, val_idx : ndarray of int64, each sorted
-    """
-    rng = np.random.default_rng(seed)
-    train: list[int] = []
-    val: list[int] = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[rng.permutation(len(idx))]
-        k = 0 if len(idx) < 2 else min(max(round(fraction * len(idx)), 1), len(idx) - 1)
-        val += idx[:k].tolist()
-        train += idx[k:].tolist()
-    return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
 
 
 def prepare_data(

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from diag.data.dataset import DataSet, open_data
+from diag.data import DataSet, open_data
 from diag.device import resolve_device, resolve_precision
 from diag.errors import ConfigError, DataError, DiagError, param_error
 from diag.fileio import atomic_write_bytes
@@ -88,6 +88,18 @@ class TrainJob:
     backbone: Backbone | None  # pretrained template (deep-copied per run), None: load by name
     backbone_name: str
     prepared: PreparedData | None = None
+
+    @classmethod
+    def open(
+        cls, target: str | Path | DataSet, backbone: str | Backbone, val: str | Path | DataSet | None
+    ) -> TrainJob:
+        """Open the data (:func:`diag.data.open_data`); a backbone given by name is loaded later, once."""
+        return cls(
+            target=open_data(target),
+            val=None if val is None else open_data(val),
+            backbone=None if isinstance(backbone, str) else backbone,
+            backbone_name=backbone if isinstance(backbone, str) else backbone.name,
+        )
 
 
 def comparable_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -189,14 +201,7 @@ def finetune(
     if done is not None:
         log.info("%s: already completed; reusing its result", outp)
         return done
-    name = backbone if isinstance(backbone, str) else backbone.name
-    job = TrainJob(
-        target=open_data(target),
-        val=None if val is None else open_data(val),
-        backbone=None if isinstance(backbone, str) else backbone,
-        backbone_name=name,
-    )
-    return run_job(job, cfg, outp, callbacks=callbacks, resume=resume)
+    return run_job(TrainJob.open(target, backbone, val), cfg, outp, callbacks=callbacks, resume=resume)
 
 
 def load_job_backbone(job: TrainJob, cfg: FinetuneConfig) -> Backbone:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diag.data.dataset import DataSet, open_data
+from diag.data.dataset import DataSet
 from diag.errors import ConfigError
 from diag.models import Backbone
 from diag.progress import ProgressCallback
@@ -218,13 +218,8 @@ def sweep(
     stop_path = outp / STOP_FILE
     stop_path.unlink(missing_ok=True)  # a stale request from an earlier session
 
-    name = backbone if isinstance(backbone, str) else backbone.name
-    job = TrainJob(
-        target=open_data(target),
-        val=None if val is None else open_data(val),
-        backbone=None if isinstance(backbone, str) else backbone,
-        backbone_name=name,
-    )
+    job = TrainJob.open(target, backbone, val)
+    name = job.backbone_name
     bb = load_job_backbone(job, base)
     units = units_of_model(build_model(bb, 2).body, bb)
     block_names = [u.name for u in units]
