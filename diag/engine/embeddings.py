@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from diag.errors import CacheError, DataError
 from diag.fileio import atomic_write_bytes
@@ -117,8 +119,6 @@ class Embeddings:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``embeddings.safetensors`` then ``manifest.json`` into ``folder`` (created if needed)."""
-        from safetensors.numpy import save as st_save
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, np.ndarray] = {
@@ -154,8 +154,6 @@ class Embeddings:
             Missing or unreadable files, a schema from a newer diag, or arrays that do not match the
             manifest's checksum (an interrupted or foreign write).
         """
-        from safetensors.numpy import load as st_load
-
         folder = Path(folder)
         mpath, apath = folder / MANIFEST_FILE, folder / ARRAYS_FILE
         if not mpath.is_file() or not apath.is_file():

@@ -25,6 +25,7 @@ from diag.engine.embeddings import Embeddings, check_finite
 from diag.errors import ConfigError, DataError
 from diag.models import Backbone
 from diag.progress import ProgressCallback
+from diag.provenance import device_description, versions
 
 __all__ = ["ExtractConfig", "extract"]
 
@@ -144,8 +145,6 @@ def extract(
     logits = arrays.pop("logits", None)
     features = {p.name: arrays[p.name] for p in backbone.probes}
     check_finite(features, where=f"{data.name} [{backbone.name}]")
-
-    from diag.provenance import device_description, versions
 
     manifest = {
         "backbone": backbone.describe(),

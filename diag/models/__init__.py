@@ -7,7 +7,7 @@ Modules
 -------
 base
     :class:`Backbone`, :class:`ProbePoint`, :class:`SourceHead`, :class:`BlockLayout`,
-    :class:`TextBatch`, :func:`masked_mean`.
+    :class:`TextBatch`, :func:`masked_mean`, the options of loaders and decoding.
 decode
     :class:`ImageItems`, the one image-decoding ``Dataset``.
 timm, hf
@@ -15,13 +15,23 @@ timm, hf
 weights
     The bundled weights (:data:`BUNDLED`) and weights files (``NAME@PATH``).
 registry
-    :func:`load`, the one factory, and :data:`FAMILIES`, the ``PREFIX:`` -> loader table.
+    :func:`load`, the one factory, and :data:`FAMILIES`, the ``PREFIX:`` -> :data:`Loader` table.
 """
 
-from diag.models.base import Backbone, BlockLayout, Failed, ProbePoint, SourceHead, TextBatch, masked_mean
+from diag.models.base import (
+    Backbone,
+    BlockLayout,
+    DecodeOptions,
+    Failed,
+    LoadOptions,
+    ProbePoint,
+    SourceHead,
+    TextBatch,
+    masked_mean,
+)
 from diag.models.decode import ImageItems
 from diag.models.hf import HFTextBackbone, text_layers
-from diag.models.registry import BUNDLED, EXAMPLES, FAMILIES, load
+from diag.models.registry import BUNDLED, EXAMPLES, FAMILIES, Loader, load
 from diag.models.timm import TimmBackbone
 from diag.models.weights import package_file
 
@@ -31,9 +41,12 @@ __all__ = [
     "FAMILIES",
     "Backbone",
     "BlockLayout",
+    "DecodeOptions",
     "Failed",
     "HFTextBackbone",
     "ImageItems",
+    "LoadOptions",
+    "Loader",
     "ProbePoint",
     "SourceHead",
     "TextBatch",

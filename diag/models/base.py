@@ -25,7 +25,9 @@ from diag.errors import BackboneError
 __all__ = [
     "Backbone",
     "BlockLayout",
+    "DecodeOptions",
     "Failed",
+    "LoadOptions",
     "Modality",
     "ProbePoint",
     "SourceHead",
@@ -91,6 +93,26 @@ class BlockLayout:
     exclude: list[str]
     before: str
     after: str
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What :func:`diag.models.load` passes to a family's loader (see :data:`diag.models.FAMILIES`)."""
+
+    pretrained: bool = True
+    seed: int = 0
+    image_size: int | None = None  # image families only
+    max_length: int | None = None  # text families only
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """The options of :meth:`Backbone.decode_all`; a family reads those of its modality."""
+
+    image_size: int | None = None
+    crop_pct: float | None = None
+    max_length: int | None = None
+    num_workers: int = 0
 
 
 #: ``(index, error message)`` of the items a batch could not read.
@@ -255,11 +277,19 @@ class Backbone:
         """Every item of ``data`` decoded once: uint8 images ``(N, 3, H, W)`` (not normalised; see
         :attr:`input_normalization`) or token-id lists (not padded; see :attr:`pad_token_id`).
 
+        ``image_size`` and ``crop_pct`` (images) and ``max_length`` (texts) override the backbone's
+        preprocessing; an option of the other modality is ignored. ``num_workers`` decoding processes
+        (0: this one).
+
         Raises
         ------
         DataError
             An item cannot be read (the message names the first one).
         """
+        return self._decode(data, DecodeOptions(image_size, crop_pct, max_length, num_workers))
+
+    def _decode(self, data: DataSet, options: DecodeOptions) -> torch.Tensor | list[list[int]]:
+        """:meth:`decode_all` for this family."""
         raise NotImplementedError
 
     @property

@@ -13,7 +13,17 @@ from torch import nn
 
 from diag.data.dataset import DataSet
 from diag.errors import BackboneError, ConfigError
-from diag.models.base import Backbone, BlockLayout, Failed, ProbePoint, TextBatch, masked_mean, seeded
+from diag.models.base import (
+    Backbone,
+    BlockLayout,
+    DecodeOptions,
+    Failed,
+    LoadOptions,
+    ProbePoint,
+    TextBatch,
+    masked_mean,
+    seeded,
+)
 from diag.models.weights import offline_hint
 
 __all__ = [
@@ -121,18 +131,10 @@ class HFTextBackbone(Backbone):
         h = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return masked_mean(h, attention_mask).to(h.dtype)
 
-    def decode_all(
-        self,
-        data: DataSet,
-        *,
-        image_size: int | None,
-        crop_pct: float | None,
-        max_length: int | None,
-        num_workers: int,
-    ) -> list[list[int]]:
+    def _decode(self, data: DataSet, options: DecodeOptions) -> list[list[int]]:
         """Token ids of every text, truncated at ``max_length`` (default: the backbone's), not padded."""
         assert data.texts is not None
-        ml = max_length or self.max_length
+        ml = options.max_length or self.max_length
         ids: list[list[int]] = self.tokenizer(list(data.texts), truncation=True, max_length=ml)["input_ids"]
         return ids
 
@@ -171,20 +173,11 @@ def _sentence_transformers_meta(folder: Path) -> tuple[bool, int | None]:
     return normalize, max_len
 
 
-def load_hf(
-    name: str,
-    ref: str,
-    *,
-    pretrained: bool,
-    seed: int,
-    image_size: int | None = None,
-    max_length: int | None = None,
-) -> HFTextBackbone:
-    """The Hugging Face encoder ``ref`` (``hf:ID_OR_FOLDER``): a hub id or a local model folder.
-
-    ``image_size`` is accepted for a uniform loader signature and not used.
-    """
+def load_hf(name: str, ref: str, options: LoadOptions) -> HFTextBackbone:
+    """The Hugging Face encoder ``ref`` (``hf:ID_OR_FOLDER``): a hub id or a local model folder."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    pretrained, seed, max_length = options.pretrained, options.seed, options.max_length
 
     local = Path(ref).expanduser()
     is_local = local.exists()

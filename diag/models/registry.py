@@ -21,10 +21,10 @@ and a loader, plus one line in :data:`FAMILIES`.
 from __future__ import annotations
 
 import difflib
-from typing import Protocol
+from collections.abc import Callable
 
 from diag.errors import BackboneError, ConfigError
-from diag.models.base import Backbone
+from diag.models.base import Backbone, LoadOptions
 from diag.models.hf import load_hf
 from diag.models.timm import load_timm
 from diag.models.weights import BUNDLED, offline_hint, package_file, read_weights, split_weights
@@ -38,20 +38,8 @@ __all__ = [
 ]
 
 
-class Loader(Protocol):
-    """What a family's loader looks like: ``(name, ref, ...) -> Backbone`` for a name ``PREFIX:REF``."""
-
-    def __call__(
-        self,
-        name: str,
-        ref: str,
-        /,
-        *,
-        pretrained: bool,
-        seed: int,
-        image_size: int | None = None,
-        max_length: int | None = None,
-    ) -> Backbone: ...
+#: A family's loader: ``(name, REF, options) -> Backbone`` for a name ``PREFIX:REF``.
+Loader = Callable[[str, str, LoadOptions], Backbone]
 
 
 #: ``PREFIX`` of a ``PREFIX:REF`` name -> the family's loader. A new family is one line here.
@@ -117,21 +105,20 @@ def load(
             body, head = read_weights(name, weights_path)
             bb.load_weights(body, head, name=name, path=weights_path)
         return bb
+    options = LoadOptions(pretrained=pretrained, seed=seed, image_size=image_size, max_length=max_length)
     if name in BUNDLED:
         b = BUNDLED[name]
         if b.kind == "efficientnet_lite":
             arch = "tf_" + name
-            return load_timm(name, arch, pretrained=pretrained, seed=seed, image_size=image_size, bundled=b)
+            return load_timm(name, arch, options, bundled=b)
         path = package_file(b.package, "model/config.json").parent
-        bb = load_hf(name, str(path), pretrained=pretrained, seed=seed, max_length=max_length)
+        bb = load_hf(name, str(path), options)
         if pretrained:
             bb.weights = f"{b.package.replace('_', '-')}:{path.name}"
         return bb
     prefix, _, ref = name.partition(":")
     if prefix in FAMILIES and ref:
-        return FAMILIES[prefix](
-            name, ref, pretrained=pretrained, seed=seed, image_size=image_size, max_length=max_length
-        )
+        return FAMILIES[prefix](name, ref, options)
     close = difflib.get_close_matches(name, list(BUNDLED), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise BackboneError(

@@ -14,7 +14,16 @@ from torch.utils.data import DataLoader
 
 from diag.data.dataset import DataSet
 from diag.errors import BackboneError
-from diag.models.base import Backbone, BlockLayout, Failed, ProbePoint, SourceHead, seeded
+from diag.models.base import (
+    Backbone,
+    BlockLayout,
+    DecodeOptions,
+    Failed,
+    LoadOptions,
+    ProbePoint,
+    SourceHead,
+    seeded,
+)
 from diag.models.decode import ImageItems, collate_images, decode_images
 from diag.models.weights import Bundled, efficientnet_lite_state_dict, offline_hint, package_file
 
@@ -150,33 +159,25 @@ class TimmBackbone(Backbone):
         out: torch.Tensor = m.forward_head(m.forward_features(batch), pre_logits=True)
         return out
 
-    def decode_all(
-        self,
-        data: DataSet,
-        *,
-        image_size: int | None,
-        crop_pct: float | None,
-        max_length: int | None,
-        num_workers: int,
-    ) -> torch.Tensor:
+    def _decode(self, data: DataSet, options: DecodeOptions) -> torch.Tensor:
         """The eval transform at ``image_size``/``crop_pct`` (default: the backbone's) without its
         normalisation, which runs later on the device on uint8 batches."""
         import timm.data
 
         p = self.preprocessing
         size = tuple(p["input_size"])
-        if image_size is not None:
-            size = (size[0], image_size, image_size)
+        if options.image_size is not None:
+            size = (size[0], options.image_size, options.image_size)
         transform = timm.data.create_transform(
             input_size=size,
             interpolation=p["interpolation"],
             mean=(0.0, 0.0, 0.0),
             std=(1.0, 1.0, 1.0),
-            crop_pct=crop_pct if crop_pct is not None else p["crop_pct"],
+            crop_pct=options.crop_pct if options.crop_pct is not None else p["crop_pct"],
             crop_mode=p["crop_mode"],
             is_training=False,
         )
-        return decode_images(data, transform, num_workers)
+        return decode_images(data, transform, options.num_workers)
 
     @property
     def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -245,21 +246,11 @@ class TimmBackbone(Backbone):
         return out
 
 
-def load_timm(
-    name: str,
-    arch: str,
-    *,
-    pretrained: bool,
-    seed: int,
-    image_size: int | None = None,
-    max_length: int | None = None,
-    bundled: Bundled | None = None,
-) -> TimmBackbone:
-    """The timm model ``arch`` (``timm:ARCH``); pretrained weights from ``bundled`` or else the hub.
-
-    ``max_length`` is accepted for a uniform loader signature and not used.
-    """
+def load_timm(name: str, arch: str, options: LoadOptions, *, bundled: Bundled | None = None) -> TimmBackbone:
+    """The timm model ``arch`` (``timm:ARCH``); pretrained weights from ``bundled`` or else the hub."""
     import timm
+
+    pretrained, seed, image_size = options.pretrained, options.seed, options.image_size
 
     if arch not in timm.list_models():
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)

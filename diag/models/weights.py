@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors.torch import load_file
 
 from diag.errors import BackboneError, ConfigError, MissingDependencyError
 
@@ -154,8 +155,6 @@ def read_weights(name: str, path: Path) -> tuple[dict[str, torch.Tensor], dict[s
         raise BackboneError(f"backbone {name!r}: no such weights file {path}.")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
