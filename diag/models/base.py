@@ -122,7 +122,11 @@ Failed = list[tuple[int, str]]
 class Backbone:
     """A pretrained (or random-init) network with named probe points.
 
-    Subclasses implement :meth:`capture`; everything else is shared.
+    A family (a subclass and its loader, registered in :data:`diag.models.FAMILIES`) implements
+    :meth:`capture`, :meth:`batches`, :meth:`block_layout`, :meth:`strip_source_head`,
+    :meth:`pooled_features` and ``_decode`` (behind :meth:`decode_all`), and overrides
+    :attr:`input_normalization`, :attr:`pad_token_id` and :meth:`load_weights` where its defaults do
+    not fit. Identity, description and fingerprint are shared.
     """
 
     modality: Modality
