@@ -41,6 +41,8 @@ __all__ = [
 
 #: Resolution of the fixed-point sum of Fourier features: 2⁻²⁴ ≈ 6e-8, far below any sampling noise.
 FIXED_POINT_BITS = 24
+#: Marks a summary field not given to the constructor (it starts at zero).
+_EMPTY = np.zeros(0)
 
 
 def _rows(x: ArrayLike, dim: int | None, what: str) -> np.ndarray:
@@ -68,13 +70,13 @@ class Moments:
 
     dim: int
     count: int = 0
-    total: np.ndarray = field(default=None)  # type: ignore[assignment]
-    outer: np.ndarray = field(default=None)  # type: ignore[assignment]
+    total: np.ndarray = field(default_factory=lambda: _EMPTY)
+    outer: np.ndarray = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
-        if self.total is None:
+        if self.total is _EMPTY:
             self.total = np.zeros(self.dim, np.float64)
-        if self.outer is None:
+        if self.outer is _EMPTY:
             self.outer = np.zeros((self.dim, self.dim), np.float64)
 
     def update(self, x: ArrayLike) -> Moments:
@@ -121,7 +123,8 @@ def frechet_from_moments(mean_x: ArrayLike, cov_x: ArrayLike, mean_y: ArrayLike,
     cx, cy = np.asarray(cov_x, np.float64), np.asarray(cov_y, np.float64)
     if mx.shape != my.shape or cx.shape != cy.shape or cx.shape != (mx.size, mx.size):
         raise DataError(
-            f"moments of different shapes: means {mx.shape} and {my.shape}, covariances {cx.shape} and {cy.shape}."
+            f"moments of different shapes: means {mx.shape} and {my.shape}, "
+            f"covariances {cx.shape} and {cy.shape}."
         )
 
     def factor(c: np.ndarray) -> np.ndarray:
@@ -158,14 +161,14 @@ class MeanEmbedding:
     n_features: int = 512
     seed: int = 0
     count: int = 0
-    fixed_sum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    fixed_sum: np.ndarray = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
         if not (
             isinstance(self.bandwidth, (int, float)) and math.isfinite(self.bandwidth) and self.bandwidth > 0
         ):
             raise param_error("bandwidth", "must be a positive finite number", self.bandwidth)
-        if self.fixed_sum is None:
+        if self.fixed_sum is _EMPTY:
             self.fixed_sum = np.zeros(self.n_features, np.int64)
         rng = np.random.default_rng(self.seed)
         self._w = rng.normal(size=(self.dim, self.n_features)) / self.bandwidth
@@ -190,7 +193,8 @@ class MeanEmbedding:
         if mine != theirs:
             raise DataError(
                 "cannot merge mean embeddings built with different random features: "
-                f"(dim, n_features, seed, bandwidth) = {mine} vs {theirs}. Build both with the same bandwidth."
+                f"(dim, n_features, seed, bandwidth) = {mine} vs {theirs}. "
+                "Build both with the same bandwidth."
             )
         return MeanEmbedding(
             self.dim, self.bandwidth, self.n_features, self.seed, self.count + other.count,
@@ -279,13 +283,13 @@ class Reservoir:
     dim: int
     seed: int = 0
     seen: int = 0
-    rows: np.ndarray = field(default=None)  # type: ignore[assignment]
+    rows: np.ndarray = field(default_factory=lambda: _EMPTY)
     ids: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
             raise param_error("capacity", "must be at least 1", self.capacity)
-        if self.rows is None:
+        if self.rows is _EMPTY:
             self.rows = np.zeros((0, self.dim), np.float32)
         self._rng = np.random.default_rng([self.seed, self.seen])
 
