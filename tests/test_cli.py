@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from diag.cli.flags import add_config_flags, config_from_args, flag_values
 from diag.cli.main import build_parser, main
 
 
@@ -100,3 +103,47 @@ def test_console_script_runs() -> None:
         [sys.executable, "-m", "diag.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "embed" in proc.stdout and "backbones" in proc.stdout
+
+
+@dataclasses.dataclass(frozen=True)
+class _Toy:
+    """A config of every kind of field the flags helper reads."""
+
+    switch: bool = dataclasses.field(default=False, metadata={"help": "a switch"})
+    count: int | None = dataclasses.field(default=None, metadata={"help": "a count"})
+    rate: float = dataclasses.field(default=0.5, metadata={"help": "a rate"})
+    name: str = dataclasses.field(default="x", metadata={"help": "a name (default: x)"})
+    spec: int | str = dataclasses.field(default=0, metadata={"help": "a number or a name"})
+
+
+def test_config_flags_take_names_types_defaults_and_help_from_the_dataclass() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, _Toy, "toy", skip=("name",))
+    text = parser.format_help()
+    assert "--switch, --no-switch" in text and "--count N" in text and "--rate X" in text
+    assert "a rate (default: 0.5)" in text and "--name" not in text and "--spec VALUE" in text
+    args = parser.parse_args(["--count", "3", "--no-switch", "--spec", "blocks.4"])
+    assert flag_values(_Toy, args) == {"switch": False, "count": 3, "spec": "blocks.4"}  # rate: not given
+    assert config_from_args(_Toy, args) == _Toy(count=3, spec="blocks.4")
+    # Later layers win; flags win over every layer.
+    assert config_from_args(_Toy, args, {"rate": 0.1, "count": 9}, {"rate": 0.2}) == _Toy(
+        count=3, rate=0.2, spec="blocks.4"
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--count", "many"])
+
+
+def test_finetune_reads_a_config_file_that_flags_override(tmp_path: Path, capsys) -> None:
+    from diag.cli.train import finetune_config
+
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"epochs": 3, "lr": 0.01, "freeze": "blocks.2"}))
+    base = ["finetune", "-b", "efficientnet_lite0", "--preset", "small", "--config", str(run)]
+    config = finetune_config(build_parser().parse_args([*base, "--lr", "0.002"]))
+    # preset small (image 64, batch 32) < the file (3 epochs, freeze) < the flags (lr)
+    assert (config.image_size, config.batch_size, config.epochs) == (64, 32, 3)
+    assert config.freeze == "blocks.2" and config.lr == 0.002
+    run.write_text(json.dumps({"epochs": 3, "no_such_setting": 1}))
+    assert main([*base, "--list-blocks"]) == 2
+    err = capsys.readouterr().err
+    assert str(run) in err and "no_such_setting" in err and "Traceback" not in err

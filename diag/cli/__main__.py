@@ -1,4 +1,4 @@
-"""``python -m diag.cli.main``: the same as the ``diag`` command."""
+"""``python -m diag.cli``: the same as the ``diag`` command."""
 
 import sys
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diag.errors import DiagError, param_error, require
+from diag.report.schema import load_report
 
 __all__ = ["dashboard_app", "register", "streamlit_command"]
 
@@ -103,8 +104,6 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     app = dashboard_app()
     env = dict(os.environ)
     if args.report is not None:
-        from diag.report.schema import load_report
-
         report = load_report(args.report)  # a clear error now rather than in the browser
         assert report.folder is not None
         env[REPORT_ENV] = str(report.folder.resolve())

@@ -7,6 +7,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diag.cli.flags import add_config_flags, config_from_args
+from diag.engine.extract import ExtractConfig
+from diag.errors import ConfigError
+from diag.pipeline import diagnose, rank_backbones
+from diag.predict.rank import write_ranking
+from diag.progress import ProgressCallback, TqdmProgress
 from diag.report.render import report_text
 
 if TYPE_CHECKING:
@@ -17,9 +23,6 @@ __all__ = ["print_report", "register"]
 
 def register(sub: Any) -> None:
     """Add the ``diagnose`` subcommand to the parser's subparsers; its handler is ``args.handler``."""
-    from diag.cli.main import _add_dataclass_flags
-    from diag.engine.extract import ExtractConfig
-
     p = sub.add_parser(
         "diagnose",
         help="how far is the target from the source, layer by layer (writes DIR/report.json)",
@@ -69,7 +72,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no table")
-    _add_dataclass_flags(p, ExtractConfig, "extraction")
+    add_config_flags(p, ExtractConfig, "extraction")
     p.set_defaults(handler=_cmd_diagnose)
 
     p = sub.add_parser(
@@ -104,16 +107,11 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of folds, twins and resamples (default: 0)")
     p.add_argument("--json", action="store_true", help="print rank.json instead of the table")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no table")
-    _add_dataclass_flags(p, ExtractConfig, "extraction")
+    add_config_flags(p, ExtractConfig, "extraction")
     p.set_defaults(handler=_cmd_rank)
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
-    from diag.cli.main import _config_from_args
-    from diag.engine.extract import ExtractConfig
-    from diag.pipeline import rank_backbones
-    from diag.predict.rank import write_ranking
-    from diag.progress import ProgressCallback, TqdmProgress
 
     ranking = rank_backbones(
         args.target,
@@ -124,7 +122,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         max_length=args.max_length,
         seed=args.seed,
-        config=_config_from_args(ExtractConfig, args),
+        config=config_from_args(ExtractConfig, args),
         progress=ProgressCallback() if args.quiet or args.json else TqdmProgress(),
     )
     path = write_ranking(ranking, args.out) if args.out else None
@@ -155,17 +153,12 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from diag.cli.main import _config_from_args
-    from diag.engine.extract import ExtractConfig
-    from diag.errors import ConfigError
-    from diag.pipeline import diagnose
-    from diag.progress import ProgressCallback, TqdmProgress
 
     if args.target is None and not args.split:
         raise ConfigError("--target is required (or pass --split to compare two halves of --source).")
     if args.target is not None and args.split:
         raise ConfigError("--split compares two halves of --source: drop --target, or drop --split.")
-    config = _config_from_args(ExtractConfig, args)
+    config = config_from_args(ExtractConfig, args)
     progress = ProgressCallback() if args.quiet or args.json else TqdmProgress()
     report = diagnose(
         args.source,

@@ -1,15 +1,16 @@
 """``diag finetune`` and ``diag sweep`` (registered into :mod:`diag.cli.main`).
 
-Both take the fine-tuning recipe as flags generated from :class:`diag.train.finetune.FinetuneConfig` (the
-dataclass is the single source of names, defaults and help). ``--preset small`` fills in a budget
-that runs the bundled samples in minutes on a CPU; flags given explicitly override the preset.
+Both take the fine-tuning recipe as flags generated from :class:`diag.train.FinetuneConfig` (the
+dataclass is the single source of names, defaults and help; :mod:`diag.cli.flags`), or from a JSON file
+(``--config run.json``, what :meth:`~diag.train.FinetuneConfig.save` writes). ``--preset small`` fills in
+a budget that runs the bundled samples in minutes on a CPU; a config file overrides the preset and flags
+given explicitly override both.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import signal
 import threading
@@ -17,10 +18,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from diag.cli.flags import add_config_flags, config_from_args
+from diag.data import open_data
 from diag.errors import ConfigError
-from diag.train import FinetuneResult, TrainCallback, TrainState
+from diag.models import load
+from diag.pipeline import recommend_for_target
+from diag.progress import ProgressCallback, TqdmProgress
+from diag.report.schema import load_report
+from diag.train import (
+    PRESETS,
+    FinetuneConfig,
+    FinetuneResult,
+    SweepResult,
+    TrainCallback,
+    TrainState,
+    finetune,
+    freeze_units,
+    sweep,
+)
 
-__all__ = ["register"]
+__all__ = ["finetune_config", "register"]
 
 _EPILOG = (
     "Blocks (what --freeze counts), input side first: timm image models: stem, one per stage "
@@ -31,49 +48,20 @@ _EPILOG = (
 )
 
 
-def _flag_type(annotation: str) -> Any:
-    if "bool" in annotation:
-        return bool
-    if "str" in annotation:
-        return str
-    if "float" in annotation:
-        return float
-    if "int" in annotation:
-        return int
-    return str
+def _file_settings(path: Path) -> dict[str, Any]:
+    """The settings a ``--config`` file gives (validated; a bad file is named in the error)."""
+    config = FinetuneConfig.from_file(path)  # raises ConfigError naming the file and the setting
+    return {k: getattr(config, k) for k in json.loads(Path(path).read_text())}
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, title: str, skip: tuple[str, ...] = ()) -> None:
-    """One flag per :class:`FinetuneConfig` field; unset flags stay absent (so a preset can fill them)."""
-    from diag.train import FinetuneConfig
+def finetune_config(args: argparse.Namespace, **fixed: Any) -> FinetuneConfig:
+    """The :class:`~diag.train.FinetuneConfig` of a ``finetune``/``sweep`` command line.
 
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(FinetuneConfig):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        typ = _flag_type(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str"))
-        helptext = f.metadata.get("help", "")
-        if "default" not in helptext:
-            helptext += f" (default: {f.default})"
-        if typ is bool:
-            group.add_argument(
-                flag, dest=f.name, default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction,
-                help=helptext,
-            )  # fmt: skip
-        else:
-            metavar = {int: "N", float: "X"}.get(typ, "SPEC" if f.name == "freeze" else "VALUE")
-            group.add_argument(
-                flag, dest=f.name, default=argparse.SUPPRESS, type=typ, metavar=metavar, help=helptext
-            )
-
-
-def _config(args: argparse.Namespace, **fixed: Any) -> Any:
-    from diag.train import PRESETS, FinetuneConfig
-
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    return FinetuneConfig(**{**PRESETS[args.preset], **given, **fixed})
+    Later layers win: the field defaults, the ``--preset``, the ``--config`` file, the flags given,
+    then ``fixed``.
+    """
+    from_file = _file_settings(args.config) if getattr(args, "config", None) else {}
+    return config_from_args(FinetuneConfig, args, PRESETS[args.preset], from_file, fixed)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -96,6 +84,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         choices=["default", "small"],
         default="default",
         help="a budget; small = 64 px images / 128 tokens, 8 epochs, batch 32 (minutes on a CPU)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a JSON file of fine-tuning settings (the keys are the flags below, with underscores; what "
+        "FinetuneConfig.save writes); flags given on the command line override it, and it overrides --preset",
     )
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out and start over")
     p.add_argument("--text-column", default="text", help="text column of a table (default: text)")
@@ -126,7 +121,7 @@ def register(sub: Any) -> None:
         help="with --freeze auto: take the recommendation of this `diag diagnose` report (default: compute "
         "it from the target's per-layer probe curve)",
     )
-    _add_config_flags(p, "fine-tuning")
+    add_config_flags(p, FinetuneConfig, "fine-tuning", metavars={"freeze": "SPEC"})
     p.set_defaults(handler=_cmd_finetune)
 
     p = sub.add_parser(
@@ -147,7 +142,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--seeds", default="0,1,2", metavar="LIST", help="comma-separated seeds (default: 0,1,2)")
     p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
-    _add_config_flags(p, "fine-tuning (shared by every run)", skip=("freeze", "seed", "from_scratch"))
+    add_config_flags(
+        p, FinetuneConfig, "fine-tuning (shared by every run)", skip=("freeze", "seed", "from_scratch")
+    )
     p.set_defaults(handler=_cmd_sweep)
 
 
@@ -180,11 +177,6 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 
 def _auto_freeze(args: argparse.Namespace) -> int:
     """``--freeze auto``: the recommended depth (from ``--report``, or from the target's probe curve)."""
-    from diag.models import load
-    from diag.pipeline import recommend_for_target
-    from diag.report.schema import load_report
-    from diag.train import PRESETS
-
     report = load_report(args.report) if args.report else None
     image_size = getattr(args, "image_size", None) or PRESETS[args.preset].get("image_size")
     max_length = getattr(args, "max_length", None) or PRESETS[args.preset].get("max_length")
@@ -198,7 +190,6 @@ def _auto_freeze(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace, spec: str | None) -> Any:
-    from diag.data import open_data
 
     return (
         None
@@ -263,13 +254,11 @@ class _Bars(TrainCallback):
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from diag.models import load
-    from diag.train import finetune, freeze_units
 
     if getattr(args, "freeze", None) == "auto":
         _require(args, "target", "out")
         args.freeze = _auto_freeze(args)
-    config = _config(args)
+    config = finetune_config(args)
     if args.list_blocks:
         bb = load(args.backbone, pretrained=False, image_size=config.image_size)
         units = freeze_units(bb)
@@ -343,11 +332,9 @@ def _parse_list(text: str, what: str) -> list[str]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from diag.progress import ProgressCallback, TqdmProgress
-    from diag.train.sweep import SweepResult, sweep
 
     _require(args, "target", "out")
-    config = _config(args)
+    config = finetune_config(args)
     seeds: list[int] = []
     for s in _parse_list(args.seeds, "seeds"):
         if not s.isdigit():

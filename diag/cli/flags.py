@@ -1,0 +1,91 @@
+"""Config dataclasses as command-line flags: one flag per field, its help text and type from the field.
+
+A config dataclass (:class:`diag.engine.extract.ExtractConfig`, :class:`diag.train.FinetuneConfig`, ...) is
+the single source of the names, defaults and help of its options; :func:`add_config_flags` turns each
+field into ``--field-name`` and :func:`config_from_args` builds the config back from the parsed
+arguments, in the spirit of transformers' ``HfArgumentParser``. The flag's type comes from the field's
+annotation (``bool`` → ``--x/--no-x``, ``int`` → an integer, ``float`` → a number, anything else → a
+string the config validates). A flag left off the command line is absent from the namespace, so a
+config can take layered values: its defaults, then a preset or a config file, then the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+__all__ = ["add_config_flags", "config_from_args", "flag_values"]
+
+_C = TypeVar("_C")
+_METAVARS: dict[type, str] = {int: "N", float: "X", str: "VALUE"}
+
+
+def _flag_type(annotation: Any) -> type:
+    """``bool``, ``int``, ``float`` or ``str`` for a field annotation (``X | None`` counts as ``X``).
+
+    A union of several types (``int | str``) is read as a string: the config's own validation parses it.
+    """
+    args = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else ()
+    )
+    kinds = [a for a in args if a is not type(None)] if args else [annotation]
+    if len(kinds) == 1 and kinds[0] in (bool, int, float, str):
+        return kinds[0]
+    return str
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str,
+    *,
+    skip: Iterable[str] = (),
+    metavars: Mapping[str, str] | None = None,
+) -> argparse._ArgumentGroup:
+    """Add one ``--field-name`` flag per field of dataclass ``cls`` to a new argument group ``title``.
+
+    The help text is the field's ``metadata["help"]`` followed by its default (unless the help already
+    names one); ``metavars`` (by field name) or ``metadata["metavar"]`` override the metavar. Unset flags
+    stay out of the namespace. Fields in ``skip`` get no flag.
+    """
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        typ = _flag_type(hints[f.name])
+        helptext = str(f.metadata.get("help", ""))
+        if f.default is not dataclasses.MISSING and "default" not in helptext:
+            helptext += f" (default: {f.default})"
+        common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": helptext}
+        if typ is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        else:
+            metavar = (metavars or {}).get(f.name) or f.metadata.get("metavar", _METAVARS[typ])
+            group.add_argument(flag, type=typ, metavar=metavar, **common)
+    return group
+
+
+def flag_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``cls`` given as flags on the command line (those left off are absent)."""
+    given = vars(args)
+    return {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}
+
+
+def config_from_args(cls: type[_C], args: argparse.Namespace, *layers: Mapping[str, Any]) -> _C:
+    """``cls`` built from ``layers`` (lowest precedence first: a preset, a config file, ...) and the flags.
+
+    Fields neither a layer nor a flag sets take the dataclass default.
+    """
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update(layer)
+    values.update(flag_values(cls, args))
+    return cls(**values)
