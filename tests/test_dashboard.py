@@ -374,16 +374,28 @@ def test_terminate_ends_a_job_that_ignores_stop_requests(tmp_path: Path) -> None
 
 
 def test_finetune_command_and_run_folders(tmp_path: Path) -> None:
+    settings = jobs.run_config(freeze=4, epochs=2, image_size=32)
+    assert settings == {"freeze": 4, "epochs": 2, "image_size": 32}  # the rest: diag finetune's defaults
     cmd = jobs.finetune_command(
-        "samples:uci-digits", "efficientnet_lite0", tmp_path / "r", freeze=4, epochs=2, image_size=32,
-        extra_args=["--lr", "3e-4"],
-    )  # fmt: skip
+        "samples:uci-digits", "efficientnet_lite0", tmp_path / "r", extra_args=["--lr", "3e-4"]
+    )
     assert cmd[:4] == [sys.executable, "-m", "diag.cli", "finetune"]
     flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
-    assert flags["--freeze"] == "4" and flags["--epochs"] == "2" and flags["--image-size"] == "32"
+    assert flags["--config"] == str(tmp_path / "r" / "run.json") and flags["--out"] == str(tmp_path / "r")
+    assert flags["--target"] == "samples:uci-digits" and flags["--backbone"] == "efficientnet_lite0"
     assert flags["--lr"] == "3e-4" and cmd[-1] == "--quiet"
+    # The command the dashboard launches parses, and its run file gives the settings (flags override).
+    from diag.cli.main import build_parser
+    from diag.cli.train import finetune_config
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(json.dumps(settings))
+    config = finetune_config(build_parser().parse_args(cmd[3:]))
+    assert (config.freeze, config.epochs, config.image_size, config.lr) == (4, 2, 32, 3e-4)
     with pytest.raises(ConfigError, match="epochs"):
-        jobs.finetune_command("samples:uci-digits", "x", tmp_path, epochs=0)
+        jobs.run_config(epochs=0)
+    with pytest.raises(ConfigError, match="target"):
+        jobs.finetune_command(" ", "x", tmp_path)
     a = jobs.new_run_dir(tmp_path, "freeze 4")
     a.mkdir()
     b = jobs.new_run_dir(tmp_path, "freeze 4")

@@ -1,18 +1,19 @@
 """Background ``diag finetune`` runs: launch, poll, stop, and read their metrics.
 
 A fine-tuning run takes minutes to hours, so the dashboard never runs it inside its own process (a page
-rerun or a closed browser tab must not kill it). :func:`launch_finetune` starts ``python -m diag.cli.main
-finetune ...`` as a detached process (its own session, so signals meant for the dashboard do not reach
-it) and records it in the run folder::
+rerun or a closed browser tab must not kill it). :func:`launch_finetune` writes the run's settings to
+``DIR/run.json`` and starts ``python -m diag.cli finetune --config DIR/run.json ...`` as a detached
+process (its own session, so signals meant for the dashboard do not reach it), recorded in the folder::
 
+    DIR/run.json        the fine-tuning settings (this module; any FinetuneConfig field)
     DIR/job.json        the command, pid, process start time, launch time (this module)
     DIR/log.txt         the process's stdout and stderr
-    DIR/metrics.jsonl   one JSON line per logged step and per epoch (written by diag.train.finetune)
-    DIR/result.json     status running/completed/stopped/interrupted/failed (written by diag.train.finetune)
+    DIR/metrics.jsonl   one JSON line per logged step and per epoch (written by diag.train.run)
+    DIR/result.json     status running/completed/stopped/interrupted/failed (written by diag.train.run)
 
 Everything else reads those files, so any process (a page rerun, another browser tab, a restarted
 dashboard) sees the same state. :func:`stop` asks for a clean stop (the ``STOP`` file that
-:mod:`diag.train.finetune` polls after every step, plus SIGINT when the run has not reached its training
+:mod:`diag.train.callbacks` polls after every step, plus SIGINT when the run has not reached its training
 loop yet); :func:`terminate` sends SIGTERM to the whole process group when a run does not react.
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "LOG_FILE",
     "METRICS_FILE",
     "RESULT_FILE",
+    "RUN_FILE",
     "Job",
     "RunStatus",
     "finetune_command",
@@ -49,6 +51,7 @@ __all__ = [
     "load_run_result",
     "new_run_dir",
     "read_metrics",
+    "run_config",
     "run_status",
     "stop",
     "terminate",
@@ -57,12 +60,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
+RUN_FILE = "run.json"
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
-STOP_FILE = (
-    "STOP"  # the name diag.train.finetune polls (diag.train.finetune.STOP_FILE; not imported: it pulls torch)
-)
+STOP_FILE = "STOP"  # diag.train.STOP_FILE, the name the run polls (not imported: diag.train pulls torch)
 _FINISHED = ("completed", "stopped", "interrupted", "failed")
 
 # The Popen objects of the runs this process launched, by pid: polling them reaps finished children
@@ -128,7 +130,7 @@ class RunStatus:
     out : Path
     state : str
         ``starting`` (process alive, training not yet begun), ``running``, ``stopping`` (a stop was
-        asked for), one of the finished states of :mod:`diag.train.finetune` (``completed``, ``stopped``,
+        asked for), one of the finished states of :mod:`diag.train.run` (``completed``, ``stopped``,
         ``interrupted``, ``failed``), ``died`` (the process ended without a final result: killed, or it
         failed before training; see ``log_tail``) or ``unknown`` (no job and no result in the folder).
     alive : bool
@@ -161,19 +163,49 @@ class RunStatus:
 # Launching
 
 
-def finetune_command(
-    target: str,
-    backbone: str,
-    out: str | Path,
+def run_config(
     *,
     freeze: int | str = 0,
     epochs: int | None = None,
     image_size: int | None = None,
     batch_size: int | None = None,
+) -> dict[str, Any]:
+    """The fine-tuning settings a run file holds (``DIR/run.json``, read by ``diag finetune --config``).
+
+    Settings left None are not written, so ``diag finetune`` applies its own defaults to them.
+
+    Parameters
+    ----------
+    freeze : int or str, default 0
+        Blocks frozen from the input side (``0`` tunes everything, ``all`` is a linear probe).
+    epochs, image_size, batch_size : int, optional
+
+    Returns
+    -------
+    dict
+        JSON-native, keys named as :class:`diag.train.FinetuneConfig`'s fields.
+    """
+    settings: dict[str, Any] = {"freeze": freeze}
+    for name, value in (("epochs", epochs), ("image_size", image_size), ("batch_size", batch_size)):
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise param_error(name, "must be a positive integer", value)
+            settings[name] = value
+    return settings
+
+
+def finetune_command(
+    target: str,
+    backbone: str,
+    out: str | Path,
+    *,
     extra_args: Sequence[str] = (),
     python: str | None = None,
 ) -> list[str]:
-    """The ``python -m diag.cli.main finetune`` command line for one run (see ``diag finetune -h``).
+    """The ``python -m diag.cli finetune --config DIR/run.json ...`` command line for one run.
+
+    The settings come from the run file ``out/run.json`` (:func:`run_config`; :func:`launch_finetune`
+    writes it); the command adds what to train on and where.
 
     Parameters
     ----------
@@ -182,12 +214,8 @@ def finetune_command(
     backbone : str
     out : path
         The run folder.
-    freeze : int or str, default 0
-        Blocks frozen from the input side (``0`` tunes everything, ``all`` is a linear probe).
-    epochs, image_size, batch_size : int, optional
-        Left to ``diag finetune``'s defaults when None.
     extra_args : sequence of str
-        More ``diag finetune`` flags, e.g. ``["--lr", "3e-4"]``.
+        More ``diag finetune`` flags, e.g. ``["--lr", "3e-4"]``; they override the run file.
     python : str, optional
         The interpreter (default: this one, ``sys.executable``).
 
@@ -199,14 +227,8 @@ def finetune_command(
         raise param_error("target", "must name labelled data (a path or samples:NAME)", target)
     if not str(backbone).strip():
         raise param_error("backbone", "must name a backbone", backbone)
-    cmd = [python or sys.executable, "-m", "diag.cli", "finetune"]
+    cmd = [python or sys.executable, "-m", "diag.cli", "finetune", "--config", str(Path(out) / RUN_FILE)]
     cmd += ["--target", str(target), "--backbone", str(backbone), "--out", str(out)]
-    cmd += ["--freeze", str(freeze)]
-    for flag, value in (("--epochs", epochs), ("--image-size", image_size), ("--batch-size", batch_size)):
-        if value is not None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise param_error(flag.lstrip("-").replace("-", "_"), "must be a positive integer", value)
-            cmd += [flag, str(value)]
     cmd += [str(a) for a in extra_args]
     cmd += ["--quiet"]
     return cmd
@@ -300,7 +322,9 @@ def launch_finetune(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> Job:
-    """Start ``diag finetune`` in the background into ``out`` (see :func:`finetune_command`).
+    """Write ``out/run.json`` (:func:`run_config`) and start ``diag finetune --config`` on it, detached.
+
+    ``extra_args`` are more ``diag finetune`` flags (see :func:`finetune_command`).
 
     Raises
     ------
@@ -310,10 +334,12 @@ def launch_finetune(
     out = Path(out)
     if (out / RESULT_FILE).exists() or (out / METRICS_FILE).exists():
         raise ConfigError(f"{out}: already holds a fine-tuning run; choose a new folder.")
-    cmd = finetune_command(
-        target, backbone, out, freeze=freeze, epochs=epochs, image_size=image_size,
-        batch_size=batch_size, extra_args=extra_args,
-    )  # fmt: skip
+    settings = run_config(freeze=freeze, epochs=epochs, image_size=image_size, batch_size=batch_size)
+    cmd = finetune_command(target, backbone, out, extra_args=extra_args)
+    if run_status(out).alive:  # checked again by launch(); before run.json, so a live run keeps its file
+        raise ConfigError(f"{out}: a run is still going on in this folder; stop it first.")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / RUN_FILE, (json.dumps(settings, indent=1) + "\n").encode())
     return launch(cmd, out, env=env)
 
 
@@ -416,7 +442,9 @@ def run_status(out: str | Path) -> RunStatus:
     res_status = str(result.get("status")) if result else None
     config = dict(result.get("config") or {}) if result else {}
     epochs = config.get("epochs")
-    if epochs is None and job is not None and "--epochs" in job.command:
+    if epochs is None:
+        epochs = (_read_json(out / RUN_FILE) or {}).get("epochs")
+    if epochs is None and job is not None and "--epochs" in job.command:  # a run launched before run.json
         with contextlib.suppress(ValueError, IndexError):
             epochs = int(job.command[job.command.index("--epochs") + 1])
     done = int(result.get("epochs_completed") or 0) if result else None
