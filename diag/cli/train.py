@@ -14,7 +14,7 @@ import contextlib
 import json
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -280,10 +280,15 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
         )
+    return _emit(args, res, _print_run)
+
+
+def _emit(args: argparse.Namespace, res: Any, printer: Callable[[Any], None]) -> int:
+    """Print a finished command's result: as JSON with ``--json``, through ``printer`` unless ``--quiet``."""
     if args.json:
         print(json.dumps(res.to_dict(), indent=1))
     elif not args.quiet:
-        _print_run(res)
+        printer(res)
     return 0
 
 
@@ -360,11 +365,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             progress=ProgressCallback() if quiet else TqdmProgress(unit="run"),
             overwrite=args.overwrite,
         )
-    if args.json:
-        print(json.dumps(res.to_dict(), indent=1))
-    elif not args.quiet:
-        _print_sweep(res)
-    return 0
+    return _emit(args, res, _print_sweep)
 
 
 def _print_sweep(res: Any) -> None:
