@@ -10,6 +10,7 @@ import pytest
 
 from diag.errors import ConfigError, DataError
 from diag.stats import projection
+from diag.stats.common import nearest_neighbors, principal_axes
 from diag.stats.projection import cached_projection, joint_projection, nearest_source, pca_2d, umap_2d
 
 
@@ -149,3 +150,48 @@ def test_nearest_source_matches_brute_force() -> None:
     assert idx[0, 0] == 7 and dist[0, 0] == pytest.approx(0.0, abs=1e-6)
     # k larger than the source is capped.
     assert nearest_source(src[:3], q, k=10)[0].shape == (17, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared numerics behind the maps and the neighbour look-ups (diag.stats.common)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "inner"])
+def test_nearest_neighbors_equal_brute_force_in_blocks(metric: str) -> None:
+    import torch
+
+    rng = np.random.default_rng(6)
+    ref, q = rng.normal(size=(40, 5)), rng.normal(size=(13, 5))
+    full = ((q[:, None, :] - ref[None, :, :]) ** 2).sum(axis=2) if metric == "sqeuclidean" else -(q @ ref.T)
+    want = np.argsort(full, axis=1, kind="stable")[:, :3]
+    for block in (7, 1 << 20):  # several row blocks, and one
+        vals, idx = nearest_neighbors(
+            torch.as_tensor(q), torch.as_tensor(ref), 3, metric=metric, block_elems=block
+        )
+        np.testing.assert_array_equal(idx.numpy(), want)
+        sign = 1.0 if metric == "sqeuclidean" else -1.0
+        np.testing.assert_allclose(sign * vals.numpy(), np.take_along_axis(full, want, axis=1), atol=1e-12)
+
+
+def test_nearest_neighbors_leave_one_out_and_ties_in_row_order() -> None:
+    import torch
+
+    x = torch.as_tensor(np.repeat(np.arange(4.0), 3)[:, None])  # each value three times
+    vals, idx = nearest_neighbors(x, x, 2, leave_one_out=True, block_elems=5)
+    # Each row's two neighbours are its two copies (never itself), in row order, at distance 0.
+    assert idx.tolist() == [[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4], [7, 8], [6, 8], [6, 7], [10, 11],
+                            [9, 11], [9, 10]]  # fmt: skip
+    assert (vals == 0).all()
+    with pytest.raises(ConfigError, match="metric"):
+        nearest_neighbors(x, x, 1, metric="cosine")
+
+
+@pytest.mark.parametrize(("n", "d"), [(50, 4), (4, 50)])  # the eigh path (n > d) and the SVD path
+def test_principal_axes_span_the_leading_components(n: int, d: int) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(n, d)) * np.linspace(3.0, 0.5, d)
+    xc = x - x.mean(axis=0)
+    axes = principal_axes(xc, 2)
+    vt = np.linalg.svd(xc, full_matrices=False)[2][:2]
+    np.testing.assert_allclose(axes.T @ axes, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(np.abs(axes.T @ vt.T), np.eye(2), atol=1e-8)  # same axes up to sign

@@ -389,7 +389,7 @@ def test_frechet_shrinkage_matches_shrunk_covariances(dim: int) -> None:
     got = frechet_distance(x, y, shrinkage=0.3)
     assert got == pytest.approx(reference_frechet(x, y, shrunk(x, 0.3), shrunk(y, 0.3)), rel=1e-8)
     ax, ay = ledoit_wolf_shrinkage(x), ledoit_wolf_shrinkage(y)
-    assert shift._ledoit_wolf_shrinkage(x - x.mean(0)) == pytest.approx(ax, rel=1e-10)
+    assert shift._ledoit_wolf_of(x - x.mean(0)) == pytest.approx(ax, rel=1e-10)
     got = frechet_distance(x, y, shrinkage="ledoit-wolf")
     assert got == pytest.approx(reference_frechet(x, y, shrunk(x, ax), shrunk(y, ay)), rel=1e-8)
     assert frechet_distance(x, y, shrinkage=0.0) == pytest.approx(frechet_distance(x, y), rel=1e-10)

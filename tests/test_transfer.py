@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from diag.errors import ConfigError, DataError
-from diag.stats import transfer
+from diag.stats import common
 from diag.stats.transfer import (
     SCORES,
     TransferScores,
@@ -357,7 +357,7 @@ def test_ledoit_wolf_coefficient_equals_sklearn(n: int, d: int) -> None:
     x = np.random.default_rng(15).normal(size=(n, d)) * np.linspace(0.5, 3.0, d)
     xc = x - x.mean(axis=0)
     lam = np.linalg.eigvalsh(xc.T @ xc if d <= n else xc @ xc.T)
-    alpha = transfer._ledoit_wolf_from_spectrum(lam, (xc * xc).sum(axis=1), n, d)
+    alpha = common.ledoit_wolf_shrinkage((xc * xc).sum(axis=1), np.sum(lam**2) / n**2, lam.sum() / (n * d), d)
     assert alpha == pytest.approx(ledoit_wolf_shrinkage(xc, assume_centered=True), rel=1e-9)
 
 

@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from diag.device import resolve_device
 from diag.errors import DataError, param_error, require
 from diag.fileio import atomic_write_bytes
+from diag.stats.common import nearest_neighbors, principal_axes, to_tensor
 
 if TYPE_CHECKING:
     from diag.report.schema import Report
@@ -53,6 +56,8 @@ MIN_UMAP_SAMPLES = 15
 #: Bump when the computation changes so that stale cached maps are not reused.
 _CACHE_VERSION = 1
 _METHODS = ("umap", "pca")
+# Entries per block of the query-to-source distance matrix (32 MiB in float64).
+_BLOCK_ELEMS = 1 << 22
 
 
 def _check_features(features: Any, name: str = "features") -> np.ndarray:
@@ -71,11 +76,11 @@ def _pca(x: np.ndarray, n_components: int) -> np.ndarray:
     """Centre ``x`` and project it on its ``n_components`` leading principal axes (deterministic signs)."""
     xc = x - x.mean(axis=0, keepdims=True)
     k = max(1, min(n_components, xc.shape[0], xc.shape[1]))
-    u, s, vt = np.linalg.svd(xc, full_matrices=False)
+    axes = principal_axes(xc, k)  # (d, k)
     # Fix each axis' sign (largest |loading| positive) so that the map does not flip between runs.
-    flip = np.sign(vt[:k][np.arange(k), np.abs(vt[:k]).argmax(axis=1)])
+    flip = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
     flip[flip == 0] = 1.0
-    out = u[:, :k] * s[:k] * flip
+    out = xc @ (axes * flip)
     if out.shape[1] < n_components:  # fewer informative axes than asked for: pad with zeros
         out = np.pad(out, ((0, 0), (0, n_components - out.shape[1])))
     return out
@@ -350,8 +355,12 @@ def report_projection(report: Report, layer: str, **kwargs: Any) -> JointProject
     )
 
 
-def nearest_source(source_features: Any, query_features: Any, *, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def nearest_source(
+    source_features: Any, query_features: Any, *, k: int = 5, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest source samples of each query, by Euclidean distance in feature space.
+
+    Exact search in float64 (:func:`diag.stats.common.nearest_neighbors`), in blocks of queries.
 
     Parameters
     ----------
@@ -359,6 +368,7 @@ def nearest_source(source_features: Any, query_features: Any, *, k: int = 5) -> 
     query_features : array-like of shape (n_query, d)
     k : int, default 5
         Capped at ``n_source``.
+    device : str or torch.device, default "cpu"
 
     Returns
     -------
@@ -373,21 +383,8 @@ def nearest_source(source_features: Any, query_features: Any, *, k: int = 5) -> 
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise param_error("k", "must be a positive integer", k)
     k = min(int(k), xs.shape[0])
-    # ||q - s||² = ||q||² - 2 q·s + ||s||², in blocks of queries to bound the memory.
-    s_sq = (xs**2).sum(axis=1)
-    idx = np.empty((xq.shape[0], k), dtype=np.int64)
-    dist = np.empty((xq.shape[0], k), dtype=np.float64)
-    block = max(1, (1 << 22) // max(1, xs.shape[0]))
-    for i in range(0, xq.shape[0], block):
-        q = xq[i : i + block]
-        d2 = np.maximum((q**2).sum(axis=1, keepdims=True) - 2.0 * q @ xs.T + s_sq[None, :], 0.0)
-        part = (
-            np.argpartition(d2, k - 1, axis=1)[:, :k]
-            if k < xs.shape[0]
-            else np.tile(np.arange(k), (len(q), 1))
-        )
-        pd = np.take_along_axis(d2, part, axis=1)
-        order = np.argsort(pd, axis=1, kind="stable")
-        idx[i : i + block] = np.take_along_axis(part, order, axis=1)
-        dist[i : i + block] = np.sqrt(np.take_along_axis(pd, order, axis=1))
-    return idx, dist
+    dev = resolve_device(device)
+    d2, idx = nearest_neighbors(
+        to_tensor(xq, dev, torch.float64), to_tensor(xs, dev, torch.float64), k, block_elems=_BLOCK_ELEMS
+    )
+    return idx.cpu().numpy(), d2.clamp_min(0.0).sqrt().cpu().numpy()

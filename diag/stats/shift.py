@@ -40,7 +40,14 @@ from scipy import stats
 
 from diag.device import resolve_device
 from diag.errors import DataError, param_error
-from diag.stats.common import check_int, numeric_matrix, require_finite, to_tensor
+from diag.stats.common import (
+    check_int,
+    ledoit_wolf_shrinkage,
+    nearest_neighbors,
+    numeric_matrix,
+    require_finite,
+    to_tensor,
+)
 
 __all__ = [
     "MIN_SAMPLES",
@@ -826,7 +833,7 @@ def frechet_distance(x: ArrayLike, y: ArrayLike, *, shrinkage: str | float | Non
     mu_x, mu_y = xa.mean(axis=0, dtype=np.float64), ya.mean(axis=0, dtype=np.float64)
     xc, yc = xa - mu_x, ya - mu_y
     if shrinkage == "ledoit-wolf":
-        alpha_x, alpha_y = _ledoit_wolf_shrinkage(xc), _ledoit_wolf_shrinkage(yc)
+        alpha_x, alpha_y = _ledoit_wolf_of(xc), _ledoit_wolf_of(yc)
     else:
         alpha_x = alpha_y = float(shrinkage or 0.0)
 
@@ -869,22 +876,13 @@ def _covariance_factor(centred: np.ndarray, cov: np.ndarray, ridge: float, alpha
     return v * np.sqrt(np.clip(w, 0.0, None))
 
 
-def _ledoit_wolf_shrinkage(xc: np.ndarray) -> float:
-    """Ledoit–Wolf (2004) shrinkage coefficient of centred data ``(n, d)`` (``n x n`` Grams when d > n).
-
-    With ``S = XᵀX / n``, ``μ = Tr S / d``: ``δ² = ||S - μI||²_F / d``,
-    ``β² = (Σ_k ||x_k||⁴ / n - ||S||²_F) / (d n)``, coefficient ``min(β², δ²) / δ²``.
-    """
+def _ledoit_wolf_of(xc: np.ndarray) -> float:
+    """:func:`~diag.stats.common.ledoit_wolf_shrinkage` of centred data ``(n, d)``, ``||S||²_F`` from the
+    smaller of the ``d x d`` and ``n x n`` Grams."""
     count, dim = xc.shape
     sq_norms = np.einsum("ij,ij->i", xc, xc)
-    trace_s = sq_norms.sum() / count
-    mu = trace_s / dim
-    s_fro2 = _cross_sq_frobenius(xc, xc) / count**2
-    delta = (s_fro2 - 2.0 * mu * trace_s + dim * mu**2) / dim
-    beta = (np.sum(sq_norms**2) / count - s_fro2) / (dim * count)
-    if delta <= 0.0:
-        return 0.0
-    return float(min(beta, delta) / delta)
+    mu = sq_norms.sum() / count / dim
+    return ledoit_wolf_shrinkage(sq_norms, _cross_sq_frobenius(xc, xc) / count**2, mu, dim)
 
 
 def coral_distance(x: ArrayLike, y: ArrayLike) -> float:
@@ -987,18 +985,8 @@ def knn_shift_scores(
 
 def _mean_knn_distance(query: torch.Tensor, ref: torch.Tensor, k: int, *, leave_one_out: bool) -> np.ndarray:
     """Mean distance of each query row to its k nearest ``ref`` rows (``query is ref`` with leave-one-out)."""
-    ref_sq = (ref * ref).sum(dim=1)
-    step = max(1, _CHUNK_ELEMS // ref.shape[0])
-    out = []
-    for start in range(0, query.shape[0], step):
-        q = query[start : start + step]
-        d2 = _sq_dists(q, ref, (q * q).sum(dim=1), ref_sq)
-        if leave_one_out:
-            rows = torch.arange(q.shape[0], device=q.device)
-            d2[rows, rows + start] = math.inf
-        nearest = torch.topk(d2, k, dim=1, largest=False).values
-        out.append(nearest.sqrt().mean(dim=1, dtype=torch.float64).cpu())
-    return torch.cat(out).numpy()
+    d2, _ = nearest_neighbors(query, ref, k, leave_one_out=leave_one_out, block_elems=_CHUNK_ELEMS)
+    return d2.clamp_min(0.0).sqrt().mean(dim=1, dtype=torch.float64).cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------------

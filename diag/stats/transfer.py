@@ -45,7 +45,15 @@ from numpy.typing import ArrayLike
 
 from diag.device import resolve_device
 from diag.errors import DataError, DiagError, param_error
-from diag.stats.common import check_int, numeric_matrix, require_finite, to_tensor
+from diag.stats.common import (
+    check_int,
+    ledoit_wolf_shrinkage,
+    nearest_neighbors,
+    numeric_matrix,
+    principal_axes,
+    require_finite,
+    to_tensor,
+)
 
 __all__ = [
     "SCORES",
@@ -475,26 +483,12 @@ def h_score(
     if not shrinkage:
         keep = lam_np > max(n, d) * np.finfo(np.float64).eps * lam_np.max(initial=0.0)
         return float(np.sum(q_np[keep] / lam_np[keep]))
-    alpha = _ledoit_wolf_from_spectrum(lam_np, (f * f).sum(dim=1).cpu().numpy(), n, d)
-    mu = lam_np.sum() / (n * d)
+    # ||S||²_F and tr S from the spectrum: Σλ² / n² and Σλ / n, with S = FᵀF / n.
+    mu = float(lam_np.sum()) / (n * d)
+    alpha = ledoit_wolf_shrinkage((f * f).sum(dim=1).cpu().numpy(), float(np.sum(lam_np**2)) / n**2, mu, d)
     denom = (1.0 - alpha) * lam_np / n + alpha * mu
     terms = np.divide(q_np / n, denom, out=np.zeros_like(q_np), where=denom > 0)
     return float((1.0 - alpha) * terms.sum())
-
-
-def _ledoit_wolf_from_spectrum(lam: np.ndarray, sq_norms: np.ndarray, n: int, d: int) -> float:
-    """Ledoit–Wolf (2004) shrinkage of centred data from ``eig(XᵀX)`` and the row norms ``||xₖ||²``.
-
-    With ``S = XᵀX / n`` and ``μ = tr S / d``: ``δ² = ||S - μI||²_F / d``,
-    ``β² = (Σₖ ||xₖ||⁴ / n - ||S||²_F) / (d n)``; the coefficient is ``min(β², δ²) / δ²``.
-    """
-    s_fro2 = float(np.sum(lam**2)) / n**2
-    mu = float(lam.sum()) / (n * d)
-    delta = (s_fro2 - d * mu * mu) / d
-    beta = (float(np.sum(sq_norms**2)) / n - s_fro2) / (d * n)
-    if delta <= 0.0:
-        return 0.0
-    return float(min(max(beta, 0.0), delta) / delta)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -542,11 +536,7 @@ def gbc_score(features: ArrayLike, labels: ArrayLike, *, n_components: int | Non
         check_int("n_components", n_components, minimum=1)
         keep = min(n_components, *x.shape)
         xc = x - x.mean(axis=0)
-        if xc.shape[0] > xc.shape[1]:
-            directions = np.linalg.eigh(xc.T @ xc)[1][:, ::-1][:, :keep]
-        else:
-            directions = np.linalg.svd(xc, full_matrices=False)[2][:keep].T
-        x = xc @ directions
+        x = xc @ principal_axes(xc, keep)
     overall = float(x.var(axis=0).mean())
     if overall <= 0.0:
         raise DataError("features are constant (zero variance in every column); GBC needs varying features.")
@@ -690,19 +680,11 @@ def _knn_predict(
     if metric == "cosine":
         train = torch.nn.functional.normalize(train, dim=1)
         test = torch.nn.functional.normalize(test, dim=1)
-    train_sq = (train * train).sum(dim=1)
-    step = max(1, _CHUNK_ELEMS // train.shape[0])
-    out = []
-    for start in range(0, test.shape[0], step):
-        q = test[start : start + step]
-        if metric == "cosine":
-            idx = torch.topk(q @ train.T, k, dim=1, largest=True).indices
-        else:
-            d2 = (q * q).sum(dim=1)[:, None] + train_sq[None, :] - 2.0 * (q @ train.T)
-            idx = torch.topk(d2, k, dim=1, largest=False).indices
-        votes = torch.nn.functional.one_hot(train_y[idx], n_classes).sum(dim=1)
-        out.append(torch.argmax(votes, dim=1))  # first maximum: the smallest class id wins a tie
-    return torch.cat(out)
+    _, idx = nearest_neighbors(
+        test, train, k, metric="inner" if metric == "cosine" else "sqeuclidean", block_elems=_CHUNK_ELEMS
+    )
+    votes = torch.nn.functional.one_hot(train_y[idx], n_classes).sum(dim=1)
+    return torch.argmax(votes, dim=1)  # first maximum: the smallest class id wins a tie
 
 
 def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
