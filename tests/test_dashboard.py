@@ -224,7 +224,7 @@ def test_run_page_shows_a_bad_path_as_an_error(tmp_path: Path) -> None:
 
 
 def write_finished_run(out: Path, accs: list[float]) -> None:
-    """A run folder as diag.train.finetune leaves it (the fields the page reads)."""
+    """A run folder as diag.train.run leaves it (the fields the page reads)."""
     out.mkdir(parents=True)
     lines = []
     for e, acc in enumerate(accs, 1):

@@ -17,7 +17,7 @@ from diag.report.schema import Report, load_report
 
 LAYERS = ("stem", "blocks.0", "pooled")
 
-# The shape diag.pipeline writes (see diag/predict.py), trimmed.
+# The shape diag.pipeline writes (diag/report/sections.py), trimmed; "ranking" is a field no renderer knows.
 TRANSFER_SECTIONS = {
     "transferability": {
         "backbone": "efficientnet_lite0",
