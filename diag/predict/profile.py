@@ -39,6 +39,8 @@ from diag.progress import ProgressCallback
 from diag.stats.shift import MIN_SAMPLES, c2st, coral_distance, frechet_distance, knn_shift_scores, mmd_test
 
 __all__ = [
+    "LEVELS",
+    "LEVEL_WHY",
     "ClassShift",
     "LayerShift",
     "ShiftProfile",
@@ -54,12 +56,13 @@ log = logging.getLogger(__name__)
 #: A target sample whose k-NN distance to the source is this many times the typical source one is "far".
 OOD_FAR = 2.0
 
-_LEVELS = (
+#: Where along the depth a shift's onset falls (fraction of the probes up to it) names its level.
+LEVELS = (
     (1 / 3, "input-level"),
     (2 / 3, "feature-level"),
     (1.0, "semantic"),
 )
-_LEVEL_WHY = {
+LEVEL_WHY = {
     ("input-level", "image"): "style, resolution, contrast or corruption: how the inputs look",
     ("input-level", "text"): "vocabulary, length or register: how the inputs are written",
     ("feature-level", "image"): "mid-level features: shapes, parts, new sub-populations",
@@ -421,7 +424,7 @@ def _verdict(layers: list[LayerShift], *, alpha: float, modality: str) -> ShiftV
     if onset is not None:
         pos = [x.name for x in layers].index(onset.name)
         frac = (pos + 1) / n
-        level = next(name for cut, name in _LEVELS if frac <= cut + 1e-9)
+        level = next(name for cut, name in LEVELS if frac <= cut + 1e-9)
     summary = _summary(layers, p_overall, is_shift, effect, peak, onset, level, modality)
     rules = {
         "p_value": f"Bonferroni over {n} layers of per-layer MMD² permutation p-values: min(1, L · min p)",
@@ -473,7 +476,7 @@ def _summary(
             f"{auc}, {tail}."
         )
     assert onset is not None and level is not None
-    why = _LEVEL_WHY.get((level, modality), _LEVEL_WHY[(level, "image")])
+    why = LEVEL_WHY.get((level, modality), LEVEL_WHY[(level, "image")])
     article = "a" if level == "semantic" else "an"
     grows = (
         f", and grows to AUC {peak.c2st_auc:.2f} at {peak.name}"
