@@ -5,6 +5,8 @@ coefficient and principal axes (used by :mod:`~diag.stats.shift`, :mod:`~diag.st
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,14 +15,71 @@ from numpy.typing import ArrayLike
 from diag.errors import DataError, param_error
 
 __all__ = [
+    "Result",
     "check_int",
+    "class_codes",
     "ledoit_wolf_shrinkage",
     "nearest_neighbors",
     "numeric_matrix",
     "principal_axes",
     "require_finite",
+    "require_per_class",
     "to_tensor",
 ]
+
+
+class Result:
+    """Base of the frozen result dataclasses of the statistics: their fields as JSON-native values."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-native dict."""
+        return asdict(self)  # type: ignore[call-overload]
+
+
+def class_codes(
+    labels: ArrayLike, n_rows: int, name: str = "labels", *, rows_of: str = "the features have"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer class ids checked (1-D, one per row, 2+ classes) and mapped to ``0..C-1``.
+
+    Returns
+    -------
+    codes : ndarray of shape (n,), int64
+        Each label's position in ``classes``.
+    counts : ndarray of shape (C,)
+        Items per class.
+    classes : ndarray of shape (C,)
+        The distinct ids, sorted.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise DataError(f"{name} must be a 1-D array of class ids; got shape {arr.shape}.")
+    if arr.dtype.kind not in "iu":
+        raise DataError(
+            f"{name} must hold integer class ids; got dtype {arr.dtype}. Map class names to integers "
+            "first, e.g. np.unique(labels, return_inverse=True)[1]."
+        )
+    if arr.size != n_rows:
+        raise DataError(f"{name} has {arr.size} entries but {rows_of} {n_rows} rows; they must match.")
+    classes, codes, counts = np.unique(arr, return_inverse=True, return_counts=True)
+    if classes.size < 2:
+        raise DataError(
+            f"{name} holds {classes.size} distinct class(es) ({classes.tolist()}); transferability needs at "
+            "least 2 classes."
+        )
+    return codes.reshape(-1).astype(np.int64), counts, classes
+
+
+def require_per_class(counts: np.ndarray, classes: np.ndarray, minimum: int, what: str) -> None:
+    """Raise, naming the small classes, unless every class has ``minimum`` items (``what`` needs them)."""
+    small = counts < minimum
+    if small.any():
+        detail = ", ".join(
+            f"{c}: {k}" for c, k in zip(classes[small].tolist(), counts[small].tolist(), strict=True)
+        )
+        raise DataError(
+            f"labels: {what} needs at least {minimum} samples per class; these classes have fewer "
+            f"({detail}). Add samples or drop those classes."
+        )
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:

@@ -29,7 +29,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from scipy import stats
 from diag.device import resolve_device
 from diag.errors import DataError, param_error
 from diag.stats.common import (
+    Result,
     check_int,
     ledoit_wolf_shrinkage,
     nearest_neighbors,
@@ -85,7 +86,7 @@ RandomState = int | np.random.Generator | None
 
 
 @dataclass(frozen=True)
-class MMDResult:
+class MMDResult(Result):
     """Outcome of :func:`mmd_test`.
 
     Attributes
@@ -119,13 +120,9 @@ class MMDResult:
         _check_alpha(alpha)
         return self.p_value <= alpha
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-native dict."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class C2STResult:
+class C2STResult(Result):
     """Outcome of :func:`c2st`.
 
     Attributes
@@ -171,10 +168,6 @@ class C2STResult:
         """Whether the test rejects "same distribution" at level ``alpha`` (``p_value <= alpha``)."""
         _check_alpha(alpha)
         return self.p_value <= alpha
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-native dict."""
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------------

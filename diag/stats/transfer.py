@@ -36,8 +36,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,12 +45,15 @@ from numpy.typing import ArrayLike
 from diag.device import resolve_device
 from diag.errors import DataError, DiagError, param_error
 from diag.stats.common import (
+    Result,
     check_int,
+    class_codes,
     ledoit_wolf_shrinkage,
     nearest_neighbors,
     numeric_matrix,
     principal_axes,
     require_finite,
+    require_per_class,
     to_tensor,
 )
 
@@ -109,7 +111,7 @@ Device = str | torch.device
 
 
 @dataclass(frozen=True)
-class ProbeResult:
+class ProbeResult(Result):
     """Outcome of :func:`knn_accuracy` and :func:`linear_probe_accuracy`.
 
     Attributes
@@ -134,13 +136,9 @@ class ProbeResult:
     n_splits: int
     method: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-native dict."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class TransferScores:
+class TransferScores(Result):
     """Outcome of :func:`transferability`: the scores of one feature matrix, and those skipped.
 
     Attributes
@@ -159,10 +157,6 @@ class TransferScores:
     n_samples: int
     n_features: int
     n_classes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-native dict."""
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,8 +222,7 @@ def logme_score(
     float
         Mean per-sample log evidence; higher is better.
     """
-    x = _check_features(features)
-    codes, counts, _ = _check_labels(labels, x.shape[0])
+    x, codes, counts, _ = _check_xy(features, labels)
     _check_positive("tol", tol)
     check_int("max_iter", max_iter, minimum=1)
     if not np.any(x):
@@ -373,7 +366,7 @@ def leep_score(source_output: ArrayLike, labels: ArrayLike, *, from_logits: bool
         In ``(-inf, 0]``; 0 when the source class determines the target class. Higher is better.
     """
     theta = _source_probabilities(source_output, from_logits=from_logits)
-    codes, counts, _ = _check_labels(labels, theta.shape[0], rows_of="source_output has")
+    codes, counts, _ = class_codes(labels, theta.shape[0], rows_of="source_output has")
     n = theta.shape[0]
     onehot = np.zeros((n, counts.size))
     onehot[np.arange(n), codes] = 1.0
@@ -405,7 +398,7 @@ def nce_score(source_output: ArrayLike, labels: ArrayLike) -> float:
         In ``[-log C, 0]``; 0 when the source prediction determines the target label. Higher is better.
     """
     scores = _check_source_matrix(source_output)
-    codes, counts, _ = _check_labels(labels, scores.shape[0], rows_of="source_output has")
+    codes, counts, _ = class_codes(labels, scores.shape[0], rows_of="source_output has")
     z = np.argmax(scores, axis=1)
     n_source = scores.shape[1]
     pairs = np.bincount(codes * n_source + z, minlength=counts.size * n_source).reshape(counts.size, -1)
@@ -459,8 +452,7 @@ def h_score(
     float
         Higher is better.
     """
-    x = _check_features(features)
-    codes, counts, _ = _check_labels(labels, x.shape[0])
+    x, codes, counts, _ = _check_xy(features, labels)
     if not isinstance(shrinkage, (bool, np.bool_)):
         raise param_error("shrinkage", "must be True or False", shrinkage)
     dev = resolve_device(device)
@@ -529,9 +521,8 @@ def gbc_score(features: ArrayLike, labels: ArrayLike, *, n_components: int | Non
     float
         In ``[-C(C-1), 0]``; higher is better.
     """
-    x = _check_features(features)
-    codes, counts, classes = _check_labels(labels, x.shape[0])
-    _check_min_per_class(counts, classes, 2, "gbc_score (a per-class variance)")
+    x, codes, counts, classes = _check_xy(features, labels)
+    require_per_class(counts, classes, 2, "gbc_score (a per-class variance)")
     if n_components is not None:
         check_int("n_components", n_components, minimum=1)
         keep = min(n_components, *x.shape)
@@ -589,8 +580,7 @@ def transrate_score(
     float
         Higher is better.
     """
-    x = _check_features(features)
-    codes, counts, _ = _check_labels(labels, x.shape[0])
+    x, codes, counts, _ = _check_xy(features, labels)
     _check_positive("eps", eps)
     dev = resolve_device(device)
     z = _to_tensor(x, dev)
@@ -654,8 +644,7 @@ def knn_accuracy(
     -------
     ProbeResult
     """
-    x = _check_features(features)
-    codes, counts, classes = _check_labels(labels, x.shape[0])
+    x, codes, counts, classes = _check_xy(features, labels)
     check_int("k", k, minimum=1)
     if metric not in ("cosine", "euclidean"):
         raise param_error("metric", "must be 'cosine' or 'euclidean'", metric)
@@ -735,8 +724,7 @@ def linear_probe_accuracy(
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
-    x = _check_features(features)
-    codes, counts, classes = _check_labels(labels, x.shape[0])
+    x, codes, counts, classes = _check_xy(features, labels)
     _check_positive("C", C)
     check_int("max_iter", max_iter, minimum=1)
     folds = _folds(codes, counts, classes, n_splits, random_state, "linear_probe_accuracy")
@@ -781,7 +769,7 @@ def _folds(
     from sklearn.model_selection import StratifiedKFold
 
     check_int("n_splits", n_splits, minimum=2)
-    _check_min_per_class(counts, classes, n_splits, f"{what} with n_splits={n_splits}")
+    require_per_class(counts, classes, n_splits, f"{what} with n_splits={n_splits}")
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=_fold_seed(random_state))
     return list(splitter.split(np.zeros((codes.size, 1)), codes))
 
@@ -858,7 +846,7 @@ def transferability(
         raise param_error("scores", f"must be distinct names from {', '.join(SCORES)}", scores)
     x = _check_features(features)
     y = np.asarray(labels)
-    _, counts, _ = _check_labels(y, x.shape[0])
+    _, counts, _ = class_codes(y, x.shape[0])
     src = None if logits is None else _check_source_matrix(logits, name="logits", n_rows=x.shape[0])
     dev = resolve_device(device)
     seed = _fold_seed(random_state)
@@ -913,39 +901,12 @@ def _check_features(data: ArrayLike, name: str = "features") -> np.ndarray:
     return arr
 
 
-def _check_labels(
-    labels: ArrayLike, n_rows: int, name: str = "labels", *, rows_of: str = "the features have"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(codes, counts, classes)``: labels mapped to ``0..C-1`` in sorted order of the original ids."""
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise DataError(f"{name} must be a 1-D array of class ids; got shape {arr.shape}.")
-    if arr.dtype.kind not in "iu":
-        raise DataError(
-            f"{name} must hold integer class ids; got dtype {arr.dtype}. Map class names to integers "
-            "first, e.g. np.unique(labels, return_inverse=True)[1]."
-        )
-    if arr.size != n_rows:
-        raise DataError(f"{name} has {arr.size} entries but {rows_of} {n_rows} rows; they must match.")
-    classes, codes, counts = np.unique(arr, return_inverse=True, return_counts=True)
-    if classes.size < 2:
-        raise DataError(
-            f"{name} holds {classes.size} distinct class(es) ({classes.tolist()}); transferability needs at "
-            "least 2 classes."
-        )
-    return codes.reshape(-1).astype(np.int64), counts, classes
-
-
-def _check_min_per_class(counts: np.ndarray, classes: np.ndarray, minimum: int, what: str) -> None:
-    small = counts < minimum
-    if small.any():
-        detail = ", ".join(
-            f"{c}: {k}" for c, k in zip(classes[small].tolist(), counts[small].tolist(), strict=True)
-        )
-        raise DataError(
-            f"labels: {what} needs at least {minimum} samples per class; these classes have fewer "
-            f"({detail}). Add samples or drop those classes."
-        )
+def _check_xy(
+    features: ArrayLike, labels: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, codes, counts, classes)``: the checked features and their labels (see :func:`class_codes`)."""
+    x = _check_features(features)
+    return (x, *class_codes(labels, x.shape[0]))
 
 
 def _check_source_matrix(
