@@ -8,15 +8,17 @@ any data is opened or embedded; :func:`dataclasses.replace` builds a changed cop
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from diag.engine.extract import ExtractConfig
 from diag.errors import param_error
 from diag.predict.rank import RANK_SCORES
 
-__all__ = ["DiagnoseConfig", "RankConfig", "help_text"]
+__all__ = ["DiagnoseConfig", "RankConfig", "help_text", "with_overrides"]
+
+_C = TypeVar("_C", "DiagnoseConfig", "RankConfig")
 
 
 def _check_int(name: str, value: object, *, minimum: int, optional: bool = False) -> None:
@@ -145,3 +147,9 @@ class RankConfig:
 def help_text(config: type[Any]) -> dict[str, str]:
     """``{field: help}`` of a config dataclass, for CLI flags and dashboard widgets."""
     return {f.name: str(f.metadata.get("help", "")) for f in fields(config)}
+
+
+def with_overrides(config: _C, overrides: dict[str, Any]) -> _C:
+    """``config`` with the keyword arguments that were given (not None) replacing its fields."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(config, **changes) if changes else config
