@@ -147,3 +147,24 @@ def test_finetune_reads_a_config_file_that_flags_override(tmp_path: Path, capsys
     assert main([*base, "--list-blocks"]) == 2
     err = capsys.readouterr().err
     assert str(run) in err and "no_such_setting" in err and "Traceback" not in err
+
+
+def test_diagnose_and_rank_flags_fill_their_config_dataclasses() -> None:
+    from diag.cli.diagnose import diagnose_config, rank_config
+    from diag.config import DiagnoseConfig, RankConfig
+    from diag.engine.extract import ExtractConfig
+
+    parser = build_parser()
+    base = ["diagnose", "-s", "a", "-t", "b", "-b", "x", "-o", "out"]
+    assert diagnose_config(parser.parse_args(base)) == DiagnoseConfig()  # the defaults are the config's
+    args = parser.parse_args(
+        [*base, "--permutations", "500", "--no-cache", "--no-transfer", "--random-init", "--alpha", "0.01",
+         "--text-column", "body", "--batch-size", "8", "--device", "cpu"]
+    )  # fmt: skip
+    assert diagnose_config(args) == DiagnoseConfig(
+        extract=ExtractConfig(batch_size=8, device="cpu"), pretrained=False, n_permutations=500,
+        use_cache=False, transfer=False, alpha=0.01, text_column="body",
+    )  # fmt: skip
+    args = parser.parse_args(["rank", "-t", "a", "-b", "x,y", "--bootstrap", "7", "--no-random-init"])
+    assert rank_config(args) == RankConfig(n_bootstrap=7, include_random_init=False)
+    assert rank_config(parser.parse_args(["rank", "-t", "a", "-b", "x"])) == RankConfig()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diag.cli.flags import add_config_flags, config_from_args
+from diag.config import DiagnoseConfig, RankConfig
 from diag.engine.extract import ExtractConfig
 from diag.errors import ConfigError
 from diag.pipeline import diagnose, rank_backbones
@@ -18,7 +19,14 @@ from diag.report.render import report_text
 if TYPE_CHECKING:
     from diag.report.schema import Report
 
-__all__ = ["print_report", "register"]
+__all__ = ["diagnose_config", "print_report", "rank_config", "register"]
+
+# Flag names that differ from their config field's (kept from before the flags came from the configs).
+_DIAGNOSE_FLAGS = {"n_permutations": "permutations", "use_cache": "cache"}
+_RANK_FLAGS = {"n_bootstrap": "bootstrap", "include_random_init": "random-init", "use_cache": "cache"}
+_METAVARS = {
+    "n_permutations": "B", "n_bootstrap": "B", "image_size": "PX", "max_length": "TOKENS", "cache_dir": "DIR",
+}  # fmt: skip
 
 
 def register(sub: Any) -> None:
@@ -44,34 +52,16 @@ def register(sub: Any) -> None:
     p.add_argument("--backbone", "-b", required=True, help="a bundled name, timm:MODEL or hf:ID_OR_FOLDER")
     p.add_argument("--out", "-o", required=True, type=Path, metavar="DIR", help="report folder")
     p.add_argument("--random-init", action="store_true", help="use the random-init twin of the backbone")
-    p.add_argument("--image-size", type=int, metavar="PX", help="input resolution for image backbones")
-    p.add_argument("--max-length", type=int, metavar="TOKENS", help="maximum tokens per text")
-    p.add_argument(
-        "--permutations",
-        type=int,
-        default=2000,
-        metavar="B",
-        help="MMD permutations per layer (default: 2000)",
-    )
-    p.add_argument("--alpha", type=float, default=0.05, help="test level (default: 0.05)")
-    p.add_argument("--seed", type=int, default=0, help="seed of permutations, folds and splits (default: 0)")
-    p.add_argument("--text-column", default="text", help="text column of a table (default: text)")
-    p.add_argument("--label-column", default="label", help="label column of a table (default: label)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
-    p.add_argument("--cache-dir", type=Path, metavar="DIR", help="embedding cache folder")
-    p.add_argument(
-        "--no-transfer",
-        action="store_true",
-        help="skip transferability, negative transfer and freeze depth (the shift report only)",
-    )
-    p.add_argument(
-        "--no-rgn",
-        action="store_true",
-        help="skip the relative gradient norms per block (a few backward passes over the target; "
-        "evidence for the freeze depth)",
-    )
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no table")
+    add_config_flags(
+        p,
+        DiagnoseConfig,
+        "diagnosis",
+        skip=("extract", "pretrained"),
+        names=_DIAGNOSE_FLAGS,
+        metavars=_METAVARS,
+    )
     add_config_flags(p, ExtractConfig, "extraction")
     p.set_defaults(handler=_cmd_diagnose)
 
@@ -92,39 +82,28 @@ def register(sub: Any) -> None:
         help="comma-separated names, e.g. efficientnet_lite0,efficientnet_lite1",
     )
     p.add_argument("--out", "-o", type=Path, metavar="DIR", help="folder for rank.json")
-    p.add_argument(
-        "--by",
-        default="logme",
-        choices=("logme", "h_score_shrinkage", "linear_probe_accuracy", "knn_accuracy"),
-        help="the score to rank by (default: logme)",
-    )
-    p.add_argument(
-        "--bootstrap", type=int, default=200, metavar="B", help="bootstrap resamples (default: 200)"
-    )
-    p.add_argument("--no-random-init", action="store_true", help="leave out the random-init twins")
-    p.add_argument("--image-size", type=int, metavar="PX", help="input resolution for image backbones")
-    p.add_argument("--max-length", type=int, metavar="TOKENS", help="maximum tokens per text")
-    p.add_argument("--seed", type=int, default=0, help="seed of folds, twins and resamples (default: 0)")
     p.add_argument("--json", action="store_true", help="print rank.json instead of the table")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no table")
+    add_config_flags(p, RankConfig, "ranking", skip=("extract",), names=_RANK_FLAGS, metavars=_METAVARS)
     add_config_flags(p, ExtractConfig, "extraction")
     p.set_defaults(handler=_cmd_rank)
 
 
-def _cmd_rank(args: argparse.Namespace) -> int:
+def diagnose_config(args: argparse.Namespace) -> DiagnoseConfig:
+    """The :class:`~diag.config.DiagnoseConfig` of a ``diag diagnose`` command line."""
+    fixed = {"extract": config_from_args(ExtractConfig, args), "pretrained": not args.random_init}
+    return config_from_args(DiagnoseConfig, args, fixed)
 
-    ranking = rank_backbones(
-        args.target,
-        args.backbones.split(","),
-        include_random_init=not args.no_random_init,
-        by=args.by,
-        n_bootstrap=args.bootstrap,
-        image_size=args.image_size,
-        max_length=args.max_length,
-        seed=args.seed,
-        config=config_from_args(ExtractConfig, args),
-        progress=ProgressCallback() if args.quiet or args.json else TqdmProgress(),
-    )
+
+def rank_config(args: argparse.Namespace) -> RankConfig:
+    """The :class:`~diag.config.RankConfig` of a ``diag rank`` command line."""
+    return config_from_args(RankConfig, args, {"extract": config_from_args(ExtractConfig, args)})
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    config = rank_config(args)
+    progress = ProgressCallback() if args.quiet or args.json else TqdmProgress()
+    ranking = rank_backbones(args.target, args.backbones.split(","), config, progress=progress)
     path = write_ranking(ranking, args.out) if args.out else None
     if args.json:
         print(json.dumps(ranking.to_dict(), indent=1, default=str))
@@ -132,7 +111,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     if args.quiet:
         return 0
     print(
-        f"{'rank':<5}{'backbone':<34}{'params':>9}{args.by:>24}{'top share':>11}  best layer (linear probe)"
+        f"{'rank':<5}{'backbone':<34}{'params':>9}{config.by:>24}{'top share':>11}  best layer (linear probe)"
     )
     for r in ranking.rows:
         share = "" if r["top_frequency"] is None else f"{r['top_frequency']:.2f}"
@@ -153,32 +132,13 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-
     if args.target is None and not args.split:
         raise ConfigError("--target is required (or pass --split to compare two halves of --source).")
     if args.target is not None and args.split:
         raise ConfigError("--split compares two halves of --source: drop --target, or drop --split.")
-    config = config_from_args(ExtractConfig, args)
+    config = diagnose_config(args)
     progress = ProgressCallback() if args.quiet or args.json else TqdmProgress()
-    report = diagnose(
-        args.source,
-        args.target,
-        args.backbone,
-        config,
-        out=args.out,
-        pretrained=not args.random_init,
-        image_size=args.image_size,
-        max_length=args.max_length,
-        n_permutations=args.permutations,
-        alpha=args.alpha,
-        seed=args.seed,
-        use_cache=not args.no_cache,
-        cache_dir=args.cache_dir,
-        data_options={"text_column": args.text_column, "label_column": args.label_column},
-        transfer=not args.no_transfer,
-        rgn=not args.no_rgn,
-        progress=progress,
-    )
+    report = diagnose(args.source, args.target, args.backbone, config, out=args.out, progress=progress)
     if args.json:
         print(json.dumps(json.loads(report.to_json()), indent=1))
     elif not args.quiet:

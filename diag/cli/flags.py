@@ -46,9 +46,13 @@ def add_config_flags(
     title: str,
     *,
     skip: Iterable[str] = (),
+    names: Mapping[str, str] | None = None,
     metavars: Mapping[str, str] | None = None,
 ) -> argparse._ArgumentGroup:
     """Add one ``--field-name`` flag per field of dataclass ``cls`` to a new argument group ``title``.
+
+    ``names`` renames flags (by field name, without the dashes: ``{"n_permutations": "permutations"}``);
+    the parsed value still lands under the field's name.
 
     The help text is the field's ``metadata["help"]`` followed by its default (unless the help already
     names one); ``metavars`` (by field name) or ``metadata["metavar"]`` override the metavar. Unset flags
@@ -59,7 +63,7 @@ def add_config_flags(
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + (names or {}).get(f.name, f.name.replace("_", "-"))
         typ = _flag_type(hints[f.name])
         helptext = str(f.metadata.get("help", ""))
         if f.default is not dataclasses.MISSING and "default" not in helptext:
