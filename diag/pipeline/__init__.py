@@ -17,5 +17,16 @@ assembles their results, never editing them.
 
 from diag.pipeline.diagnose import diagnose, embed, freeze_blocks, split_halves
 from diag.pipeline.rank import rank_backbones, recommend_for_target
+from diag.pipeline.reference import build_reference, check, diagnose_source_free
 
-__all__ = ["diagnose", "embed", "freeze_blocks", "rank_backbones", "recommend_for_target", "split_halves"]
+__all__ = [
+    "build_reference",
+    "check",
+    "diagnose",
+    "diagnose_source_free",
+    "embed",
+    "freeze_blocks",
+    "rank_backbones",
+    "recommend_for_target",
+    "split_halves",
+]

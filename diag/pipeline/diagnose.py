@@ -30,6 +30,13 @@ from diag.predict.negative import negative_transfer
 from diag.predict.profile import shift_profile
 from diag.progress import ProgressCallback
 from diag.provenance import device_description, versions
+from diag.reference import (
+    REFERENCE_PREFIX,
+    Reference,
+    as_reference_path,
+    load_reference,
+    reference_comparison,
+)
 from diag.report.schema import Report
 from diag.train import FinetuneConfig, freeze_units, relative_gradient_norms
 
@@ -194,10 +201,20 @@ def diagnose(
     timings: dict[str, Any] = {}
 
     datasets: dict[str, DataSet | None] = {}
+    references: dict[str, Reference] = {}
 
     def side(data: DataLike, what: str) -> tuple[Embeddings, dict[str, Any]]:
         t = time.perf_counter()
         spec = str(data) if isinstance(data, (str, Path)) else None
+        ref_folder = as_reference_path(data)
+        if ref_folder is not None:  # a saved reference stands in for the data: its reservoir is the sample
+            ref = references[what] = load_reference(ref_folder)
+            ref.require_same_backbone(get_backbone().describe(), what=f"backbone {get_backbone().name!r}")
+            emb = ref.sample()
+            datasets[what] = None
+            spec = f"{REFERENCE_PREFIX}{ref_folder}"
+            timings[f"embed_{what}_s"] = round(time.perf_counter() - t, 3)
+            return emb, {"spec": spec, "name": ref.name, "n": ref.n, "reference": str(ref_folder)}
         if isinstance(data, Embeddings):
             emb = data
             datasets[what] = None
@@ -234,6 +251,8 @@ def diagnose(
     layers = [x.to_dict() for x in profile.layers]
     shift = profile.verdict.to_dict()
     sections: dict[str, Any] = {}
+    if "source" in references:
+        sections["reference"] = reference_comparison(references["source"], tgt, random_state=seed)
     if settings.transfer:
         t = time.perf_counter()
         layers, sections = _predictions(

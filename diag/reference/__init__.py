@@ -3,6 +3,7 @@ read off the backbone's own BatchNorm statistics), and what new data is checked 
 
 from diag.reference.batchnorm import BatchNormProfile, BlockScore, batchnorm_layers, batchnorm_profile
 from diag.reference.build import DEFAULT_CHUNK, summarise
+from diag.reference.compare import reference_comparison
 from diag.reference.store import (
     REFERENCE_PREFIX,
     LayerSummary,
@@ -24,5 +25,6 @@ __all__ = [
     "batchnorm_layers",
     "batchnorm_profile",
     "load_reference",
+    "reference_comparison",
     "summarise",
 ]

@@ -115,7 +115,7 @@ def batchnorm_profile(
     config: ExtractConfig | None = None,
     *,
     n_buckets: int = 16,
-    n_splits: int = 200,
+    n_splits: int = 1000,
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> BatchNormProfile:

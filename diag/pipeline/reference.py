@@ -1,0 +1,246 @@
+"""References: building one from data, checking new data against one, and the source-free diagnosis.
+
+- :func:`build_reference`: open the data, load the backbone, summarise chunk by chunk
+  (:func:`diag.reference.summarise`), save.
+- :func:`check`: new data against a saved reference: the full per-layer profile against the reference's
+  reservoir (permutation tests, classifier test, OOD scores, verdict: :func:`diag.pipeline.diagnose` with
+  ``source="ref:FOLDER"``), plus the linear-time RFF-MMD test and the Fréchet distance against the
+  summaries of every reference item; optionally one JSON line appended to a history file.
+- :func:`diagnose_source_free`: the target against the backbone's own BatchNorm statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from diag.data import DataSet, open_data
+from diag.device import resolve_device
+from diag.engine.extract import ExtractConfig
+from diag.errors import ConfigError
+from diag.models import Backbone, load
+from diag.pipeline.diagnose import diagnose
+from diag.predict.source_free import BlockEvidence, source_free_verdict
+from diag.progress import ProgressCallback
+from diag.provenance import device_description, versions
+from diag.reference import (
+    DEFAULT_CHUNK,
+    REFERENCE_PREFIX,
+    Reference,
+    ReferenceSettings,
+    batchnorm_profile,
+    load_reference,
+    summarise,
+)
+from diag.report.schema import Report
+
+__all__ = [
+    "HISTORY_FIELDS",
+    "append_history",
+    "build_reference",
+    "check",
+    "diagnose_source_free",
+    "reference_backbone",
+]
+
+#: What one line of a check history holds (besides the per-layer effects).
+HISTORY_FIELDS = ("time", "data", "n", "reference", "is_shift", "p_value", "onset_layer", "level", "report")
+
+
+def _backbone(backbone: str | Backbone, *, image_size: int | None, max_length: int | None) -> Backbone:
+    if isinstance(backbone, Backbone):
+        return backbone
+    return load(backbone, image_size=image_size, max_length=max_length)
+
+
+def build_reference(
+    data: str | Path | DataSet,
+    backbone: str | Backbone,
+    config: ExtractConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    settings: ReferenceSettings | None = None,
+    bandwidths: dict[str, float] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    image_size: int | None = None,
+    max_length: int | None = None,
+    data_options: dict[str, str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> Reference:
+    """Summarise ``data`` under ``backbone`` into a reference (streaming), saved to ``out`` when given.
+
+    ``bandwidths`` fixes the RFF kernel widths (give a first shard's ``Reference.bandwidths`` to the
+    others so that they merge); see :func:`diag.reference.summarise` for the rest.
+    """
+    bb = _backbone(backbone, image_size=image_size, max_length=max_length)
+    ds = data if isinstance(data, DataSet) else open_data(data, **(data_options or {}))
+    ref = summarise(
+        bb, ds, config, settings=settings, bandwidths=bandwidths, chunk_size=chunk_size, progress=progress
+    )
+    if out is not None:
+        ref.save(out)
+    return ref
+
+
+def reference_backbone(ref: Reference) -> Backbone:
+    """The backbone a reference was built with, loaded with the same input size or token length."""
+    info, prep = ref.backbone, ref.backbone.get("preprocessing", {})
+    size = prep.get("input_size", [None])[-1] if info.get("modality") == "image" else None
+    length = prep.get("max_length") if info.get("modality") == "text" else None
+    bb = load(
+        str(info["name"]), pretrained=bool(info.get("pretrained", True)), image_size=size, max_length=length
+    )
+    ref.require_same_backbone(bb.describe(), what=f"backbone {bb.name!r} as loaded here")
+    return bb
+
+
+def check(
+    new: str | Path | DataSet,
+    reference: str | Path | Reference,
+    config: ExtractConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    history: str | Path | None = None,
+    n_permutations: int | None = None,
+    alpha: float | None = None,
+    seed: int | None = None,
+    data_options: dict[str, str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """Check new data against a saved reference; the report is a diagnosis with ``source = ref:FOLDER``.
+
+    With ``history``, one JSON line (:data:`HISTORY_FIELDS` and the per-layer effect) is appended to
+    that file: the monitoring record of this check.
+    """
+    ref = reference if isinstance(reference, Reference) else load_reference(reference)
+    if ref.folder is None:
+        raise ConfigError("check needs a saved reference (Reference.save(folder) first).")
+    bb = reference_backbone(ref)
+    report = diagnose(
+        f"{REFERENCE_PREFIX}{ref.folder}", new, bb, config, out=out, n_permutations=n_permutations,
+        alpha=alpha, seed=seed, transfer=False, rgn=False, data_options=data_options, progress=progress,
+    )  # fmt: skip
+    if history is not None:
+        append_history(history, report, reference=str(ref.folder))
+    return report
+
+
+def append_history(path: str | Path, report: Report, *, reference: str) -> dict[str, Any]:
+    """Append one line describing ``report`` to the JSON-lines file ``path`` (created if missing)."""
+    shift = report.shift
+    line = {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": report.target.get("name"),
+        "n": report.n_target,
+        "reference": reference,
+        "is_shift": bool(shift["is_shift"]),
+        "p_value": shift["p_value"],
+        "onset_layer": shift["onset_layer"],
+        "level": shift["level"],
+        "report": None if report.folder is None else str(report.folder),
+        "layers": {
+            layer["name"]: {
+                "c2st_auc": layer["shift"].get("c2st_auc"),
+                "mmd2": layer["shift"].get("mmd2"),
+                "p_adjusted": layer["shift"].get("p_adjusted"),
+                "rff_mmd2": report.sections.get("reference", {})
+                .get("layers", {})
+                .get(layer["name"], {})
+                .get("rff_mmd2"),
+            }
+            for layer in report.layers
+        },
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One write of one line in append mode: concurrent checks interleave whole lines, never parts.
+    with open(target, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return line
+
+
+def diagnose_source_free(
+    target: str | Path | DataSet,
+    backbone: str | Backbone,
+    config: ExtractConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+    n_buckets: int = 16,
+    n_splits: int = 1000,
+    image_size: int | None = None,
+    data_options: dict[str, str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """Per-block shift of ``target`` from the pretraining data, read off the backbone's BatchNorm
+    statistics (:func:`diag.reference.batchnorm_profile`), in the report format of :func:`diagnose`."""
+    from diag import __version__  # deferred: diag/__init__ imports this package
+
+    t0 = time.perf_counter()
+    cfg = config or ExtractConfig()
+    bb = _backbone(backbone, image_size=image_size, max_length=None)
+    ds = target if isinstance(target, DataSet) else open_data(target, **(data_options or {}))
+    profile = batchnorm_profile(
+        bb, ds, cfg, n_buckets=n_buckets, n_splits=n_splits, seed=seed, progress=progress
+    )
+    evidence = [BlockEvidence(b.name, b.score, b.null_median, b.null_p95, b.p_value) for b in profile.blocks]
+    verdict, adjusted = source_free_verdict(evidence, alpha=alpha, modality=bb.modality)
+    dims = {p.name: p for p in bb.probes}
+    layers = []
+    for block, p_adj in zip(profile.blocks, adjusted, strict=True):
+        probe = dims.get(block.name)
+        layers.append(
+            {
+                "name": block.name,
+                "index": block.index,
+                "dim": None if probe is None else probe.dim,
+                "kind": None if probe is None else probe.kind,
+                "shift": {
+                    "p_value": block.p_value,
+                    "p_adjusted": p_adj,
+                    "method": "batchnorm",
+                    **block.to_dict(),
+                },
+            }
+        )
+    dev = resolve_device(cfg.device)
+    info = bb.describe()
+    report = Report(
+        backbone={k: v for k, v in info.items() if k != "probes"},
+        source={
+            "name": "pretraining data (BatchNorm running statistics)",
+            "kind": "source-free",
+            "n_bn_layers": sum(b.n_bn_layers for b in profile.blocks),
+        },
+        target={"spec": str(target) if isinstance(target, (str, Path)) else None, **ds.describe()},
+        n_source=0,
+        n_target=profile.n_items,
+        layers=layers,
+        shift=verdict.to_dict(),
+        meta={
+            "diag_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": versions(),
+            "device": device_description(dev),
+            "seed": seed,
+            "timings": {
+                "batchnorm_s": round(profile.seconds, 3),
+                "total_s": round(time.perf_counter() - t0, 3),
+            },
+            "config": {
+                "extract": asdict(cfg),
+                "source_free": {"n_buckets": n_buckets, "n_splits": n_splits, "alpha": alpha},
+            },
+        },
+    )
+    if out is not None:
+        report = report.save(out)
+    return report
