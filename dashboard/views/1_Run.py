@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pages' share
 import _common as ui
 import streamlit as st
 
+from diag.config import DiagnoseConfig, help_text
 from diag.data.samples import list_samples
 from diag.models import BUNDLED
 
@@ -64,16 +65,21 @@ with right:
         help="Image backbones only. 112 px runs the bundled digit samples in about a minute on a CPU.",
     )
 
+DEFAULTS, HELP = DiagnoseConfig(), help_text(DiagnoseConfig)  # the CLI's defaults and words
+
 with st.expander("Options"):
     c1, c2, c3 = st.columns(3)
     permutations = c1.number_input(
-        "MMD permutations", min_value=100, max_value=20000, value=1000, step=100, key="run_permutations"
+        "MMD permutations", min_value=100, max_value=20000, value=DEFAULTS.n_permutations, step=100,
+        key="run_permutations", help=HELP["n_permutations"],
+    )  # fmt: skip
+    seed = c2.number_input(
+        "Seed", min_value=0, value=DEFAULTS.seed, step=1, key="run_seed", help=HELP["seed"]
     )
-    seed = c2.number_input("Seed", min_value=0, value=0, step=1, key="run_seed")
     runs_dir = c3.text_input("Reports folder", key="run_root", value=str(st.session_state[ui.RUNS_KEY]))
     c1, c2 = st.columns(2)
-    text_column = c1.text_input("Text column (tables)", value="text", key="run_text_column")
-    label_column = c2.text_input("Label column (tables)", value="label", key="run_label_column")
+    text_column = c1.text_input("Text column (tables)", value=DEFAULTS.text_column, key="run_text_column")
+    label_column = c2.text_input("Label column (tables)", value=DEFAULTS.label_column, key="run_label_column")
     recompute = st.checkbox("Recompute even when a report for these inputs exists", key="run_recompute")
 
 inputs = {
