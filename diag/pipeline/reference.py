@@ -93,7 +93,11 @@ def reference_backbone(ref: Reference) -> Backbone:
     size = prep.get("input_size", [None])[-1] if info.get("modality") == "image" else None
     length = prep.get("max_length") if info.get("modality") == "text" else None
     bb = load(
-        str(info["name"]), pretrained=bool(info.get("pretrained", True)), image_size=size, max_length=length
+        str(info["name"]),
+        pretrained=bool(info.get("pretrained", True)),
+        seed=int(info.get("seed") or 0),  # the random-init twin's seed, when the reference was of one
+        image_size=size,
+        max_length=length,
     )
     ref.require_same_backbone(bb.describe(), what=f"backbone {bb.name!r} as loaded here")
     return bb
