@@ -11,7 +11,7 @@ from diag.cli.flags import add_config_flags, config_from_args
 from diag.config import DiagnoseConfig, RankConfig
 from diag.engine.extract import ExtractConfig
 from diag.errors import ConfigError
-from diag.pipeline import diagnose, rank_backbones
+from diag.pipeline import diagnose, diagnose_source_free, rank_backbones
 from diag.predict.rank import write_ranking
 from diag.progress import ProgressCallback, TqdmProgress
 from diag.report.render import report_text
@@ -41,7 +41,17 @@ def register(sub: Any) -> None:
             "Prints a table and the verdict."
         ),
     )
-    p.add_argument("--source", "-s", required=True, metavar="DATA", help="source data (see `diag embed -h`)")
+    p.add_argument(
+        "--source",
+        "-s",
+        metavar="DATA",
+        help="source data (see `diag embed -h`), or ref:FOLDER for a saved reference (`diag reference -h`)",
+    )
+    p.add_argument(
+        "--source-free",
+        action="store_true",
+        help="no source: compare TARGET with the backbone's own BatchNorm statistics (its pretraining data)",
+    )
     p.add_argument(
         "--target",
         "-t",
@@ -132,6 +142,10 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
+    if args.source_free:
+        return _cmd_source_free(args)
+    if args.source is None:
+        raise ConfigError("--source is required (a data set or ref:FOLDER), or pass --source-free.")
     if args.target is None and not args.split:
         raise ConfigError("--target is required (or pass --split to compare two halves of --source).")
     if args.target is not None and args.split:
@@ -139,6 +153,26 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     config = diagnose_config(args)
     progress = ProgressCallback() if args.quiet or args.json else TqdmProgress()
     report = diagnose(args.source, args.target, args.backbone, config, out=args.out, progress=progress)
+    if args.json:
+        print(json.dumps(json.loads(report.to_json()), indent=1))
+    elif not args.quiet:
+        print_report(report, out=args.out)
+    return 0
+
+
+def _cmd_source_free(args: argparse.Namespace) -> int:
+    if args.source is not None or args.split:
+        raise ConfigError(
+            "--source-free compares TARGET with the backbone itself: drop --source and --split."
+        )
+    if args.target is None:
+        raise ConfigError("--source-free needs --target DATA.")
+    config = diagnose_config(args)
+    report = diagnose_source_free(
+        args.target, args.backbone, config.extract, out=args.out, alpha=config.alpha, seed=config.seed,
+        image_size=config.image_size, data_options=config.data_options,
+        progress=ProgressCallback() if args.quiet or args.json else TqdmProgress(),
+    )  # fmt: skip
     if args.json:
         print(json.dumps(json.loads(report.to_json()), indent=1))
     elif not args.quiet:

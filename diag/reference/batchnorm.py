@@ -156,12 +156,14 @@ def batchnorm_profile(
 
     def make_hook(i: int) -> Any:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach().to(torch.float64)
-            per_item = x.flatten(2) if x.dim() > 2 else x.unsqueeze(-1)  # (B, C, positions)
+            x = inputs[0].detach().float()
+            dims = tuple(range(2, x.dim()))  # positions: (H, W) of a map, none of a vector
             onehot = current["buckets"]  # (B, G)
-            sums[i].add_(onehot.T @ per_item.sum(-1))
-            sqs[i].add_(onehot.T @ (per_item**2).sum(-1))
-            counts[i].add_(onehot.sum(0) * per_item.shape[-1])
+            # Sums over one item's positions in float32 (at most a few thousand terms: ~1e-7 relative),
+            # everything across items in float64.
+            sums[i].add_(onehot.T @ (x.sum(dims) if dims else x).double())
+            sqs[i].add_(onehot.T @ ((x * x).sum(dims) if dims else x * x).double())
+            counts[i].add_(onehot.sum(0) * (x[0, 0].numel()))
 
         return hook
 
@@ -196,13 +198,9 @@ def batchnorm_profile(
         mean, var = _moments(c.sum(), s.sum(0), q.sum(0))
         layer_score.append(float(bn_w2_per_channel(run_mean, run_var, mean, var, eps=eps).mean()))
         # Null: half A against half B for each split, in units of half A's variance, scaled by 1/4.
-        ca, sa, qa = halves @ c, halves @ s, halves @ q
-        cb, sb, qb = (~halves) @ c, (~halves) @ s, (~halves) @ q
-        null = np.empty(n_splits)
-        for j in range(n_splits):
-            ma, va = _moments(ca[j], sa[j], qa[j])
-            mb, vb = _moments(cb[j], sb[j], qb[j])
-            null[j] = 0.25 * float(bn_w2_per_channel(ma, va, mb, vb, eps=eps).mean())
+        ma, va = _moments((halves @ c)[:, None], halves @ s, halves @ q)
+        mb, vb = _moments(((~halves) @ c)[:, None], (~halves) @ s, (~halves) @ q)
+        null = 0.25 * bn_w2_per_channel(ma, va, mb, vb, eps=eps).mean(axis=1)  # every split at once
         layer_null.append(null)
 
     blocks: list[BlockScore] = []
@@ -227,9 +225,9 @@ def batchnorm_profile(
     return BatchNormProfile(blocks, n_seen, n_buckets, n_splits, time.perf_counter() - t0)
 
 
-def _moments(count: float, total: np.ndarray, total_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and (population) variance from a count and the sums of x and x²."""
-    if count <= 0:
+def _moments(count: Any, total: np.ndarray, total_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) variance from counts and the sums of x and x² (broadcasting)."""
+    if np.any(np.asarray(count) <= 0):
         raise DataError("no positions reached a BatchNorm layer; the data set is empty.")
     mean = total / count
     return mean, np.clip(total_sq / count - mean**2, 0.0, None)

@@ -354,11 +354,11 @@ def bn_w2_per_channel(
 
     Returns
     -------
-    ndarray of shape (channels,)
+    ndarray of the inputs' shape ``(..., channels)``: several comparisons at once along leading axes.
     """
     mr, vr = np.asarray(mean_ref, np.float64), np.asarray(var_ref, np.float64)
     mn, vn = np.asarray(mean_new, np.float64), np.asarray(var_new, np.float64)
-    if not (mr.shape == vr.shape == mn.shape == vn.shape) or mr.ndim != 1:
+    if not (mr.shape == vr.shape == mn.shape == vn.shape) or mr.ndim == 0:
         raise DataError(
             f"per-channel statistics of different shapes: {mr.shape}, {vr.shape}, {mn.shape}, {vn.shape}."
         )
