@@ -11,7 +11,7 @@ from diag.config import DiagnoseConfig, RankConfig, help_text
 from diag.engine.extract import ExtractConfig
 from diag.errors import ConfigError
 from diag.pipeline import diagnose
-from tests.test_profile import make_embeddings
+from tests.predict.test_profile import make_embeddings
 
 
 def test_defaults_are_the_documented_ones_and_every_field_has_help() -> None:

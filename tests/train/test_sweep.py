@@ -111,7 +111,7 @@ def test_bad_sweep_arguments(digits: Path, tiny, tmp_path: Path, kw: dict[str, A
 def test_cli_sweep_on_text(tmp_path: Path, capsys) -> None:
     """A local Hugging Face folder is 'pretrained' offline; the text path runs through the sweep too."""
     from diag.cli.main import main
-    from tests.test_finetune import tiny_bert
+    from tests.train.test_finetune import tiny_bert
 
     bert = tiny_bert(tmp_path / "bert")
     rows = [("a great and wonderful film", "pos"), ("I loved it so much", "pos"), ("a joy", "pos"),

@@ -11,8 +11,7 @@ import pytest
 
 from diag.data import encode_labels, open_data, texts_dataset
 from diag.errors import DataError
-
-from .conftest import solid_png
+from tests.conftest import solid_png
 
 
 def test_labelled_image_folder(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from diag.errors import DataError
 from diag.predict.freeze import recommend_freeze
 from diag.predict.layers import layer_transfer
 from diag.predict.negative import negative_transfer
-from tests.test_profile import make_embeddings
+from tests.predict.test_profile import make_embeddings
 
 BLOCKS = ["stem", *[f"blocks.{i}" for i in range(7)], "pooled"]
 

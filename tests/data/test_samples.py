@@ -22,7 +22,7 @@ from diag.data import open_data, samples
 from diag.data.samples import SampleInfo, list_samples, open_sample, samples_dir, speech_passages
 from diag.errors import ConfigError, DataError, MissingDependencyError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples"
 
 

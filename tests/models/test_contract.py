@@ -13,8 +13,7 @@ import torch
 from diag.data import open_image_folder, texts_dataset
 from diag.errors import ConfigError, DataError
 from diag.models import BlockLayout, masked_mean, text_layers
-
-from .conftest import write_digit_folder
+from tests.conftest import write_digit_folder
 
 TEXTS = ("hi", "a much longer sentence with quite a few more tokens in it", "a text of a middling length")
 

@@ -21,7 +21,7 @@ from diag.report.schema import Report
 from diag.train import jobs
 from tests.conftest import DASHBOARD_INPUTS
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
 PAGES = DASHBOARD / "views"
 sys.path.insert(0, str(DASHBOARD))
 

@@ -15,8 +15,7 @@ from diag.engine.embeddings import Embeddings, check_finite
 from diag.engine.extract import ExtractConfig, extract
 from diag.errors import CacheError, ConfigError, DataError
 from diag.pipeline import embed
-
-from .conftest import write_digit_folder
+from tests.conftest import write_digit_folder
 
 
 def test_rows_follow_the_data_order_whatever_the_batch_size(tiny_image_backbone, digit_folder: Path) -> None:
