@@ -5,7 +5,8 @@
 - :mod:`~diag.report.tables`: the per-layer table, headline numbers and verdict sentences (the one
   view-model the CLI, the exports and the dashboard read);
 - :mod:`~diag.report.figures`: the Plotly charts (optional dependency);
-- :mod:`~diag.report.render`: the CLI text, the Markdown summary and the self-contained HTML page.
+- :mod:`~diag.report.render`: the CLI text, the Markdown summary and the self-contained HTML page;
+- :mod:`~diag.report.history`: a check history (`diag check --history`) read back, for its table and chart.
 """
 
 from diag.report.schema import REPORT_FILE, SCHEMA_VERSION, Report, load_report
@@ -17,6 +18,7 @@ from diag.report.sections import (
     LayerShiftStats,
     LayerTransfer,
     NegativeTransferSection,
+    ReferenceSection,
     ShiftVerdictSection,
     TransferabilitySection,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "LayerShiftStats",
     "LayerTransfer",
     "NegativeTransferSection",
+    "ReferenceSection",
     "Report",
     "ShiftVerdictSection",
     "TransferabilitySection",

@@ -3,6 +3,8 @@
 - shift along the depth: :func:`mmd_figure`, :func:`auc_figure` (C2ST AUC with its CI band and the
   0.5 chance line), :func:`frechet_figure`, :func:`ood_figure` (all four: :func:`shift_figures`); the
   onset layer is shaded in each;
+- source-free: :func:`source_free_figure` (BatchNorm W2 per block with the null band of target splits);
+- a check history: :func:`history_figure` (an effect per layer over the checks);
 - labels: :func:`label_shift_figure`, :func:`class_conditional_figure`;
 - transfer: :func:`transfer_layers_figure`, and :func:`bar_figure`/:func:`layer_line_figure` for the
   generic tables of :mod:`diag.report.tables`;
@@ -20,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import require
-from diag.report.tables import fmt, layer_rows, layer_scores
+from diag.report.history import CheckRecord, history_series
+from diag.report.tables import fmt, is_source_free, layer_rows, layer_scores, source_free_rows
 
 if TYPE_CHECKING:
     from diag.report.schema import Report
@@ -33,12 +36,14 @@ __all__ = [
     "finetune_comparison_figure",
     "finetune_curves_figure",
     "frechet_figure",
+    "history_figure",
     "label_shift_figure",
     "layer_line_figure",
     "mmd_figure",
     "ood_figure",
     "selection_rows",
     "shift_figures",
+    "source_free_figure",
     "transfer_layers_figure",
 ]
 
@@ -165,8 +170,45 @@ def ood_figure(report: Report) -> Any:
     return _layout(fig, "Target OOD score per layer (1 = typical of the source)", "OOD score")
 
 
+def source_free_figure(report: Report) -> Any:
+    """BatchNorm W2 per block against the null band (median to 95th percentile of target splits)."""
+    go = _go()
+    rows = source_free_rows(report)
+    x = [r["layer"] for r in rows]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(x=x, y=[r["null_p95"] for r in rows], mode="lines", line={"width": 0}, showlegend=False,
+                   hoverinfo="skip")
+    )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=[r["null_median"] for r in rows], mode="lines", line={"color": _GREY, "dash": "dot"},
+            fill="tonexty", fillcolor="rgba(158,158,158,0.25)", name="null band (median to 95%)",
+        )
+    )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[r["bn_w2"] for r in rows],
+            mode="lines+markers",
+            line={"color": _TARGET},
+            marker={"color": [_TARGET if r["significant"] else _GREY for r in rows], "size": 9},
+            name="W2 to the running statistics",
+            customdata=[[fmt(r["p_value"]), fmt(r["p_adjusted"])] for r in rows],
+            hovertemplate="W2 %{y:.4f}<br>p %{customdata[0]}, Holm %{customdata[1]}<extra></extra>",
+        )
+    )
+    _mark_onset(fig, report)
+    return _layout(
+        fig, "BatchNorm W2 per block vs the pretraining statistics (band: splits of the target)", "mean W2"
+    )
+
+
 def shift_figures(report: Report) -> dict[str, Any]:
-    """The per-layer profile charts, by key: ``mmd2``, ``c2st_auc``, ``frechet_relative``, ``ood``."""
+    """The per-layer profile charts, by key: ``mmd2``, ``c2st_auc``, ``frechet_relative``, ``ood``; a
+    source-free report has the one chart its statistics support, ``bn_w2``."""
+    if is_source_free(report):
+        return {"bn_w2": source_free_figure(report)}
     return {
         "mmd2": mmd_figure(report),
         "c2st_auc": auc_figure(report),
@@ -497,3 +539,22 @@ def transfer_layers_figure(report: Report, score: str = "linear_probe_accuracy")
         )  # fmt: skip
     label = score.replace("_", " ")
     return _layout(fig, f"{label} of the target by layer", label)
+
+
+def history_figure(records: Sequence[CheckRecord], metric: str = "c2st_auc") -> Any:
+    """One line per layer of ``metric`` (``c2st_auc``, ``rff_mmd2``, ...) over the checks, in time order."""
+    go = _go()
+    fig = go.Figure()
+    for layer, points in history_series(records, metric).items():
+        fig.add_trace(
+            go.Scatter(
+                x=[t for t, _ in points], y=[v for _, v in points], mode="lines+markers", name=layer,
+                hovertemplate=f"{layer}: %{{y:.4g}}<extra></extra>",
+            )
+        )  # fmt: skip
+    if metric == "c2st_auc":
+        fig.add_hline(y=0.5, line_dash="dash", line_color=_GREY, annotation_text="chance (no shift)")
+    label = {"c2st_auc": "C2ST AUC", "rff_mmd2": "RFF-MMD²", "mmd2": "MMD²"}.get(metric, metric)
+    fig = _layout(fig, f"{label} per layer, check by check", label)
+    fig.update_layout(hovermode="closest")
+    return fig

@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING, Any
 from diag.errors import require
 from diag.report import figures
 from diag.report.tables import (
-    LAYER_TABLE_HEAD,
     Block,
     fmt,
     fmt_cell,
+    is_source_free,
     key_metrics,
     label_rows,
     layer_rows,
-    layer_table,
+    reference_rows,
     report_title,
+    shift_table,
+    shift_table_note,
+    source_free_rows,
     transfer_blocks,
 )
 
@@ -39,17 +42,10 @@ _TEMPLATES = Path(__file__).parent / "templates"
 
 
 def report_text(report: Report, *, out: str | Path | None = None) -> list[str]:
-    """The lines ``diag diagnose`` prints: one row per layer, the verdict, the predictions, the file."""
+    """The lines ``diag diagnose`` (and ``diag check``) prints: one row per layer, the verdict, the
+    predictions, the file. A check adds the reference's columns; a source-free report has its own."""
     lines = [report_title(report)]
-    head = f"{'layer':<12}{'dim':>6}{'MMD²':>9}{'p':>9}{'p(Holm)':>9}  {'C2ST AUC [95% CI]':<20}"
-    lines.append(head + f"{'Fréchet(rel)':>13}{'CORAL':>10}{'OOD med':>9}")
-    for r in layer_rows(report):
-        ood = f"{r['ood_median']:>9.2f}" if r["ood_median"] is not None else f"{'n/a':>9}"
-        lines.append(
-            f"{r['layer']:<12}{r['dim']:>6}{r['mmd2']:>9.4f}{r['p_value']:>9.4f}{r['p_adjusted']:>9.4f}  "
-            f"{r['c2st_auc']:.3f} [{r['auc_low']:.2f}, {r['auc_high']:.2f}]{'':<3}"
-            f"{r['frechet_relative']:>11.3f}{r['coral']:>10.2e}{ood}" + ("  <- onset" if r["onset"] else "")
-        )
+    lines += _source_free_lines(report) if is_source_free(report) else _layer_lines(report)
     ls = report.label_shift
     if ls is not None and len(ls):
         lines.append(
@@ -62,6 +58,39 @@ def report_text(report: Report, *, out: str | Path | None = None) -> list[str]:
     note = f"; embeddings from cache: {', '.join(cached)}" if cached else ""
     if out is not None:
         lines.append(f"wrote {Path(out) / 'report.json'} in {timings.get('total_s', 0):.1f} s{note}")
+    return lines
+
+
+def _layer_lines(report: Report) -> list[str]:
+    head = f"{'layer':<12}{'dim':>6}{'MMD²':>9}{'p':>9}{'p(Holm)':>9}  {'C2ST AUC [95% CI]':<20}"
+    refs = reference_rows(report)
+    ref_head = f"{'RFF-MMD²':>10}{'RFF p':>9}{'Fréchet(all)':>13}" if refs else ""
+    lines = [head + f"{'Fréchet(rel)':>13}{'CORAL':>10}{'OOD med':>9}" + ref_head]
+    for i, r in enumerate(layer_rows(report)):
+        ood = f"{r['ood_median']:>9.2f}" if r["ood_median"] is not None else f"{'n/a':>9}"
+        ref = ""
+        if refs:
+            x = refs[i]
+            ref = f"{fmt(x['rff_mmd2'], '.4f'):>10}{fmt(x['rff_p_value'], '.3g'):>9}"
+            ref += f"{fmt(x['frechet_all'], '.3f'):>13}"
+        lines.append(
+            f"{r['layer']:<12}{r['dim']:>6}{r['mmd2']:>9.4f}{r['p_value']:>9.4f}{r['p_adjusted']:>9.4f}  "
+            f"{r['c2st_auc']:.3f} [{r['auc_low']:.2f}, {r['auc_high']:.2f}]{'':<3}"
+            f"{r['frechet_relative']:>11.3f}{r['coral']:>10.2e}{ood}{ref}"
+            + ("  <- onset" if r["onset"] else "")
+        )
+    return lines
+
+
+def _source_free_lines(report: Report) -> list[str]:
+    lines = [f"{'layer':<12}{'dim':>6}{'W2':>10}{'null med':>10}{'null 95%':>10}{'p':>9}{'p(Holm)':>9}"]
+    for r in source_free_rows(report):
+        lines.append(
+            f"{r['layer']:<12}{fmt(r['dim']):>6}{fmt(r['bn_w2'], '.4f'):>10}"
+            f"{fmt(r['null_median'], '.4f'):>10}{fmt(r['null_p95'], '.4f'):>10}"
+            f"{fmt(r['p_value'], '.4f'):>9}{fmt(r['p_adjusted'], '.4f'):>9}"
+            + ("  <- onset" if r["onset"] else "")
+        )
     return lines
 
 
@@ -131,6 +160,17 @@ def _auc_text_chart(report: Report, width: int = 30) -> str:
     return "\n".join(lines)
 
 
+def _w2_text_chart(report: Report, width: int = 30) -> str:
+    rows = source_free_rows(report)
+    top = max((r["bn_w2"] for r in rows if r["bn_w2"] is not None), default=0.0) or 1.0
+    pad = max((len(n) for n in report.layer_names), default=5)
+    lines = []
+    for r in rows:
+        n = 0 if r["bn_w2"] is None else max(0, round(float(r["bn_w2"]) / top * width))
+        lines.append(f"{r['layer']:<{pad}} {'█' * n:<{width}} {fmt(r['bn_w2'], '.4f')}")
+    return "\n".join(lines)
+
+
 def report_markdown(report: Report) -> str:
     """A Markdown summary: verdict, key numbers, the per-layer table, an AUC text chart, labels, sections.
 
@@ -153,10 +193,17 @@ def report_markdown(report: Report) -> str:
         "",
     ]
     out += ["## Per-layer shift", ""]
-    out += _md_table(LAYER_TABLE_HEAD, layer_table(report))
-    out += ["", "`*` significant after Holm adjustment.", ""]
-    out += ["C2ST AUC by layer (bar from 0.5 = no shift to 1 = separable):", "", "```text"]
-    out += [_auc_text_chart(report), "```", ""]
+    out += _md_table(*shift_table(report))
+    out += ["", shift_table_note(report), ""]
+    if is_source_free(report):
+        out += ["BatchNorm W2 by block (bar relative to the largest):", "", "```text"]
+        out += [_w2_text_chart(report), "```", ""]
+    else:
+        out += ["C2ST AUC by layer (bar from 0.5 = no shift to 1 = separable):", "", "```text"]
+        out += [_auc_text_chart(report), "```", ""]
+    ref = report.reference
+    if ref is not None and ref.note:
+        out += [f"Reference: {ref.folder or ref.name}. {ref.note}", ""]
     ls = report.label_shift
     if ls is not None and ls.classes:
         out += ["## Label distribution", ""]
@@ -218,12 +265,16 @@ def report_html(report: Report) -> str:
         loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True, keep_trailing_newline=False
     )
     meta = report.meta
+    head, body = shift_table(report)
+    ref = report.reference
     return env.get_template("report.html.j2").render(
         title=report_title(report),
         shift=report.shift,
         metrics=key_metrics(report),
-        layer_head=LAYER_TABLE_HEAD,
-        layer_body=layer_table(report),
+        layer_head=head,
+        layer_body=body,
+        layer_note=shift_table_note(report),
+        reference_note=None if ref is None else f"Reference: {ref.folder or ref.name}. {ref.note or ''}",
         onset_rows=[r["onset"] for r in layer_rows(report)],
         charts=[Markup(c) for c in charts],  # plotly's own markup: not escaped
         blocks=transfer_blocks(report),

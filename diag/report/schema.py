@@ -41,6 +41,7 @@ from diag.report.sections import (
     LabelShiftSection,
     LayerSection,
     NegativeTransferSection,
+    ReferenceSection,
     Section,
     ShiftVerdictSection,
     TransferabilitySection,
@@ -62,9 +63,9 @@ class Report:
 
     The constructor takes each part typed or in its JSON form (a dict, as :func:`diag.pipeline.diagnose`
     builds it) and types it. ``sections`` holds every top-level field beyond the core ones: those diag
-    knows (``transferability``, ``negative_transfer``, ``freeze``) typed, any other as it was read, so an
-    unknown section survives a round trip. The typed ones are also :attr:`transferability`,
-    :attr:`negative_transfer` and :attr:`freeze`.
+    knows (``transferability``, ``negative_transfer``, ``freeze``, ``reference``) typed, any other as it
+    was read, so an unknown section survives a round trip. The typed ones are also
+    :attr:`transferability`, :attr:`negative_transfer`, :attr:`freeze` and :attr:`reference`.
     """
 
     backbone: dict[str, Any]
@@ -130,6 +131,11 @@ class Report:
     def freeze(self) -> FreezeSection | None:
         """The ``freeze`` section (None when the report lacks it)."""
         return self._typed("freeze", FreezeSection)
+
+    @property
+    def reference(self) -> ReferenceSection | None:
+        """The ``reference`` section of a check against a saved reference (None otherwise)."""
+        return self._typed("reference", ReferenceSection)
 
     def _typed(self, name: str, cls: type[_S]) -> _S | None:
         v = self.sections.get(name)

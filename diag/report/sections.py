@@ -28,6 +28,7 @@ __all__ = [
     "LayerShiftStats",
     "LayerTransfer",
     "NegativeTransferSection",
+    "ReferenceSection",
     "Section",
     "ShiftVerdictSection",
     "TransferabilitySection",
@@ -116,7 +117,14 @@ class LayerShiftStats(Section):
     """The shift statistics at one layer (``layers[i]["shift"]``; see :class:`diag.predict.LayerShift`).
 
     Statistics that could not be computed (NaN) are stored as null, hence the ``None`` in every type.
+    A source-free report (``method == "batchnorm"``, :func:`diag.pipeline.diagnose_source_free`) has
+    the data-based statistics null and adds the BatchNorm fields (written only when present): the
+    block's mean per-channel Wasserstein-2 distance ``bn_w2`` to the running statistics (Schneider et
+    al. 2020), the ``null_median``/``null_p95`` of its null band from splits of the target, the
+    ``excess`` over the null median, ``n_bn_layers`` and the per-BatchNorm-layer ``bn_layers`` scores.
     """
+
+    OPTIONAL = frozenset({"bn_w2", "null_median", "null_p95", "excess", "n_bn_layers", "bn_layers"})
 
     mmd2: float | None = None
     p_value: float | None = None
@@ -134,6 +142,12 @@ class LayerShiftStats(Section):
     bandwidths: list[float] = field(default_factory=list)
     method: str | None = None
     seconds: float | None = None
+    bn_w2: float | None = None
+    null_median: float | None = None
+    null_p95: float | None = None
+    excess: float | None = None
+    n_bn_layers: int | None = None
+    bn_layers: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -312,11 +326,39 @@ class FreezeSection(Section):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, eq=False)
+class ReferenceSection(Section):
+    """The target against every item of a saved reference, through its summaries (``reference``).
+
+    Written by a check (:func:`diag.pipeline.check`, or any diagnosis with ``source = ref:FOLDER``):
+    ``layers`` maps each layer to ``{rff_mmd2, rff_p_value, frechet, bandwidth}`` (the random-Fourier-
+    feature MMD test of Rahimi & Recht 2007 features against the reference's mean embedding, and the
+    Fréchet distance from its moments); ``reservoir`` of the ``n`` items are the sample the per-layer
+    ``shift`` statistics were computed against.
+    """
+
+    OPTIONAL = frozenset({"folder", "name", "n", "reservoir", "n_features", "layers", "note"})
+
+    folder: str | None = None
+    name: str | None = None
+    n: int | None = None
+    reservoir: int | None = None
+    n_features: int | None = None
+    layers: dict[str, dict[str, Any]] | None = None
+    note: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def layer(self, name: str) -> dict[str, Any]:
+        """The comparison at layer ``name`` (``{}`` when the section has none for it)."""
+        return dict((self.layers or {}).get(name) or {})
+
+
 #: The typed top-level sections beyond the core ones, by their key in ``report.json``.
 SECTION_TYPES: dict[str, type[Section]] = {
     "transferability": TransferabilitySection,
     "negative_transfer": NegativeTransferSection,
     "freeze": FreezeSection,
+    "reference": ReferenceSection,
 }
 
 

@@ -5,8 +5,11 @@ The CLI (:mod:`diag.cli.diagnose`), the Markdown/HTML export (:mod:`diag.report.
 field is rendered in one place. Rows keep numbers as numbers (None when a statistic could not be
 computed); :func:`fmt` turns them into text.
 
-- :func:`report_title`, :func:`key_metrics`: the heading and the headline numbers;
+- :func:`report_title`, :func:`source_text`, :func:`key_metrics`: the heading and the headline numbers;
 - :func:`layer_rows`, :func:`layer_table`: the per-layer shift table (rows, and cells for a text table);
+- :func:`is_source_free`, :func:`source_free_rows`, :func:`reference_rows`, :func:`shift_table`,
+  :func:`shift_table_note`: the shapes of a source-free report (BatchNorm W2 per block) and of a check
+  against a saved reference (its RFF-MMD and Fréchet columns beside the usual ones);
 - :func:`label_rows`, :func:`class_conditional_rows`: the label analyses;
 - :func:`transfer_score_rows`, :func:`layer_scores`, :func:`layer_score_names`, :func:`layer_transfer_rows`,
   :func:`transfer_skipped`, :func:`risk_sentence`, :func:`freeze_sentence`, :func:`transfer_where`,
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LAYER_TABLE_HEAD",
+    "REFERENCE_TABLE_HEAD",
+    "SOURCE_FREE_TABLE_HEAD",
     "TRANSFER_KNOWN",
     "TRANSFER_SECTIONS",
     "Block",
@@ -37,6 +42,7 @@ __all__ = [
     "fmt",
     "fmt_cell",
     "freeze_sentence",
+    "is_source_free",
     "key_metrics",
     "label_rows",
     "layer_rows",
@@ -45,9 +51,14 @@ __all__ = [
     "layer_table",
     "layer_transfer_rows",
     "numeric_columns",
+    "reference_rows",
     "report_title",
     "risk_sentence",
     "section_tables",
+    "shift_table",
+    "shift_table_note",
+    "source_free_rows",
+    "source_text",
     "tables_of",
     "transfer_blocks",
     "transfer_score_rows",
@@ -102,12 +113,29 @@ def ci_text(ci: Any, spec: str = ".2f") -> str:
 # Heading, headline numbers, the per-layer table
 
 
+def is_source_free(report: Report) -> bool:
+    """Whether ``report`` compares the target with the backbone's BatchNorm statistics (no source data)."""
+    return report.source.get("kind") == "source-free"
+
+
+def source_text(report: Report) -> str:
+    """What the target was compared with: ``source (n)``, ``reference of X (N items, R in the
+    reservoir)`` or ``source-free: pretraining statistics``."""
+    if is_source_free(report):
+        return "source-free: pretraining statistics"
+    ref = report.reference
+    if ref is not None:
+        name = ref.name or report.source.get("name", "reference")
+        return f"{name} ({fmt(ref.n)} items, {fmt(ref.reservoir)} in the reservoir)"
+    return f"{report.source.get('name', 'source')} ({report.n_source})"
+
+
 def report_title(report: Report) -> str:
-    """``source (n) vs target (n) | backbone (pretrained)``."""
+    """``source (n) vs target (n) | backbone (pretrained)`` (the source as :func:`source_text` says)."""
     bb = report.backbone
     kind = "pretrained" if bb.get("pretrained", True) else "random-init"
     return (
-        f"{report.source.get('name', 'source')} ({report.n_source}) vs "
+        f"{source_text(report)} vs "
         f"{report.target.get('name', 'target')} ({report.n_target}) | {bb.get('name', '?')} ({kind})"
     )
 
@@ -128,22 +156,37 @@ class KeyMetric:
 
 
 def key_metrics(report: Report) -> list[KeyMetric]:
-    """The headline numbers: p-value, effect size with its CI, onset layer, level of the shift."""
+    """The headline numbers: p-value, effect size with its CI, onset layer, level of the shift; and, for
+    a check or a source-free report, what the target was compared with."""
     s = report.shift
     eff = s.effect
-    eff_name = {"c2st_auc": "C2ST AUC"}.get(str(eff.get("name")), str(eff.get("name", "effect")))
+    names = {"c2st_auc": "C2ST AUC", "bn_w2": "BatchNorm W2"}
+    eff_name = names.get(str(eff.get("name")), str(eff.get("name", "effect")))
     ci = ci_text(eff.get("ci"), ".3f")
-    return [
+    # A source-free effect's interval is the null band of target splits (median, 95th percentile).
+    band = "null band" if is_source_free(report) else "95% CI"
+    metrics = [
         KeyMetric("p-value", fmt(s.p_value, ".3g"), f"α = {fmt(s.alpha)}", s.rules.get("p_value", "")),
         KeyMetric(
             f"Effect: {eff_name} at {eff.get('layer', '?')}",
             fmt(eff.get("value"), ".3f"),
-            f"95% CI {ci}" if ci else "",
+            f"{band} {ci}" if ci else "",
             s.rules.get("effect", ""),
         ),
         KeyMetric("Onset layer", str(s.onset_layer or "none"), "", s.rules.get("onset_layer", "")),
         KeyMetric("Level", str(s.level or "none"), "", s.rules.get("level", "")),
     ]
+    if is_source_free(report):
+        n_bn = report.source.get("n_bn_layers")
+        metrics.append(KeyMetric("Compared with", source_text(report), f"{fmt(n_bn)} BatchNorm layers"))
+    elif report.reference is not None:
+        ref = report.reference
+        metrics.append(
+            KeyMetric(
+                "Compared with", f"reference of {fmt(ref.n)} items", f"{fmt(ref.reservoir)} in the reservoir"
+            )
+        )
+    return metrics
 
 
 def layer_rows(report: Report) -> list[dict[str, Any]]:
@@ -181,13 +224,17 @@ LAYER_TABLE_HEAD = (
 )  # fmt: skip
 
 
+def _onset_name(r: Mapping[str, Any]) -> str:
+    return r["layer"] + (" ← onset" if r["onset"] else "")
+
+
 def layer_table(report: Report) -> list[list[str]]:
     """The cells of the per-layer shift table (columns :data:`LAYER_TABLE_HEAD`), one row per layer."""
     body = []
     for r in layer_rows(report):
         body.append(
             [
-                r["layer"] + (" ← onset" if r["onset"] else ""),
+                _onset_name(r),
                 fmt(r["dim"]),
                 fmt(r["mmd2"], ".4f"),
                 fmt(r["p_value"], ".3g"),
@@ -199,6 +246,101 @@ def layer_table(report: Report) -> list[list[str]]:
             ]
         )
     return body
+
+
+def source_free_rows(report: Report) -> list[dict[str, Any]]:
+    """One row per block of a source-free report: the BatchNorm W2, its null band and p-values."""
+    onset = report.shift.onset_layer
+    sig = set(report.shift.significant_layers)
+    return [
+        {
+            "layer": lay.name,
+            "dim": lay.dim,
+            "bn_w2": lay.shift.bn_w2,
+            "null_median": lay.shift.null_median,
+            "null_p95": lay.shift.null_p95,
+            "excess": lay.shift.excess,
+            "p_value": lay.shift.p_value,
+            "p_adjusted": lay.shift.p_adjusted,
+            "significant": lay.name in sig,
+            "n_bn_layers": lay.shift.n_bn_layers,
+            "onset": lay.name == onset,
+        }
+        for lay in report.layers
+    ]
+
+
+#: The columns of the per-block table of a source-free report.
+SOURCE_FREE_TABLE_HEAD = ("layer", "dim", "W2", "null median", "null 95%", "p", "p (Holm)")
+
+#: The columns a check against a saved reference adds to :data:`LAYER_TABLE_HEAD`.
+REFERENCE_TABLE_HEAD = ("RFF-MMD²", "RFF p", "Fréchet (all)")
+
+
+def reference_rows(report: Report) -> list[dict[str, Any]]:
+    """Per layer, the target against every reference item (``[]`` unless the report is a check)."""
+    ref = report.reference
+    if ref is None:
+        return []
+    rows = []
+    for lay in report.layers:
+        x = ref.layer(lay.name)
+        rows.append(
+            {
+                "layer": lay.name,
+                "rff_mmd2": x.get("rff_mmd2"),
+                "rff_p_value": x.get("rff_p_value"),
+                "frechet_all": x.get("frechet"),
+            }
+        )
+    return rows
+
+
+def shift_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The per-layer table of any report as ``(head, rows of cells)``: the usual one
+    (:func:`layer_table`), with the reference's columns for a check, or the BatchNorm one when
+    source-free."""
+    if is_source_free(report):
+        body = [
+            [
+                _onset_name(r),
+                fmt(r["dim"]),
+                fmt(r["bn_w2"], ".4f"),
+                fmt(r["null_median"], ".4f"),
+                fmt(r["null_p95"], ".4f"),
+                fmt(r["p_value"], ".3g"),
+                fmt(r["p_adjusted"], ".3g") + (" *" if r["significant"] else ""),
+            ]
+            for r in source_free_rows(report)
+        ]
+        return list(SOURCE_FREE_TABLE_HEAD), body
+    head, body = list(LAYER_TABLE_HEAD), layer_table(report)
+    refs = reference_rows(report)
+    if refs:
+        head += REFERENCE_TABLE_HEAD
+        body = [
+            [*cells, fmt(r["rff_mmd2"], ".4f"), fmt(r["rff_p_value"], ".3g"), fmt(r["frechet_all"], ".3f")]
+            for cells, r in zip(body, refs, strict=True)
+        ]
+    return head, body
+
+
+def shift_table_note(report: Report) -> str:
+    """What the marks and columns of :func:`shift_table` mean."""
+    if is_source_free(report):
+        return (
+            "W2: mean per-channel Wasserstein-2 distance between the target's BatchNorm-input moments and "
+            "the running statistics (Schneider et al. 2020); null median and 95%: the same distance "
+            "between splits of the target itself. `*` significant after Holm adjustment."
+        )
+    note = "`*` significant after Holm adjustment."
+    ref = report.reference
+    if ref is not None:
+        note += (
+            f" Columns up to OOD: against the reference's reservoir ({fmt(ref.reservoir)} items); RFF-MMD², "
+            f"RFF p and Fréchet (all): against all {fmt(ref.n)} items through their summaries."
+        )
+    return note
 
 
 # ------------------------------------------------------------------------------------------------------
