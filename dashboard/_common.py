@@ -29,6 +29,7 @@ REPORT_KEY = "report_dir"
 RUNS_KEY = "runs_dir"
 REPORT_ENV = "DIAG_REPORT"
 RUNS_ENV = "DIAG_RUNS_DIR"
+HISTORY_ENV = "DIAG_HISTORY"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -203,7 +204,8 @@ def show_key_metrics(report: Any) -> None:
     """The verdict's headline numbers (p-value, effect with CI, onset, level) as ``st.metric`` cards."""
     from diag.report.tables import key_metrics
 
-    for col, m in zip(st.columns(4), key_metrics(report), strict=False):
+    metrics = key_metrics(report)
+    for col, m in zip(st.columns(len(metrics)), metrics, strict=True):
         col.metric(
             m.label,
             m.value,

@@ -34,32 +34,52 @@ if onset:
         + ", ".join(f"`{x}`" for x in shift.significant_layers)
     )
 
-with ui.shown_errors("Could not draw the profile charts"):
-    figs = figures.shift_figures(report)
-    left, right = st.columns(2)
-    left.plotly_chart(figs["c2st_auc"], key="fig_auc")
-    right.plotly_chart(figs["mmd2"], key="fig_mmd")
-    left, right = st.columns(2)
-    left.plotly_chart(figs["frechet_relative"], key="fig_frechet")
-    right.plotly_chart(figs["ood"], key="fig_ood")
+if tables.is_source_free(report):
+    # No source data: the one profile is the BatchNorm W2 per block against its null band.
+    with ui.shown_errors("Could not draw the profile chart"):
+        st.plotly_chart(figures.source_free_figure(report), key="fig_bn_w2")
+    st.subheader("Per-block statistics")
+    head, body = tables.shift_table(report)
+    st.dataframe(pd.DataFrame(body, columns=head), hide_index=True, key="layer_table")
+    st.caption(tables.shift_table_note(report))
+else:
+    with ui.shown_errors("Could not draw the profile charts"):
+        figs = figures.shift_figures(report)
+        left, right = st.columns(2)
+        left.plotly_chart(figs["c2st_auc"], key="fig_auc")
+        right.plotly_chart(figs["mmd2"], key="fig_mmd")
+        left, right = st.columns(2)
+        left.plotly_chart(figs["frechet_relative"], key="fig_frechet")
+        right.plotly_chart(figs["ood"], key="fig_ood")
 
-st.subheader("Per-layer statistics")
-rows = pd.DataFrame(tables.layer_rows(report))
-rows = rows.rename(
-    columns={
-        "mmd2": "MMD²", "p_value": "p", "p_adjusted": "p (Holm)", "c2st_auc": "C2ST AUC",
-        "auc_low": "AUC low", "auc_high": "AUC high", "frechet_relative": "Fréchet (rel.)",
-        "coral": "CORAL", "ood_median": "OOD median", "ood_p90": "OOD p90",
-    }
-)  # fmt: skip
+    st.subheader("Per-layer statistics")
+    rows = pd.DataFrame(tables.layer_rows(report))
+    rows = rows.rename(
+        columns={
+            "mmd2": "MMD²", "p_value": "p", "p_adjusted": "p (Holm)", "c2st_auc": "C2ST AUC",
+            "auc_low": "AUC low", "auc_high": "AUC high", "frechet_relative": "Fréchet (rel.)",
+            "coral": "CORAL", "ood_median": "OOD median", "ood_p90": "OOD p90",
+        }
+    )  # fmt: skip
 
+    def _highlight(row: pd.Series) -> list[str]:
+        return ["background-color: rgba(214, 39, 40, 0.15)" if row["onset"] else "" for _ in row]
 
-def _highlight(row: pd.Series) -> list[str]:
-    return ["background-color: rgba(214, 39, 40, 0.15)" if row["onset"] else "" for _ in row]
-
-
-st.dataframe(rows.style.apply(_highlight, axis=1), hide_index=True, key="layer_table")
-st.caption("The onset layer's row is highlighted. p (Holm): per-layer permutation p-value, Holm-adjusted.")
+    st.dataframe(rows.style.apply(_highlight, axis=1), hide_index=True, key="layer_table")
+    st.caption(
+        "The onset layer's row is highlighted. p (Holm): per-layer permutation p-value, Holm-adjusted."
+    )
+    refs = tables.reference_rows(report)
+    if refs:
+        st.markdown("**Against every reference item** (through the reference's summaries)")
+        st.dataframe(
+            pd.DataFrame(refs).rename(
+                columns={"rff_mmd2": "RFF-MMD²", "rff_p_value": "RFF p", "frechet_all": "Fréchet (all)"}
+            ),
+            hide_index=True,
+            key="reference_table",
+        )
+        st.caption(tables.shift_table_note(report))
 
 st.subheader("Labels")
 label_fig = figures.label_shift_figure(report)

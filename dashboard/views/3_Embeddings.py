@@ -23,6 +23,13 @@ folder, mtime = ui.report_version(report)
 
 st.title("Embeddings")
 st.caption(tables.report_title(report))
+if tables.is_source_free(report):
+    st.info(
+        "No map for a source-free report: it compares the target with the backbone's BatchNorm running "
+        "statistics, so there are no source embeddings to place beside the target's. Build a reference "
+        "from data (`diag reference build`) and run `diag check` for a report with both sides."
+    )
+    st.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

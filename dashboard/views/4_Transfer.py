@@ -24,6 +24,15 @@ NOT_IN_REPORT = (
     "with one subfolder per class, or a table with a label column) to get transferability scores, the "
     "negative-transfer risk and a freeze depth."
 )
+no_transfer = report.transferability is None and report.negative_transfer is None and report.freeze is None
+if no_transfer and (tables.is_source_free(report) or report.reference is not None):
+    what = "a source-free report" if tables.is_source_free(report) else "a check against a saved reference"
+    st.info(
+        f"Transferability is not computed for {what}: it scores the backbone on a labelled target, which "
+        "`diag diagnose --source-free` and `diag check` do not do. Run `diag diagnose` with a labelled "
+        "target for transferability, the negative-transfer risk and a freeze depth."
+    )
+    st.stop()
 skipped = tables.transfer_skipped(report)
 score_names = tables.layer_score_names(report)
 neg, fr, tr = report.negative_transfer, report.freeze, report.transferability
