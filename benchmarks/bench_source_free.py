@@ -25,8 +25,8 @@ against common corruptions by covariate shift adaptation", NeurIPS 2020). What i
 
 Usage::
 
-    python benchmarks/bench_source_free.py              # about 8 min on 2 shared CPU cores
-    python benchmarks/bench_source_free.py --quick      # about 1 min: 96 crops, 2 severities, 100 splits
+    python benchmarks/bench_source_free.py              # 19 min measured on 2 CPU cores shared (load 4)
+    python benchmarks/bench_source_free.py --quick      # ~3 min there: 96 crops, 2 severities, 100 splits
     python benchmarks/bench_source_free.py --device cuda --image-size 224
 
 Writes ``benchmarks/results/source_free.json`` (``source_free-quick.json``) and prints Markdown tables.
@@ -61,7 +61,7 @@ from diag.stats.summaries import rff_mmd_test
 
 ALPHA = 0.05
 BACKBONE = "efficientnet_lite0"
-#: 128 px keeps the full run (22 passes of 320 crops) within ~10 minutes on 2 shared CPU cores.
+#: 128 px: 22 passes of 320 crops took 19 min on 2 CPU cores shared with other jobs (aimed for ~10).
 IMAGE_SIZE = 128
 N_CROPS = 320
 SEED = 0
