@@ -17,11 +17,10 @@ from diag.models import load as load_backbone
 from diag.pipeline import diagnose, embed, rank_backbones
 from diag.predict.rank import Ranking
 from diag.progress import ProgressCallback, TqdmProgress
+from diag.provenance import __version__
 from diag.report.schema import Report, load_report
 from diag.train import FinetuneConfig, FinetuneResult, TrainCallback, finetune, load_finetuned
 from diag.train.sweep import SweepResult, sweep
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Backbone",

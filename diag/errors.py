@@ -7,6 +7,8 @@ what is wrong and what to do. The CLI prints the message without a traceback.
 
 from __future__ import annotations
 
+import importlib
+
 __all__ = [
     "BackboneError",
     "CacheError",
@@ -48,8 +50,6 @@ def param_error(name: str, rule: str, value: object) -> ConfigError:
 
 def require(module: str, *, feature: str, extra: str) -> None:
     """Import ``module`` or raise :class:`MissingDependencyError` naming the extra that provides it."""
-    import importlib
-
     try:
         importlib.import_module(module)
     except ImportError as exc:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tqdm.auto import tqdm
+
 __all__ = ["ProgressCallback", "TqdmProgress"]
 
 
@@ -31,8 +33,6 @@ class TqdmProgress(ProgressCallback):
         self._bar: Any = None
 
     def on_start(self, total: int, desc: str) -> None:
-        from tqdm.auto import tqdm
-
         self.on_end()
         self._bar = tqdm(total=total, desc=desc, **self._kw)
 

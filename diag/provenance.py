@@ -8,7 +8,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_description", "versions"]
+__all__ = ["__version__", "device_description", "versions"]
+
+#: diag's own version (also in pyproject.toml); here, not in diag/__init__, so that the modules that
+#: stamp it on a report need not import the package that imports them.
+__version__ = "0.1.0"
 
 _PACKAGES = ("diag", "torch", "timm", "transformers", "numpy", "scikit-learn", "safetensors")
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import diag
 from diag.errors import DiagError, param_error, require
 from diag.report.schema import load_report
 
@@ -69,8 +70,6 @@ def dashboard_app() -> Path:
         When the app is not there (a wheel install ships the library only).
     """
     override = os.environ.get(APP_ENV)
-    import diag
-
     app = Path(override) if override else Path(diag.__file__).resolve().parent.parent / "dashboard" / "app.py"
     if not app.is_file():
         raise DiagError(

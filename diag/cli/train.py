@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from diag.cli.flags import add_config_flags, config_from_args
 from diag.data import open_data
 from diag.errors import ConfigError
@@ -210,13 +212,9 @@ class _Bars(TrainCallback):
 
     def on_train_start(self, state: TrainState) -> None:
         if state.resumed_from_epoch:
-            from tqdm.auto import tqdm
-
             tqdm.write(f"{self._name(state)}resuming after epoch {state.resumed_from_epoch}")
 
     def on_epoch_start(self, state: TrainState) -> None:
-        from tqdm.auto import tqdm
-
         self._close()
         phase = " (head only)" if state.phase == "lp" else ""
         self.bar = tqdm(
@@ -234,8 +232,6 @@ class _Bars(TrainCallback):
                 self.bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
 
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
-        from tqdm.auto import tqdm
-
         self._close()
         tqdm.write(
             f"{self._name(state)}epoch {record['epoch']}/{state.epochs}  "

@@ -29,7 +29,7 @@ from diag.predict.layers import layer_transfer
 from diag.predict.negative import negative_transfer
 from diag.predict.profile import shift_profile
 from diag.progress import ProgressCallback
-from diag.provenance import device_description, versions
+from diag.provenance import __version__, device_description, versions
 from diag.reference import (
     REFERENCE_PREFIX,
     Reference,
@@ -62,11 +62,11 @@ def embed(
     ----------
     data : path, ``samples:NAME`` or DataSet
     backbone : name or Backbone
-        See :func:`diag.models.backbones.load` for names.
+        See :func:`diag.models.load` for names.
     config : ExtractConfig, optional
         Device, precision, batch size, workers.
     pretrained, image_size
-        Passed to :func:`diag.models.backbones.load` when ``backbone`` is a name.
+        Passed to :func:`diag.models.load` when ``backbone`` is a name.
     use_cache : bool, default True
         Read and write the cache (``$DIAG_CACHE_DIR``, default ``~/.cache/diag``).
 
@@ -165,8 +165,6 @@ def diagnose(
     -------
     Report
     """
-    from diag import __version__  # deferred: diag/__init__ imports this module
-
     base = config if isinstance(config, DiagnoseConfig) else DiagnoseConfig(extract=config or ExtractConfig())
     opts = {k: v for k, v in (data_options or {}).items() if v is not None}
     settings: DiagnoseConfig = with_overrides(

@@ -51,7 +51,7 @@ def rank_backbones(
     target : path, ``samples:NAME`` or DataSet
         Labelled, 2+ classes.
     backbones : list of str
-        Backbone names (:func:`diag.models.backbones.load`).
+        Backbone names (:func:`diag.models.load`).
     config : RankConfig or ExtractConfig, optional
         Every option with its default (:class:`diag.config.RankConfig`); an ``ExtractConfig`` alone
         stands for ``RankConfig(extract=config)``.

@@ -27,7 +27,7 @@ from diag.models import Backbone, load
 from diag.pipeline.diagnose import diagnose
 from diag.predict.source_free import BlockEvidence, source_free_verdict
 from diag.progress import ProgressCallback
-from diag.provenance import device_description, versions
+from diag.provenance import __version__, device_description, versions
 from diag.reference import (
     DEFAULT_CHUNK,
     REFERENCE_PREFIX,
@@ -186,8 +186,6 @@ def diagnose_source_free(
 ) -> Report:
     """Per-block shift of ``target`` from the pretraining data, read off the backbone's BatchNorm
     statistics (:func:`diag.reference.batchnorm_profile`), in the report format of :func:`diagnose`."""
-    from diag import __version__  # deferred: diag/__init__ imports this package
-
     t0 = time.perf_counter()
     cfg = config or ExtractConfig()
     bb = _backbone(backbone, image_size=image_size, max_length=None)

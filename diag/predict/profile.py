@@ -36,7 +36,15 @@ import numpy as np
 from diag.engine.embeddings import Embeddings, check_finite
 from diag.errors import ConfigError, DataError, param_error
 from diag.progress import ProgressCallback
-from diag.stats.shift import MIN_SAMPLES, c2st, coral_distance, frechet_distance, knn_shift_scores, mmd_test
+from diag.stats.shift import (
+    MIN_SAMPLES,
+    c2st,
+    coral_distance,
+    frechet_distance,
+    knn_shift_scores,
+    label_shift,
+    mmd_test,
+)
 
 __all__ = [
     "LEVELS",
@@ -498,8 +506,6 @@ def _class_view(
     random_state: int,
     device: str,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    from diag.stats.shift import label_shift
-
     cs, ct = list(source.classes), list(target.classes)
     common = [c for c in cs if c in ct]
     if not common:

@@ -20,6 +20,7 @@ profiled this way: they need a data reference.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,8 +132,6 @@ def batchnorm_profile(
     n_buckets, n_splits, seed
         The null band: items in ``n_buckets`` seeded buckets, ``n_splits`` random halvings of them.
     """
-    import time
-
     cfg = config or ExtractConfig()
     progress = progress or ProgressCallback()
     layers = batchnorm_layers(backbone)

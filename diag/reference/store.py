@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 
 from diag.engine.embeddings import Embeddings
 from diag.errors import CacheError, DataError
@@ -114,7 +115,7 @@ class LayerSummary:
 class Reference:
     """Per-layer summaries of a data set, embedded by one backbone.
 
-    Build one with :func:`diag.reference.build_reference` (streaming) or :meth:`from_embeddings`; save
+    Build one with :func:`diag.pipeline.build_reference` (streaming) or :meth:`from_embeddings`; save
     with :meth:`save`, load with :func:`load_reference`.
     """
 
@@ -266,8 +267,6 @@ class Reference:
 
     def save(self, folder: str | Path) -> Path:
         """Write the reference folder atomically (tensors first, then the manifest naming their hash)."""
-        from safetensors.numpy import save
-
         out = Path(folder)
         tensors: dict[str, np.ndarray] = {}
         for name, s in self.layers.items():
@@ -278,7 +277,7 @@ class Reference:
             tensors[f"{name}/class_sum"] = s.class_sum
             tensors[f"{name}/class_sumsq"] = s.class_sumsq
         tensors["reservoir/rows"] = np.ascontiguousarray(self.reservoir.rows, np.float32)
-        blob = save(tensors)
+        blob = safetensors.numpy.save(tensors)
         atomic_write_bytes(out / TENSORS_FILE, blob)
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -313,8 +312,6 @@ def load_reference(folder: str | Path) -> Reference:
     CacheError
         A missing, unreadable, tampered (tensor hash differs from the manifest) or foreign folder.
     """
-    from safetensors.numpy import load
-
     root = Path(str(folder).removeprefix(REFERENCE_PREFIX))
     manifest_path, tensors_path = root / MANIFEST_FILE, root / TENSORS_FILE
     if not manifest_path.is_file() or not tensors_path.is_file():
@@ -340,7 +337,7 @@ def load_reference(folder: str | Path) -> Reference:
             "copy). Rebuild the reference, or copy both files again."
         )
     try:
-        t = load(blob)
+        t = safetensors.numpy.load(blob)
         settings = ReferenceSettings(**manifest["settings"])
         layers: dict[str, LayerSummary] = {}
         for entry in manifest["layers"]:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+from threadpoolctl import threadpool_limits
 
 from diag.device import resolve_device
 from diag.errors import DataError, DiagError, param_error
@@ -722,7 +723,6 @@ def linear_probe_accuracy(
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
 
     x, codes, counts, classes = _check_xy(features, labels)
     _check_positive("C", C)
