@@ -1,12 +1,37 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a partial one."""
+"""Writing results: JSON-safe values, and atomic writes (a reader sees the old file or the new one)."""
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes"]
+import numpy as np
+
+__all__ = ["atomic_write_bytes", "json_safe"]
+
+
+def json_safe(v: Any) -> Any:
+    """``v`` as JSON-native values: NaN/inf become None (JSON has no NaN), numpy scalars and arrays become
+    Python values, paths become strings, and an object with ``to_dict`` (a result, a report section)
+    becomes its dict."""
+    if hasattr(v, "to_dict") and callable(v.to_dict):
+        v = v.to_dict()
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return json_safe(v.tolist())
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -11,6 +11,7 @@ target samples are resampled — and beside a static baseline that needs no data
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from diag.errors import param_error
+from diag.fileio import atomic_write_bytes, json_safe
 from diag.stats.transfer import h_score, logme_score
 
 __all__ = [
@@ -171,12 +173,7 @@ def bootstrap_top_frequency(
 
 def write_ranking(ranking: Ranking, out: str | Path) -> Path:
     """Write ``out/rank.json`` atomically."""
-    import json
-
-    from diag.fileio import atomic_write_bytes
-    from diag.report.schema import _json_safe
-
     path = Path(out) / "rank.json"
-    blob = json.dumps(_json_safe({"kind": "diag.rank", "schema_version": 1, **ranking.to_dict()}), indent=1)
+    blob = json.dumps(json_safe({"kind": "diag.rank", "schema_version": 1, **ranking.to_dict()}), indent=1)
     atomic_write_bytes(path, (blob + "\n").encode())
     return path
