@@ -9,7 +9,8 @@ The CLI and the dashboard call it; each entry point opens → loads → embeds �
 - :func:`rank_backbones`: candidate backbones scored on one labelled target (:mod:`diag.predict.rank`);
 - :func:`recommend_for_target`: the freeze depth for ``diag finetune --freeze auto``;
 - :func:`build_reference`, :func:`check` and :func:`diagnose_source_free`: references (:mod:`diag.reference`)
-  and new data checked against them, or against the backbone's own BatchNorm statistics.
+  and new data checked against them, or against the backbone's own BatchNorm statistics;
+  :func:`append_history` adds a check to a history file.
 
 Statistics and rules are pure functions; this package only feeds them (with the user's device) and
 assembles their results, never editing them.
@@ -17,9 +18,10 @@ assembles their results, never editing them.
 
 from diag.pipeline.diagnose import diagnose, embed, freeze_blocks, split_halves
 from diag.pipeline.rank import rank_backbones, recommend_for_target
-from diag.pipeline.reference import build_reference, check, diagnose_source_free
+from diag.pipeline.reference import append_history, build_reference, check, diagnose_source_free
 
 __all__ = [
+    "append_history",
     "build_reference",
     "check",
     "diagnose",
