@@ -31,7 +31,7 @@ import torch
 from diag.data import open_data
 from diag.device import resolve_device, resolve_precision
 from diag.engine.extract import ExtractConfig, extract
-from diag.models import HFTextBackbone, TimmBackbone, load
+from diag.models import load
 
 
 def _sync(device: torch.device) -> None:
@@ -61,7 +61,7 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 def bench_image(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     bb = load("efficientnet_lite0", pretrained=not args.random_init, image_size=args.image_size)
-    assert isinstance(bb, TimmBackbone)
+    assert bb.modality == "image"
     data = open_data(args.images)
     if args.n and args.n < len(data):
         data = data.subset(range(args.n))
@@ -97,7 +97,7 @@ def bench_image(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 
 def bench_text(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     bb = load("minilm", pretrained=not args.random_init)
-    assert isinstance(bb, HFTextBackbone)
+    assert bb.modality == "text"
     data = open_data(args.texts)
     if args.n and args.n < len(data):
         data = data.subset(range(args.n))

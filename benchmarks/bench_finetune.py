@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from diag.data import open_data
 from diag.device import resolve_device, resolve_precision
-from diag.models import TimmBackbone, load
+from diag.models import load
 from diag.train import PRESETS, FinetuneConfig, TrainCallback, TrainState, finetune
 from diag.train.data import prepare_data as _prepare
 from diag.train.model import build_model as _build_model
@@ -87,7 +87,7 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         save_best=False,
     )
     bb = load(args.backbone, pretrained=not args.random_init, image_size=args.image_size)
-    assert isinstance(bb, TimmBackbone)
+    assert bb.modality == "image"
     data = open_data(args.data)
     prep = _prepare(bb, data, None, cfg)  # the very tensors the engine trains on
     cuda = device.type == "cuda"
