@@ -20,6 +20,9 @@ __all__ = ["DiagnoseConfig", "RankConfig", "help_text", "with_overrides"]
 
 _C = TypeVar("_C", "DiagnoseConfig", "RankConfig")
 
+#: The help of the ``extract`` field both configs share.
+_EXTRACT_HELP = {"help": "how to run the forward passes: device, precision, batch size, workers"}
+
 
 def _check_int(name: str, value: object, *, minimum: int, optional: bool = False) -> None:
     if optional and value is None:
@@ -44,10 +47,7 @@ class DiagnoseConfig:
         On construction, for a value outside its field's rule.
     """
 
-    extract: ExtractConfig = field(
-        default_factory=ExtractConfig,
-        metadata={"help": "how to run the forward passes: device, precision, batch size, workers"},
-    )
+    extract: ExtractConfig = field(default_factory=ExtractConfig, metadata=_EXTRACT_HELP)
     pretrained: bool = field(
         default=True, metadata={"help": "use the pretrained weights (False: the random-init twin)"}
     )
@@ -110,10 +110,7 @@ class RankConfig:
         On construction, for a value outside its field's rule.
     """
 
-    extract: ExtractConfig = field(
-        default_factory=ExtractConfig,
-        metadata={"help": "how to run the forward passes: device, precision, batch size, workers"},
-    )
+    extract: ExtractConfig = field(default_factory=ExtractConfig, metadata=_EXTRACT_HELP)
     include_random_init: bool = field(
         default=True, metadata={"help": "rank each backbone's random-init twin too"}
     )

@@ -1,7 +1,8 @@
-"""Writing results: JSON-safe values, and atomic writes (a reader sees the old file or the new one)."""
+"""Result files: JSON-safe values, JSON read with a clear error, and atomic writes (old file or new one)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -10,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "json_safe"]
+from diag.errors import DiagError
+
+__all__ = ["atomic_write_bytes", "json_safe", "read_json"]
 
 
 def json_safe(v: Any) -> Any:
@@ -32,6 +35,25 @@ def json_safe(v: Any) -> Any:
     if isinstance(v, Path):
         return str(v)
     return v
+
+
+def read_json(path: Path, *, what: str, fix: str, error: type[DiagError]) -> Any:
+    """The JSON value in ``path``, or ``error`` naming the file, what it is, the reason and ``fix``.
+
+    Parameters
+    ----------
+    path : Path
+    what : str
+        What the file is, for the message (``"manifest"``, ``"report"``).
+    fix : str
+        What to do about an unreadable file (``"Rebuild the reference."``).
+    error : type of DiagError
+        The error to raise (:class:`~diag.errors.CacheError` for cached files the user can rebuild).
+    """
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: unreadable {what} ({exc}). {fix}") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
 
-__all__ = ["__version__", "device_description", "versions"]
+__all__ = ["__version__", "device_description", "report_provenance", "versions"]
 
 #: diag's own version (also in pyproject.toml); here, not in diag/__init__, so that the modules that
 #: stamp it on a report need not import the package that imports them.
@@ -37,4 +38,16 @@ def device_description(device: torch.device) -> dict[str, Any]:
         "type": device.type,
         "name": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+    }
+
+
+def report_provenance(device: torch.device, *, seed: int) -> dict[str, Any]:
+    """The head of a report's ``meta``: diag's version, when it was created, the package versions, the
+    device and the seed (timings and the config follow, per report)."""
+    return {
+        "diag_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "device": device_description(device),
+        "seed": seed,
     }

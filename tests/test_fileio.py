@@ -1,4 +1,4 @@
-"""diag.fileio: JSON-safe values and atomic writes."""
+"""diag.fileio: JSON-safe values, JSON read with a clear error, atomic writes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from diag.fileio import atomic_write_bytes, json_safe
+from diag.errors import CacheError, DataError
+from diag.fileio import atomic_write_bytes, json_safe, read_json
 
 
 class _Result:
@@ -42,3 +44,16 @@ def test_atomic_write_replaces_the_whole_file(tmp_path: Path) -> None:
     atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"new"
     assert [p.name for p in path.parent.iterdir()] == ["out.json"]  # no temporary file left
+
+
+def test_read_json_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text('{"kind": "x"}')
+    bad.write_bytes(b"\xff{")
+    assert read_json(good, what="manifest", fix="Rebuild it.", error=CacheError) == {"kind": "x"}
+    for path in (bad, tmp_path / "missing.json"):
+        with pytest.raises(CacheError, match=r"unreadable manifest \(.*\)\. Rebuild it\.$") as info:
+            read_json(path, what="manifest", fix="Rebuild it.", error=CacheError)
+        assert str(info.value).startswith(f"{path}: ")
+    with pytest.raises(DataError, match="unreadable report"):
+        read_json(tmp_path / "missing.json", what="report", fix="Run it again.", error=DataError)

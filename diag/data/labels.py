@@ -9,16 +9,15 @@ import numpy as np
 
 from diag.errors import DataError
 
-__all__ = ["encode_labels", "is_missing", "stratified_halves", "stratified_split"]
+__all__ = ["encode_labels", "is_missing", "row_list", "stratified_halves", "stratified_split"]
 
 
 def encode_labels(raw: Sequence[object], *, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """Map raw labels to ``(indices, sorted class names)``; numbers sort numerically."""
     missing = [i for i, v in enumerate(raw) if is_missing(v)]
     if missing:
-        rows = ", ".join(str(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(
-            f"{where}: {len(missing)} of {len(raw)} labels are missing (rows {rows}). "
+            f"{where}: {len(missing)} of {len(raw)} labels are missing (rows {row_list(missing)}). "
             "Fill them in, drop those rows, or remove the label column for an unlabelled set."
         )
     values = [_label_str(v) for v in raw]
@@ -27,6 +26,11 @@ def encode_labels(raw: Sequence[object], *, where: str) -> tuple[np.ndarray, tup
     classes = tuple(sorted(uniq, key=(lambda s: (float(s), s)) if numeric else None))
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in values], dtype=np.int64), classes
+
+
+def row_list(rows: Sequence[int], *, most: int = 5) -> str:
+    """The first ``most`` row numbers for an error message, comma-separated, `` ...`` when there are more."""
+    return ", ".join(str(i) for i in rows[:most]) + (" ..." if len(rows) > most else "")
 
 
 def is_missing(v: object) -> bool:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from diag.data.dataset import DataSet
-from diag.data.labels import encode_labels, is_missing
+from diag.data.labels import encode_labels, is_missing, row_list
 from diag.errors import DataError
 
 __all__ = ["TEXT_EXTENSIONS", "open_text_table"]
@@ -70,9 +70,8 @@ def open_text_table(
     texts = [r.get(text_column) for r in rows]
     bad = [i for i, t in enumerate(texts) if is_missing(t)]
     if bad:
-        rows_s = ", ".join(str(i) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise DataError(
-            f"{path}: {len(bad)} of {len(texts)} rows have an empty {text_column!r} (rows {rows_s}). "
+            f"{path}: {len(bad)} of {len(texts)} rows have an empty {text_column!r} (rows {row_list(bad)}). "
             "Drop or fill those rows."
         )
     ids = tuple(str(i) for i in range(len(rows)))

@@ -27,7 +27,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from diag.errors import CacheError, DataError
-from diag.fileio import atomic_write_bytes
+from diag.fileio import atomic_write_bytes, read_json
 from diag.models import ProbePoint
 
 __all__ = ["ARRAYS_FILE", "MANIFEST_FILE", "SCHEMA_VERSION", "Embeddings", "check_finite"]
@@ -161,12 +161,8 @@ class Embeddings:
                 f"{folder}: not an embeddings folder (needs {MANIFEST_FILE} and {ARRAYS_FILE}). "
                 "Create one with `diag embed DATA --backbone NAME --out DIR`."
             )
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CacheError(
-                f"{mpath}: unreadable manifest ({exc}). Delete the folder and embed again."
-            ) from None
+        fix = "Delete the folder and embed again."
+        manifest = read_json(mpath, what="manifest", fix=fix, error=CacheError)
         if manifest.get("kind") != "diag.embeddings":
             raise CacheError(f"{mpath}: not a diag embeddings manifest (kind={manifest.get('kind')!r}).")
         if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:

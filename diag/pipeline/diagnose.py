@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from diag.predict.layers import layer_transfer
 from diag.predict.negative import negative_transfer
 from diag.predict.profile import shift_profile
 from diag.progress import ProgressCallback
-from diag.provenance import __version__, device_description, versions
+from diag.provenance import report_provenance
 from diag.reference import (
     REFERENCE_PREFIX,
     Reference,
@@ -270,11 +269,7 @@ def diagnose(
         label_shift=profile.label_shift,
         class_conditional=profile.class_conditional,
         meta={
-            "diag_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": versions(),
-            "device": device_description(dev),
-            "seed": seed,
+            **report_provenance(dev, seed=seed),
             "timings": timings,
             "config": {
                 "extract": asdict(cfg),

@@ -27,7 +27,7 @@ from diag.models import Backbone, load
 from diag.pipeline.diagnose import diagnose
 from diag.predict.source_free import BlockEvidence, source_free_verdict
 from diag.progress import ProgressCallback
-from diag.provenance import __version__, device_description, versions
+from diag.provenance import report_provenance
 from diag.reference import (
     DEFAULT_CHUNK,
     REFERENCE_PREFIX,
@@ -228,11 +228,7 @@ def diagnose_source_free(
         layers=layers,
         shift=verdict.to_dict(),
         meta={
-            "diag_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": versions(),
-            "device": device_description(dev),
-            "seed": seed,
+            **report_provenance(dev, seed=seed),
             "timings": {
                 "batchnorm_s": round(profile.seconds, 3),
                 "total_s": round(time.perf_counter() - t0, 3),

@@ -31,7 +31,7 @@ import safetensors.numpy
 
 from diag.engine.embeddings import Embeddings
 from diag.errors import CacheError, DataError
-from diag.fileio import atomic_write_bytes
+from diag.fileio import atomic_write_bytes, read_json
 from diag.models import ProbePoint
 from diag.stats.summaries import MeanEmbedding, Moments, Reservoir
 
@@ -319,10 +319,7 @@ def load_reference(folder: str | Path) -> Reference:
             f"{root}: not a reference folder (needs {MANIFEST_FILE} and {TENSORS_FILE}). "
             "Build one with `diag reference build DATA -b BACKBONE -o FOLDER`."
         )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"{manifest_path}: unreadable manifest ({exc}). Rebuild the reference.") from None
+    manifest = read_json(manifest_path, what="manifest", fix="Rebuild the reference.", error=CacheError)
     if not isinstance(manifest, dict) or manifest.get("kind") != "diag.reference":
         raise CacheError(f"{manifest_path}: not a diag reference manifest.")
     if manifest.get("schema_version") != SCHEMA_VERSION:

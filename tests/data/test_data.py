@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from diag.data import encode_labels, open_data, texts_dataset
+from diag.data.labels import row_list
 from diag.errors import DataError
 from tests.conftest import solid_png
 
@@ -147,6 +148,13 @@ def test_npz_errors(tmp_path: Path) -> None:
     (tmp_path / "f.npz").write_bytes(b"garbage")
     with pytest.raises(DataError, match="not a readable .npz"):
         open_data(tmp_path / "f.npz")
+
+
+def test_row_list_names_the_first_rows() -> None:
+    assert row_list([3, 7]) == "3, 7"
+    assert row_list(list(range(5))) == "0, 1, 2, 3, 4"
+    assert row_list(list(range(6))) == "0, 1, 2, 3, 4 ..."
+    assert row_list([9, 8, 7], most=2) == "9, 8 ..."
 
 
 def test_labels_sort_numerically_when_numeric() -> None:
