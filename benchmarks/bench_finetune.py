@@ -1,6 +1,6 @@
 """Fine-tuning throughput: diag's training engine against a plain PyTorch loop, and a sample sweep.
 
-(a) training step: the training loop of :func:`diag.train.finetune.finetune` as users run it (batches cut
+(a) training step: the training loop of :func:`diag.train.finetune` as users run it (batches cut
     from the in-memory uint8 cache and normalised on the device, AdamW with per-block groups, warm-up +
     cosine schedule, metrics accumulated on the device and logged, STOP-file checks, deterministic
     algorithms on CPU), timed by the engine itself over its second epoch, against a plain loop over the

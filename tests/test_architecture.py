@@ -319,13 +319,21 @@ FILE = re.compile(r"(?<![\w./])diag(?:/\w+)+\.py\b")
 
 
 def _resolves(dotted: str, names: dict[str, Module]) -> bool:
-    """A module, or a chain of names whose head is bound at the top level of the longest module prefix."""
+    """A module, a name bound at the top level of one, or a class attribute (``diag.models.Backbone.to``).
+
+    The module is the longest prefix that is one; after it, one name, or a capitalised one (a class) and
+    one more, so that ``diag.train.finetune.Trainer`` (the old module) does not pass for the function.
+    """
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):
         prefix = ".".join(parts[:cut])
         if prefix in names:
             rest = parts[cut:]
-            return not rest or rest[0] in names[prefix].bound
+            if not rest:
+                return True
+            return rest[0] in names[prefix].bound and (
+                len(rest) == 1 or (len(rest) == 2 and rest[0][0].isupper())
+            )
     return False
 
 
@@ -368,3 +376,5 @@ def test_the_rules_catch_what_they_are_meant_to() -> None:
     assert list(_family_checks(ast.parse("isinstance(b, (TimmBackbone, int))"), {"TimmBackbone"})) == [1]
     assert not _resolves("diag.no_such_module", modules())
     assert _resolves("diag.pipeline.diagnose", modules())
+    assert _resolves("diag.models.Backbone.to", modules())
+    assert not _resolves("diag.train.finetune.Trainer", modules())
