@@ -170,7 +170,7 @@ def _cmd_source_free(args: argparse.Namespace) -> int:
     config = diagnose_config(args)
     report = diagnose_source_free(
         args.target, args.backbone, config.extract, out=args.out, alpha=config.alpha, seed=config.seed,
-        image_size=config.image_size, data_options=config.data_options,
+        image_size=config.image_size, pretrained=not args.random_init, data_options=config.data_options,
         progress=ProgressCallback() if args.quiet or args.json else TqdmProgress(),
     )  # fmt: skip
     if args.json:

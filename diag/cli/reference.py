@@ -118,7 +118,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     ref = build_reference(
         args.data, args.backbone, config_from_args(ExtractConfig, args), out=args.out, settings=settings,
         bandwidths=widths, chunk_size=args.chunk_size, image_size=args.image_size, max_length=args.max_length,
-        progress=_progress(args),
+        pretrained=not args.random_init, progress=_progress(args),
     )  # fmt: skip
     if not args.quiet:
         print(

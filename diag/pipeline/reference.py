@@ -52,10 +52,12 @@ __all__ = [
 HISTORY_FIELDS = ("time", "data", "n", "reference", "is_shift", "p_value", "onset_layer", "level", "report")
 
 
-def _backbone(backbone: str | Backbone, *, image_size: int | None, max_length: int | None) -> Backbone:
+def _backbone(
+    backbone: str | Backbone, *, image_size: int | None, max_length: int | None, pretrained: bool = True
+) -> Backbone:
     if isinstance(backbone, Backbone):
         return backbone
-    return load(backbone, image_size=image_size, max_length=max_length)
+    return load(backbone, pretrained=pretrained, image_size=image_size, max_length=max_length)
 
 
 def build_reference(
@@ -69,6 +71,7 @@ def build_reference(
     chunk_size: int = DEFAULT_CHUNK,
     image_size: int | None = None,
     max_length: int | None = None,
+    pretrained: bool = True,
     data_options: dict[str, str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> Reference:
@@ -77,7 +80,7 @@ def build_reference(
     ``bandwidths`` fixes the RFF kernel widths (give a first shard's ``Reference.bandwidths`` to the
     others so that they merge); see :func:`diag.reference.summarise` for the rest.
     """
-    bb = _backbone(backbone, image_size=image_size, max_length=max_length)
+    bb = _backbone(backbone, image_size=image_size, max_length=max_length, pretrained=pretrained)
     ds = data if isinstance(data, DataSet) else open_data(data, **(data_options or {}))
     ref = summarise(
         bb, ds, config, settings=settings, bandwidths=bandwidths, chunk_size=chunk_size, progress=progress
@@ -181,6 +184,7 @@ def diagnose_source_free(
     n_buckets: int = 16,
     n_splits: int = 1000,
     image_size: int | None = None,
+    pretrained: bool = True,
     data_options: dict[str, str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> Report:
@@ -188,7 +192,7 @@ def diagnose_source_free(
     statistics (:func:`diag.reference.batchnorm_profile`), in the report format of :func:`diagnose`."""
     t0 = time.perf_counter()
     cfg = config or ExtractConfig()
-    bb = _backbone(backbone, image_size=image_size, max_length=None)
+    bb = _backbone(backbone, image_size=image_size, max_length=None, pretrained=pretrained)
     ds = target if isinstance(target, DataSet) else open_data(target, **(data_options or {}))
     profile = batchnorm_profile(
         bb, ds, cfg, n_buckets=n_buckets, n_splits=n_splits, seed=seed, progress=progress
