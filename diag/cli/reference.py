@@ -45,6 +45,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--image-size", type=int, metavar="PX", help="image models' input size (default: the model's)"
     )
+    p.add_argument("--random-init", action="store_true", help="the random-init twin of the backbone")
     p.add_argument("--max-length", type=int, metavar="TOKENS", help="text models' maximum token count")
     p.add_argument(
         "--chunk-size",
