@@ -1,10 +1,14 @@
 """The architecture rules of ``diag`` (issue 11), checked on the source with :mod:`ast` alone.
 
 - no import cycles between diag's modules (module-level imports; ``if TYPE_CHECKING:`` ones excluded);
-- no private name (leading underscore) of one diag module imported or reached into from another;
+- function-level imports only for optional or heavy packages (never diag itself: that hides a cycle);
+- statistics and rules import no engine, models, trainer or pipeline;
+- no private name (leading underscore) of one diag module imported or reached into from another, and no
+  private attribute of another object;
 - no ``isinstance``/``issubclass`` check on a backbone family class outside ``diag/models/``;
 - no module over ~600 lines, except the single-concept statistics modules;
 - no docstring or comment naming a diag module (or file) that does not exist;
+- (repeated blocks are checked with the ``duplicates`` tool, outside the tests);
 - every subpackage re-exports its public API through an explicit ``__all__``.
 
 Nothing is imported: a name such as ``diag.pipeline.diagnose`` is resolved against the source tree
@@ -187,6 +191,27 @@ def test_no_import_cycles() -> None:
     assert _cycles(graph) == []
 
 
+#: What statistics and rules may not import at run time (STYLE.md: they are pure functions over arrays
+#: and never import the engine, the trainer or the pipeline; nothing below the CLI imports the CLI).
+FORBIDDEN = {
+    "diag.stats": ("diag.engine", "diag.models", "diag.train", "diag.pipeline", "diag.predict", "diag.cli"),
+    "diag.predict": ("diag.engine", "diag.models", "diag.train", "diag.pipeline", "diag.cli"),
+}
+#: The one known exception: the shift profile reads :class:`~diag.engine.Embeddings` (manifest, probes,
+#: labels) rather than arrays; feeding it arrays from the pipeline is a change of its signature.
+LAYER_EXCEPTIONS = {("diag.predict.profile", "diag.engine.embeddings")}
+
+
+def test_statistics_and_rules_import_no_engine_trainer_or_pipeline() -> None:
+    found = [
+        f"{name} imports {target}"
+        for name, module in modules().items()
+        for target in sorted(module.top_imports)
+        if target.startswith(FORBIDDEN.get(module.package, ("-",))) and (name, target) not in LAYER_EXCEPTIONS
+    ]
+    assert found == []
+
+
 def _function_imports(module: Module) -> Iterator[tuple[int, str]]:
     for func in ast.walk(module.tree):
         if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -244,6 +269,37 @@ def _private_uses(module: Module, names: dict[str, Module]) -> Iterator[str]:
 def test_no_private_name_crosses_modules() -> None:
     names = modules()
     assert [use for module in names.values() for use in _private_uses(module, names)] == []
+
+
+def _private_attributes(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """``obj._name`` on anything but ``self``, ``cls``, ``other`` (the same class's instance) or a
+    third-party module (``argparse._ArgumentGroup`` is argparse's business, not diag's)."""
+    outside = {
+        (a.asname or a.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for a in node.names
+        if a.name.split(".")[0] != "diag"
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in {"self", "cls", "other"} | outside:
+                continue
+            if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super":
+                continue
+            yield node.lineno, ast.unparse(node)
+
+
+def test_no_private_attribute_of_another_object() -> None:
+    # A backbone's private layout or a trainer's private method read from outside (issue 11 found
+    # `backbone._stages` and `Trainer._features_of` used that way) is a public method missing.
+    found = [
+        f"{module.name}:{line} {expr}"
+        for module in modules().values()
+        for line, expr in _private_attributes(module.tree)
+    ]
+    assert found == []
 
 
 @cache
@@ -374,6 +430,7 @@ def test_the_rules_catch_what_they_are_meant_to() -> None:
     names = {"diag.stats.shift": fake, "diag.x.y": fake}
     assert list(_private_uses(fake, names)) == ["diag.x.y:1 imports diag.stats.shift._z"]
     assert list(_family_checks(ast.parse("isinstance(b, (TimmBackbone, int))"), {"TimmBackbone"})) == [1]
+    assert [e for _, e in _private_attributes(ast.parse("self._a; bb._stages; super()._b"))] == ["bb._stages"]
     assert not _resolves("diag.no_such_module", modules())
     assert _resolves("diag.pipeline.diagnose", modules())
     assert _resolves("diag.models.Backbone.to", modules())
