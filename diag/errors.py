@@ -16,6 +16,8 @@ __all__ = [
     "DataError",
     "DiagError",
     "MissingDependencyError",
+    "param_error",
+    "require",
 ]
 
 

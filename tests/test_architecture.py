@@ -9,7 +9,8 @@
 - no module over ~600 lines, except the single-concept statistics modules;
 - no docstring or comment naming a diag module (or file) that does not exist;
 - (repeated blocks are checked with the ``duplicates`` tool, outside the tests);
-- every subpackage re-exports its public API through an explicit ``__all__``.
+- every subpackage re-exports its public API through an explicit ``__all__``, and a name another package
+  imports is in its module's ``__all__``.
 
 Nothing is imported: a name such as ``diag.pipeline.diagnose`` is resolved against the source tree
 (a module, or a name bound at the top level of one), which is what :func:`importlib.util.find_spec`
@@ -302,6 +303,35 @@ def test_no_private_attribute_of_another_object() -> None:
     assert found == []
 
 
+def _all(module: Module) -> set[str] | None:
+    for node in module.tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return set(ast.literal_eval(node.value))
+    return None
+
+
+def test_names_used_across_packages_are_public() -> None:
+    # A name another package imports is part of its module's public API: listed in that module's __all__.
+    names = modules()
+    missing = []
+    for module in names.values():
+        for node in ast.walk(module.tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            source = _absolute(node, module)
+            if source not in names or names[source].package == module.package:
+                continue
+            public = _all(names[source]) or set()
+            missing += [
+                f"{module.name}:{node.lineno} imports {source}.{alias.name}"
+                for alias in node.names
+                if alias.name not in public and f"{source}.{alias.name}" not in names
+            ]
+    assert missing == []
+
+
 @cache
 def backbone_families() -> set[str]:
     """The classes of diag/models/ that derive, directly or not, from ``Backbone``."""
@@ -410,12 +440,7 @@ def test_subpackages_export_an_explicit_all() -> None:
     for name, module in modules().items():
         if module.path.name != "__init__.py":
             continue
-        exported = None
-        for node in module.tree.body:
-            if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
-            ):
-                exported = ast.literal_eval(node.value)
+        exported = _all(module)
         if exported is None:
             problems.append(f"{name} has no __all__")
             continue
