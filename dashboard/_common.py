@@ -166,7 +166,7 @@ def ood_scores(folder: str, mtime: int) -> dict[str, np.ndarray]:
 
 @st.cache_resource(show_spinner="Opening the data set…", max_entries=8)
 def dataset(spec: str) -> Any:
-    """The data set behind a report side, for thumbnails and texts (``diag.data.dataset.open_data``)."""
+    """The data set behind a report side, for thumbnails and texts (``diag.data.open_data``)."""
     from diag.data import open_data
 
     return open_data(spec)

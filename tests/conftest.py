@@ -114,7 +114,8 @@ def dashboard_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def dashboard_report(dashboard_runs: Path):
     """MNIST vs UCI digits under EfficientNet-Lite0 at 112 px, built once per session in the folder the Run
-    page picks for these inputs. 112 px as in tests/pipeline/test_diagnose.py: the embedding cache serves both."""
+    page picks for these inputs. 112 px as in tests/pipeline/test_diagnose.py: the embedding cache serves
+    both."""
     import sys
 
     from diag.pipeline import diagnose

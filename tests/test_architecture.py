@@ -48,12 +48,7 @@ DEFERRED_OK = {
 }
 #: Light function-level imports in diag/report, which another change of issue 11 is rewriting; each is
 #: to move to the top of its module there (then delete it here).
-PENDING = {
-    ("diag.report.figures", "numpy"),
-    ("diag.report.render", "jinja2"),
-    ("diag.report.render", "markupsafe"),
-    ("diag.report.schema", "safetensors"),
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 @dataclass

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from diag.errors import require
 from diag.report.history import CheckRecord, history_series
 from diag.report.tables import fmt, is_source_free, layer_rows, layer_scores, source_free_rows
@@ -340,7 +342,6 @@ def embedding_figure(
         For each trace, the row of ``coords`` of each of its points (maps a selection back to samples).
     """
     go = _go()
-    import numpy as np
 
     xy = np.asarray(coords, dtype=float)
     n = len(xy)

@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jinja2
+from markupsafe import Markup
+
 from diag.errors import require
 from diag.report import figures
 from diag.report.tables import (
@@ -243,9 +246,7 @@ def report_html(report: Report) -> str:
     str
     """
     require("plotly", feature="The HTML export", extra="dashboard")
-    import jinja2
     import plotly.io as pio
-    from markupsafe import Markup
 
     figs: list[Any] = list(figures.shift_figures(report).values())
     extras = (

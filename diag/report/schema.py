@@ -24,17 +24,18 @@ The JSON contract (later versions add fields, never remove or rename them):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from diag.engine.embeddings import Embeddings
 from diag.errors import CacheError, DataError
-from diag.fileio import atomic_write_bytes
+from diag.fileio import atomic_write_bytes, json_safe
 from diag.report.sections import (
     ClassConditionalSection,
     FreezeSection,
@@ -153,7 +154,6 @@ class Report:
 
     def ood_scores(self) -> dict[str, np.ndarray]:
         """Per-layer OOD scores of the target samples (from the sidecar file)."""
-        from safetensors.numpy import load as st_load
 
         path = self._sidecar(OOD_FILE)
         return dict(st_load(path.read_bytes()))
@@ -197,7 +197,7 @@ class Report:
         return {**core, **extra, "meta": self.meta}
 
     def to_json(self) -> str:
-        return json.dumps(_json_safe(self.to_dict()), indent=1, allow_nan=False) + "\n"
+        return json.dumps(json_safe(self.to_dict()), indent=1, allow_nan=False) + "\n"
 
     def with_sections(self, **sections: Any) -> Report:
         """A copy with top-level sections added or replaced (e.g. ``transferability=...``), typed or dicts."""
@@ -215,7 +215,6 @@ class Report:
 
         Returns the report bound to ``folder`` (so its sidecars can be read).
         """
-        from safetensors.numpy import save as st_save
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -278,22 +277,3 @@ def load_report(folder: str | Path) -> Report:
             "Upgrade diag."
         )
     return Report.from_dict(d, folder=path.parent)
-
-
-def _json_safe(v: Any) -> Any:
-    """NaN/inf become None (JSON has no NaN); numpy scalars and arrays become Python values."""
-    if isinstance(v, Section):
-        v = v.to_dict()
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _json_safe(v.tolist())
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Path):
-        return str(v)
-    return v
