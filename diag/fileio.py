@@ -13,7 +13,7 @@ import numpy as np
 
 from diag.errors import DiagError
 
-__all__ = ["atomic_write_bytes", "json_safe", "read_json"]
+__all__ = ["atomic_write_bytes", "json_safe", "make_temp_dir", "read_json"]
 
 
 def json_safe(v: Any) -> Any:
@@ -70,6 +70,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_temp_dir(parent: Path, *, prefix: str) -> Path:
+    """A new empty folder in ``parent`` (created if needed) with the usual permissions, for a write that ends
+    in one ``os.replace``.
+
+    ``tempfile.mkdtemp`` makes folders 0700, which would lock every other user out of a shared cache once
+    the folder is renamed into place; this gives it what ``mkdir`` would (0777 less the umask).
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def _umask() -> int:

@@ -8,7 +8,13 @@ provenance. On disk it is a folder with two files:
     the arrays: ``features/<probe>``, ``logits``, ``labels``;
 ``manifest.json``
     everything else, JSON-native and self-describing, written last (it is the commit marker, and it
-    carries the SHA-256 of the arrays file so a torn or stale pair is detected).
+    carries the SHA-256 of the arrays file so a torn or stale pair is detected, and ``manifest_sha256``,
+    the SHA-256 of its own other fields, so an edited manifest is detected too).
+
+Reading checks both checksums and that the manifest agrees with the arrays (one id per row, every probe
+present with its dimension), so no malformed folder is served: it is a :class:`CacheError`. A manifest
+written before ``manifest_sha256`` existed still loads (the field is additive: same schema version),
+under the same agreement checks.
 
 Both files are written atomically (a temporary file, then ``os.replace``).
 """
@@ -30,11 +36,20 @@ from diag.errors import CacheError, DataError
 from diag.fileio import atomic_write_bytes, read_json
 from diag.models import ProbePoint
 
-__all__ = ["ARRAYS_FILE", "MANIFEST_FILE", "SCHEMA_VERSION", "Embeddings", "check_finite"]
+__all__ = [
+    "ARRAYS_FILE",
+    "MANIFEST_CHECKSUM",
+    "MANIFEST_FILE",
+    "SCHEMA_VERSION",
+    "Embeddings",
+    "check_finite",
+]
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ARRAYS_FILE = "embeddings.safetensors"
+#: The manifest field holding the SHA-256 of the manifest's other fields.
+MANIFEST_CHECKSUM = "manifest_sha256"
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,6 +156,9 @@ class Embeddings:
             "ids": list(self.ids),
             "arrays": {"file": ARRAYS_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
         }
+        manifest.pop(MANIFEST_CHECKSUM, None)
+        manifest = json.loads(json.dumps(manifest))  # the form a reader sees (str keys, lists), checksummed
+        manifest[MANIFEST_CHECKSUM] = _manifest_digest(manifest)
         atomic_write_bytes(folder / MANIFEST_FILE, (json.dumps(manifest, indent=1) + "\n").encode())
         return folder
 
@@ -148,11 +166,18 @@ class Embeddings:
     def load(cls, folder: str | Path, *, verify: bool = True) -> Embeddings:
         """Read a folder written by :meth:`save`.
 
+        Parameters
+        ----------
+        folder : path
+        verify : bool, default True
+            Check the arrays file and the manifest against their SHA-256 checksums.
+
         Raises
         ------
         CacheError
-            Missing or unreadable files, a schema from a newer diag, or arrays that do not match the
-            manifest's checksum (an interrupted or foreign write).
+            Missing or unreadable files, a schema from a newer diag, arrays or a manifest that do not match
+            their checksums (an interrupted or foreign write), or a manifest that is malformed or disagrees
+            with the arrays (a missing field, ids for fewer rows than the arrays hold).
         """
         folder = Path(folder)
         mpath, apath = folder / MANIFEST_FILE, folder / ARRAYS_FILE
@@ -161,33 +186,90 @@ class Embeddings:
                 f"{folder}: not an embeddings folder (needs {MANIFEST_FILE} and {ARRAYS_FILE}). "
                 "Create one with `diag embed DATA --backbone NAME --out DIR`."
             )
-        fix = "Delete the folder and embed again."
-        manifest = read_json(mpath, what="manifest", fix=fix, error=CacheError)
-        if manifest.get("kind") != "diag.embeddings":
-            raise CacheError(f"{mpath}: not a diag embeddings manifest (kind={manifest.get('kind')!r}).")
-        if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:
+        manifest = read_json(mpath, what="manifest", fix=_FIX, error=CacheError)
+        if not isinstance(manifest, dict) or manifest.get("kind") != "diag.embeddings":
+            kind = manifest.get("kind") if isinstance(manifest, dict) else type(manifest).__name__
+            raise CacheError(f"{mpath}: not a diag embeddings manifest (kind={kind!r}). {_FIX}")
+        version = manifest.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CacheError(f"{mpath}: schema_version must be an integer; got {version!r}. {_FIX}")
+        if version > SCHEMA_VERSION:
             raise CacheError(
-                f"{mpath}: written by a newer diag (schema {manifest['schema_version']} > {SCHEMA_VERSION}). "
+                f"{mpath}: written by a newer diag (schema {version} > {SCHEMA_VERSION}). "
                 "Upgrade diag to read it."
             )
-        blob = apath.read_bytes()
+        if (
+            verify
+            and MANIFEST_CHECKSUM in manifest
+            and manifest[MANIFEST_CHECKSUM] != _manifest_digest(manifest)
+        ):
+            raise CacheError(
+                f"{mpath}: does not match its checksum: the manifest was edited or replaced. {_FIX}"
+            )
+        try:
+            blob = apath.read_bytes()
+        except OSError as exc:
+            raise CacheError(f"{apath}: unreadable ({exc}). {_FIX}") from None
+        try:
+            return cls._from_parts(manifest, blob, verify=verify, where=apath)
+        except CacheError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise CacheError(f"{mpath}: malformed manifest ({type(exc).__name__}: {exc}). {_FIX}") from None
+
+    @classmethod
+    def _from_parts(cls, manifest: dict[str, Any], blob: bytes, *, verify: bool, where: Path) -> Embeddings:
+        """The embeddings a checked manifest and its arrays file describe, once they agree."""
         if verify and hashlib.sha256(blob).hexdigest() != manifest["arrays"]["sha256"]:
             raise CacheError(
-                f"{apath}: does not match its manifest (checksum differs): the write was interrupted or the "
-                "file was replaced. Delete the folder and embed again."
+                f"{where}: does not match its manifest (checksum differs): the write was interrupted or the "
+                f"file was replaced. {_FIX}"
             )
-        arrays = st_load(blob)
+        try:
+            arrays = st_load(blob)
+        except Exception as exc:  # safetensors raises its own SafetensorError on a torn file
+            raise CacheError(f"{where}: unreadable arrays ({exc}). {_FIX}") from None
         probes = tuple(ProbePoint(**p) for p in manifest["probes"])
+        ids = manifest["ids"]
+        if not isinstance(ids, list):
+            raise ValueError(f"ids must be a list; got {type(ids).__name__}")
+        n = len(ids)
+        if manifest.get("n", n) != n:
+            raise ValueError(f"n is {manifest['n']} but ids name {n} rows")
         feats = {p.name: arrays[f"features/{p.name}"] for p in probes}
+        rows = {f"features/{p.name}": feats[p.name] for p in probes}
+        rows.update({k: arrays[k] for k in ("logits", "labels") if k in arrays})
+        for name, arr in rows.items():
+            if arr.ndim == 0 or arr.shape[0] != n:
+                raise ValueError(f"{name} has shape {arr.shape} but ids name {n} rows")
+        for p in probes:
+            if feats[p.name].shape != (n, p.dim):
+                raise ValueError(
+                    f"features/{p.name} has shape {feats[p.name].shape}, expected ({n}, {p.dim})"
+                )
+        if bool(manifest.get("has_logits", "logits" in arrays)) != ("logits" in arrays):
+            raise ValueError(f"has_logits is {manifest.get('has_logits')} but the arrays disagree")
+        classes = manifest.get("classes", [])
+        if not isinstance(classes, list):
+            raise ValueError("classes must be a list")
         return cls(
             features=feats,
             logits=arrays.get("logits"),
             labels=arrays.get("labels"),
-            classes=tuple(manifest.get("classes", [])),
-            ids=tuple(manifest["ids"]),
+            classes=tuple(str(c) for c in classes),
+            ids=tuple(ids),
             probes=probes,
             manifest=manifest,
         )
+
+
+_FIX = "Delete the folder and embed again."
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of a manifest's fields other than its own checksum, in a canonical JSON form."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _probe_dict(p: ProbePoint) -> dict[str, Any]:
