@@ -8,15 +8,17 @@ any data is opened or embedded; :func:`dataclasses.replace` builds a changed cop
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from diag.engine.extract import ExtractConfig
-from diag.errors import param_error
+from diag.errors import ConfigError, param_error
 from diag.predict.rank import RANK_SCORES
 
-__all__ = ["DiagnoseConfig", "RankConfig", "help_text", "with_overrides"]
+__all__ = ["DiagnoseConfig", "RankConfig", "ensure_writable", "help_text", "with_overrides"]
 
 _C = TypeVar("_C", "DiagnoseConfig", "RankConfig")
 
@@ -150,3 +152,50 @@ def with_overrides(config: _C, overrides: dict[str, Any]) -> _C:
     """``config`` with the keyword arguments that were given (not None) replacing its fields."""
     changes = {k: v for k, v in overrides.items() if v is not None}
     return replace(config, **changes) if changes else config
+
+
+def ensure_writable(path: str | Path, *, name: str, kind: str = "folder") -> Path:
+    """Check, before any computation, that ``path`` can be written as a ``kind`` (folder or file).
+
+    Nothing is created: the nearest existing folder on the way to ``path`` must be a folder in which a
+    file can be made (probed with a temporary file, so a read-only file system, missing permissions
+    and a path under a file are all found), and ``path`` itself, if it exists, must be a ``kind``.
+
+    Parameters
+    ----------
+    path : str or Path
+    name : str
+        The parameter as the user gave it (``"--out"`` on the command line, ``"out"`` in Python).
+    kind : {"folder", "file"}
+
+    Returns
+    -------
+    Path
+        ``path`` as a Path.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``name``, the path, what is wrong and what to do.
+    """
+    target = Path(path)
+    fix = f"choose another {kind} for {name}"
+    if target.exists():
+        if kind == "folder" and not target.is_dir():
+            raise ConfigError(f"{name} {target} is an existing file, not a folder; {fix}.")
+        if kind == "file" and target.is_dir():
+            raise ConfigError(f"{name} {target} is a folder, not a file; {fix}.")
+    probe = target if kind == "folder" else target.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{name} {target}: {probe} is a file, so no folder can be made under it; {fix}.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".diag-write-check.", dir=probe)
+    except OSError as exc:
+        raise ConfigError(f"{name} {target}: cannot write in {probe} ({exc.strerror}); {fix}.") from None
+    os.close(fd)
+    os.unlink(tmp)
+    if kind == "file" and target.exists() and not os.access(target, os.W_OK):
+        raise ConfigError(f"{name} {target}: the file is not writable; {fix}.")
+    return target

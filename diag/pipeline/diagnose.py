@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from diag.config import DiagnoseConfig, with_overrides
+from diag.config import DiagnoseConfig, ensure_writable, with_overrides
 from diag.data import DataSet, open_data, stratified_halves
 from diag.device import resolve_device, resolve_precision
 from diag.engine import cache
@@ -26,7 +26,7 @@ from diag.models import Backbone, load
 from diag.predict.freeze import recommend_freeze
 from diag.predict.layers import layer_transfer
 from diag.predict.negative import negative_transfer
-from diag.predict.profile import shift_profile
+from diag.predict.profile import check_permutations, min_permutations, shift_profile
 from diag.progress import ProgressCallback
 from diag.provenance import report_provenance
 from diag.reference import (
@@ -119,11 +119,12 @@ def split_halves(emb: Embeddings, *, seed: int = 0) -> tuple[Embeddings, Embeddi
 def diagnose(
     source: DataLike,
     target: DataLike | None,
-    backbone: str | Backbone,
+    backbone: str | Backbone | Callable[[], Backbone],
     config: DiagnoseConfig | ExtractConfig | None = None,
     *,
     out: str | Path | None = None,
     progress: ProgressCallback | None = None,
+    strict: bool = False,
     pretrained: bool | None = None,
     image_size: int | None = None,
     max_length: int | None = None,
@@ -142,13 +143,18 @@ def diagnose(
     ----------
     source, target : path, ``samples:NAME``, DataSet or Embeddings
         ``target=None`` compares two disjoint random halves of ``source`` (a null check).
-    backbone : name or Backbone
+    backbone : name, Backbone, or a function returning one
+        A function is called once, when the backbone is first needed (after the inputs are opened).
     config : DiagnoseConfig or ExtractConfig, optional
         Every option with its default (:class:`diag.config.DiagnoseConfig`); an ``ExtractConfig`` alone
         stands for ``DiagnoseConfig(extract=config)``.
     out : folder, optional
         Where to write ``report.json`` and its sidecars; nothing is written when None.
     progress : ProgressCallback, optional
+    strict : bool, default False
+        Refuse (:class:`~diag.errors.ConfigError`, before anything is embedded) a number of permutations
+        with which no shift could be reported over the backbone's layers at ``alpha``
+        (:func:`diag.predict.profile.min_permutations`); otherwise a warning, and the verdict says so.
     pretrained, image_size, max_length, n_permutations, alpha, seed, use_cache, cache_dir, transfer, rgn
         Each replaces the field of the same name of ``config`` when given (not None); see
         :class:`~diag.config.DiagnoseConfig` for their meaning and defaults. ``transfer`` adds, when the
@@ -177,22 +183,25 @@ def diagnose(
     cfg = settings.extract
     seed = settings.seed
     t0 = time.perf_counter()
+    if out is not None:  # before anything is computed: a run must not end on an unwritable folder
+        ensure_writable(out, name="out")
     bb: Backbone | None = None
 
     def get_backbone() -> Backbone:
         nonlocal bb
         if bb is None:
-            bb = (
-                backbone
-                if isinstance(backbone, Backbone)
-                else load(
+            if isinstance(backbone, Backbone):
+                bb = backbone
+            elif callable(backbone):
+                bb = backbone()
+            else:
+                bb = load(
                     backbone,
                     pretrained=settings.pretrained,
                     seed=seed,
                     image_size=settings.image_size,
                     max_length=settings.max_length,
                 )
-            )
         return bb
 
     timings: dict[str, Any] = {}
@@ -200,32 +209,50 @@ def diagnose(
     datasets: dict[str, DataSet | None] = {}
     references: dict[str, Reference] = {}
 
-    def side(data: DataLike, what: str) -> tuple[Embeddings, dict[str, Any]]:
-        t = time.perf_counter()
-        spec = str(data) if isinstance(data, (str, Path)) else None
+    # Open every input first (cheap: file lists, tables, reference summaries), so a bad data set is
+    # reported before the backbone is loaded or anything is embedded.
+    inputs: dict[str, DataSet | Reference | Embeddings] = {}
+    specs: dict[str, str | None] = {}
+    folders: dict[str, str] = {}
+    for what, data in (("source", source), ("target", target)):
+        if data is None:
+            continue
+        specs[what] = str(data) if isinstance(data, (str, Path)) else None
         ref_folder = as_reference_path(data)
-        if ref_folder is not None:  # a saved reference stands in for the data: its reservoir is the sample
-            ref = references[what] = load_reference(ref_folder)
-            ref.require_same_backbone(get_backbone().describe(), what=f"backbone {get_backbone().name!r}")
-            emb = ref.sample()
+        if ref_folder is not None:
+            inputs[what] = references[what] = load_reference(ref_folder)
+            specs[what] = f"{REFERENCE_PREFIX}{ref_folder}"
+            folders[what] = str(ref_folder)
+        elif isinstance(data, Embeddings):
+            inputs[what] = data
+        else:
+            inputs[what] = open_data(data, **settings.data_options)
+    _check_permutations(inputs, get_backbone, settings, strict=strict)
+
+    def side(what: str) -> tuple[Embeddings, dict[str, Any]]:
+        t = time.perf_counter()
+        item = inputs[what]
+        if isinstance(item, Reference):  # a saved reference stands in for the data: its reservoir samples it
+            item.require_same_backbone(get_backbone().describe(), what=f"backbone {get_backbone().name!r}")
+            emb = item.sample()
             datasets[what] = None
-            spec = f"{REFERENCE_PREFIX}{ref_folder}"
             timings[f"embed_{what}_s"] = round(time.perf_counter() - t, 3)
-            return emb, {"spec": spec, "name": ref.name, "n": ref.n, "reference": str(ref_folder)}
-        if isinstance(data, Embeddings):
-            emb = data
+            info = {"spec": specs[what], "name": item.name, "n": item.n, "reference": folders[what]}
+            return emb, info
+        if isinstance(item, Embeddings):
+            emb = item
             datasets[what] = None
         else:
-            ds = datasets[what] = open_data(data, **settings.data_options)
+            datasets[what] = item
             emb = embed(
-                ds, get_backbone(), cfg, use_cache=settings.use_cache, cache_dir=settings.cache_dir,
+                item, get_backbone(), cfg, use_cache=settings.use_cache, cache_dir=settings.cache_dir,
                 progress=progress,
             )  # fmt: skip
         timings[f"embed_{what}_s"] = round(time.perf_counter() - t, 3)
         timings[f"{what}_from_cache"] = emb.from_cache
-        return emb, {"spec": spec, **emb.manifest.get("data", {})}
+        return emb, {"spec": specs[what], **emb.manifest.get("data", {})}
 
-    src, src_info = side(source, "source")
+    src, src_info = side("source")
     if target is None:
         src, tgt = split_halves(src, seed=seed)
         tgt_info = {"spec": src_info["spec"], **tgt.manifest["data"]}
@@ -233,7 +260,7 @@ def diagnose(
         parent = datasets["source"]
         datasets["target"] = None if parent is None else _rows_of(parent, tgt)
     else:
-        tgt, tgt_info = side(target, "target")
+        tgt, tgt_info = side("target")
     for info in (src_info, tgt_info):
         info.pop("rows", None)  # the split's row list lives in the sidecar manifests, not the report
 
@@ -286,6 +313,34 @@ def diagnose(
     return report
 
 
+def _check_permutations(
+    inputs: dict[str, DataSet | Reference | Embeddings],
+    get_backbone: Callable[[], Backbone],
+    settings: DiagnoseConfig,
+    *,
+    strict: bool,
+) -> None:
+    """Before embedding: can ``settings.n_permutations`` reach ``alpha`` over the layers to be profiled?
+
+    The layers are a reference's, the given embeddings', or the backbone's probe points.
+    """
+    items = list(inputs.values())
+    refs = [x for x in items if isinstance(x, Reference)]
+    if refs:
+        n_layers = len(refs[0].layers)
+    elif items and all(isinstance(x, Embeddings) for x in items):
+        n_layers = len(next(x for x in items if isinstance(x, Embeddings)).probes)
+    else:
+        n_layers = len(get_backbone().probes)
+    if strict:
+        check_permutations(settings.n_permutations, n_layers, settings.alpha)
+    elif settings.n_permutations < min_permutations(n_layers, settings.alpha):
+        log.warning(
+            "%d permutations over %d layers cannot reach alpha %g; the verdict will be 'no shift'",
+            settings.n_permutations, n_layers, settings.alpha,
+        )  # fmt: skip
+
+
 def _rows_of(data: DataSet, half: Embeddings) -> DataSet:
     """The items of ``data`` that a split half of its embeddings holds (by id, in the half's order)."""
     pos = {i: k for k, i in enumerate(data.ids)}
@@ -321,6 +376,15 @@ def _predictions(
         return layers, {"transferability": {"skipped": str(exc)}}
     if target_data is None:
         msg = "the target was given as embeddings, so its random-init twin cannot embed it"
+        return layers, {"transferability": {"skipped": msg}}
+    probe_skips = [e["skipped"].get("linear_probe_accuracy") for e in pre.values()]
+    if all(reason is not None for reason in probe_skips):  # e.g. one item per class (numeric labels)
+        msg = (
+            f"the linear probe cannot run on the target ({probe_skips[-1]}), and negative transfer and the "
+            "freeze depth are read from it. Give a target with several items per class; the shift report "
+            "is still produced."
+        )
+        log.info("no transfer predictions: %s", msg)
         return layers, {"transferability": {"skipped": msg}}
     bb = get_backbone()
     pre_kw = bb.preprocessing

@@ -19,10 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from diag.config import ensure_writable
 from diag.data import DataSet, open_data
 from diag.device import resolve_device
 from diag.engine.extract import ExtractConfig
-from diag.errors import ConfigError
+from diag.errors import ConfigError, param_error
 from diag.models import Backbone, load
 from diag.pipeline.diagnose import diagnose
 from diag.predict.source_free import BlockEvidence, source_free_verdict
@@ -80,8 +81,10 @@ def build_reference(
     ``bandwidths`` fixes the RFF kernel widths (give a first shard's ``Reference.bandwidths`` to the
     others so that they merge); see :func:`diag.reference.summarise` for the rest.
     """
-    bb = _backbone(backbone, image_size=image_size, max_length=max_length, pretrained=pretrained)
+    if out is not None:  # before anything is computed
+        ensure_writable(out, name="out")
     ds = data if isinstance(data, DataSet) else open_data(data, **(data_options or {}))
+    bb = _backbone(backbone, image_size=image_size, max_length=max_length, pretrained=pretrained)
     ref = summarise(
         bb, ds, config, settings=settings, bandwidths=bandwidths, chunk_size=chunk_size, progress=progress
     )
@@ -118,8 +121,11 @@ def check(
     seed: int | None = None,
     data_options: dict[str, str] | None = None,
     progress: ProgressCallback | None = None,
+    strict: bool = False,
 ) -> Report:
     """Check new data against a saved reference; the report is a diagnosis with ``source = ref:FOLDER``.
+
+    ``strict`` refuses too few permutations for the reference's layers (see :func:`diagnose`).
 
     With ``history``, one JSON line (:data:`HISTORY_FIELDS` and the per-layer effect) is appended to
     that file: the monitoring record of this check.
@@ -127,10 +133,12 @@ def check(
     ref = reference if isinstance(reference, Reference) else load_reference(reference)
     if ref.folder is None:
         raise ConfigError("check needs a saved reference (Reference.save(folder) first).")
-    bb = reference_backbone(ref)
-    report = diagnose(
-        f"{REFERENCE_PREFIX}{ref.folder}", new, bb, config, out=out, n_permutations=n_permutations,
-        alpha=alpha, seed=seed, transfer=False, rgn=False, data_options=data_options, progress=progress,
+    if history is not None:  # before anything is computed
+        ensure_writable(history, name="history", kind="file")
+    report = diagnose(  # the backbone is loaded once the new data is open and the settings are checked
+        f"{REFERENCE_PREFIX}{ref.folder}", new, lambda: reference_backbone(ref), config, out=out,
+        strict=strict, n_permutations=n_permutations, alpha=alpha, seed=seed, transfer=False, rgn=False,
+        data_options=data_options, progress=progress,
     )  # fmt: skip
     if history is not None:
         append_history(history, report, reference=str(ref.folder))
@@ -192,8 +200,12 @@ def diagnose_source_free(
     statistics (:func:`diag.reference.batchnorm_profile`), in the report format of :func:`diagnose`."""
     t0 = time.perf_counter()
     cfg = config or ExtractConfig()
-    bb = _backbone(backbone, image_size=image_size, max_length=None, pretrained=pretrained)
+    if not 0 < alpha < 1:
+        raise param_error("alpha", "must be in (0, 1)", alpha)
+    if out is not None:  # before anything is computed
+        ensure_writable(out, name="out")
     ds = target if isinstance(target, DataSet) else open_data(target, **(data_options or {}))
+    bb = _backbone(backbone, image_size=image_size, max_length=None, pretrained=pretrained)
     profile = batchnorm_profile(
         bb, ds, cfg, n_buckets=n_buckets, n_splits=n_splits, seed=seed, progress=progress
     )

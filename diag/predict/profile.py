@@ -26,6 +26,7 @@ How the verdict is formed (each rule is stated in the report, so a reader can ch
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,8 +55,10 @@ __all__ = [
     "ShiftProfile",
     "ShiftVerdict",
     "check_compatible",
+    "check_permutations",
     "class_conditional_shift",
     "holm",
+    "min_permutations",
     "shift_profile",
 ]
 
@@ -279,6 +282,33 @@ def _finite_or_none(v: Any) -> float | None:
     return float(v) if np.isfinite(v) else None
 
 
+def min_permutations(n_layers: int, alpha: float) -> int:
+    """The fewest MMD permutations per layer with which a shift over ``n_layers`` layers can be found.
+
+    With ``B`` permutations the smallest per-layer p-value is ``1 / (B + 1)``, so the Bonferroni p over
+    ``L`` layers cannot go below ``L / (B + 1)``: below this ``B`` the verdict is "no shift" whatever the
+    data (computed with the same float operations as the verdict).
+    """
+    b = max(1, math.ceil(n_layers / alpha) - 1)
+    while n_layers * (1 / (b + 1)) > alpha:
+        b += 1
+    while b > 1 and n_layers * (1 / b) <= alpha:
+        b -= 1
+    return b
+
+
+def check_permutations(n_permutations: int, n_layers: int, alpha: float) -> None:
+    """Raise :class:`~diag.errors.ConfigError` (naming the minimum) when no shift could be found."""
+    need = min_permutations(n_layers, alpha)
+    if n_permutations < need:
+        floor = n_layers / (n_permutations + 1)
+        raise ConfigError(
+            f"n_permutations must be at least {need} for {n_layers} layers at alpha {alpha:g} (with "
+            f"{n_permutations} the overall p-value cannot go below {n_layers}/({n_permutations}+1) = "
+            f"{floor:.3g}, so no shift could ever be reported); got {n_permutations}. Raise it."
+        )
+
+
 def shift_profile(
     source: Embeddings,
     target: Embeddings,
@@ -383,7 +413,7 @@ def shift_profile(
     adjusted = holm([r["p_value"] for r in rows])
     layer_shifts = [LayerShift(p_adjusted=float(a), **r) for r, a in zip(rows, adjusted, strict=True)]
     modality = str(source.manifest.get("backbone", {}).get("modality", "image"))
-    verdict = _verdict(layer_shifts, alpha=alpha, modality=modality)
+    verdict = _verdict(layer_shifts, alpha=alpha, modality=modality, n_permutations=n_permutations)
 
     lab = cond = None
     if class_conditional and source.labels is not None and target.labels is not None:
@@ -410,7 +440,7 @@ def shift_profile(
     )
 
 
-def _verdict(layers: list[LayerShift], *, alpha: float, modality: str) -> ShiftVerdict:
+def _verdict(layers: list[LayerShift], *, alpha: float, modality: str, n_permutations: int) -> ShiftVerdict:
     n = len(layers)
     p_overall = min(1.0, n * min(x.p_value for x in layers))
     is_shift = p_overall <= alpha
@@ -434,6 +464,12 @@ def _verdict(layers: list[LayerShift], *, alpha: float, modality: str) -> ShiftV
         frac = (pos + 1) / n
         level = next(name for cut, name in LEVELS if frac <= cut + 1e-9)
     summary = _summary(layers, p_overall, is_shift, effect, peak, onset, level, modality)
+    if not is_shift and n_permutations < min_permutations(n, alpha):
+        summary += (
+            f" With {n_permutations} permutations over {n} layers the p-value cannot go below "
+            f"{_fmt_p(n / (n_permutations + 1))}, so no shift could have been reported at alpha {alpha:g}: "
+            f"use at least {min_permutations(n, alpha)} permutations."
+        )
     rules = {
         "p_value": f"Bonferroni over {n} layers of per-layer MMD² permutation p-values: min(1, L · min p)",
         "layers": "per-layer p-values Holm-adjusted; a layer is significant when its adjusted p <= alpha",
@@ -478,7 +514,9 @@ def _summary(
     lo, hi = effect["ci"]
     auc = f"AUC {effect['value']:.2f} [{lo:.2f}, {hi:.2f}] at {effect['layer']}"
     if not is_shift:
-        tail = "consistent with chance" if lo <= 0.5 else "a small difference the test does not confirm"
+        value = effect["value"]  # the words must not contradict the AUC (issue 18: "AUC 1.00 ... small")
+        size = "small" if value < 0.6 else "moderate" if value < 0.75 else "large"
+        tail = "consistent with chance" if lo <= 0.5 else f"a {size} difference the test does not confirm"
         return (
             f"No shift detected (p = {_fmt_p(p)} over {len(layers)} layers): a domain classifier reaches "
             f"{auc}, {tail}."

@@ -10,7 +10,14 @@ import pytest
 from diag.engine.embeddings import Embeddings
 from diag.errors import ConfigError, DataError
 from diag.models import ProbePoint
-from diag.predict.profile import check_compatible, class_conditional_shift, holm, shift_profile
+from diag.predict.profile import (
+    check_compatible,
+    check_permutations,
+    class_conditional_shift,
+    holm,
+    min_permutations,
+    shift_profile,
+)
 from diag.report.schema import Report, load_report
 
 
@@ -240,3 +247,31 @@ def test_a_dead_layer_gets_no_ood_scores_but_the_profile_goes_on() -> None:
     assert dead.ood_median is None and dead.ood_far is None
     assert np.isnan(prof.ood_scores["dead"]).all() and prof.ood_scores["dead"].shape == (50,)
     assert dead.c2st_auc == pytest.approx(0.5, abs=0.1)  # identical features: no shift seen
+
+
+@pytest.mark.parametrize(
+    ("n_layers", "alpha", "need"), [(9, 0.05, 179), (7, 0.05, 139), (1, 0.05, 19), (2, 0.01, 199)]
+)
+def test_min_permutations_is_the_first_b_whose_bonferroni_floor_reaches_alpha(
+    n_layers: int, alpha: float, need: int
+) -> None:
+    assert min_permutations(n_layers, alpha) == need
+    assert n_layers * (1 / (need + 1)) <= alpha < n_layers * (1 / need)  # the verdict's own arithmetic
+    check_permutations(need, n_layers, alpha)
+    with pytest.raises(ConfigError, match=rf"^n_permutations must be at least {need} for {n_layers} layers"):
+        check_permutations(need - 1, n_layers, alpha)
+
+
+def test_too_few_permutations_never_call_a_separable_shift_small() -> None:
+    """Issue 18: 9 layers, 100 permutations: "No shift detected ... AUC 1.00 ... a small difference"."""
+    rng = np.random.default_rng(0)
+    layers = {f"l{i}": rng.normal(size=(40, 3)) for i in range(9)}
+    src = make_embeddings(layers)
+    tgt = make_embeddings({k: v + 6.0 for k, v in layers.items()})  # separable at every layer
+    v = shift_profile(src, tgt, n_permutations=100).verdict
+    assert not v.is_shift and v.p_value == pytest.approx(9 / 101)
+    assert v.effect["value"] > 0.95
+    assert "small" not in v.summary and "a large difference" in v.summary
+    assert "use at least 179 permutations" in v.summary
+    enough = shift_profile(src, tgt, n_permutations=179).verdict
+    assert enough.is_shift and "permutations" not in enough.summary
