@@ -7,27 +7,44 @@ picks the reader from what the user types. Nothing here touches a model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DataSet", "Modality"]
+__all__ = ["DataSet", "EncodedImages", "Modality"]
 
 Modality = Literal["image", "text"]
+
+
+class EncodedImages(Protocol):
+    """Images kept encoded (PNG/JPEG bytes) and read one at a time: table cells, rows of a Hugging Face
+    dataset. Nothing is decoded or held in memory until an item is asked for."""
+
+    def __len__(self) -> int: ...
+
+    def content(self, i: int) -> bytes:
+        """The encoded bytes of item ``i``; ``OSError``/``ValueError`` when there are none."""
+        ...
+
+    def take(self, indices: Sequence[int]) -> EncodedImages:
+        """The items at ``indices``, in that order."""
+        ...
 
 
 @dataclass(frozen=True, eq=False)
 class DataSet:
     """Items to embed, with optional labels.
 
-    Exactly one of ``paths`` (image files), ``arrays`` (images as an ``(n, H, W[, C])`` uint8 array)
-    or ``texts`` holds the items.
+    Exactly one of ``paths`` (image files), ``arrays`` (images as an ``(n, H, W[, C])`` uint8 array),
+    ``encoded`` (encoded images read on demand) or ``texts`` holds the items.
 
     Attributes
     ----------
@@ -40,6 +57,9 @@ class DataSet:
         Index into ``classes`` per item; None for an unlabelled set.
     classes : tuple of str
         Class names, sorted; empty for an unlabelled set.
+    skipped : tuple of (id, reason)
+        Rows left out when the set was opened (an empty text, a missing image cell), listed as
+        unreadable images are listed after extraction.
     """
 
     name: str
@@ -51,6 +71,8 @@ class DataSet:
     arrays: np.ndarray | None = None
     texts: tuple[str, ...] | None = None
     root: Path | None = None
+    encoded: EncodedImages | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
     _fingerprint: list[str] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
@@ -68,6 +90,14 @@ class DataSet:
                 return _to_rgb(im)
         if self.arrays is not None:
             return _to_rgb(Image.fromarray(self.arrays[i]))
+        if self.encoded is not None:
+            try:
+                im = Image.open(io.BytesIO(self.encoded.content(i)))
+            except UnidentifiedImageError:  # its message would name a BytesIO object
+                raise ValueError("the bytes are not an image format Pillow reads") from None
+            with im:
+                im.load()
+                return _to_rgb(im)
         raise TypeError(f"{self.name} holds texts, not images")
 
     def fingerprint(self) -> str:
@@ -78,10 +108,14 @@ class DataSet:
             if self.paths is not None:
                 for rel, path in zip(self.ids, self.paths, strict=True):
                     h.update(rel.encode() + b"\0")
-                    h.update(path.read_bytes())
+                    h.update(_content_or_error(path.read_bytes))
             elif self.arrays is not None:
                 h.update(str(self.arrays.shape).encode() + str(self.arrays.dtype).encode())
                 h.update(np.ascontiguousarray(self.arrays).tobytes())
+            elif self.encoded is not None:
+                for i, rel in enumerate(self.ids):
+                    h.update(rel.encode() + b"\0")
+                    h.update(_content_or_error(functools.partial(self.encoded.content, i)))
             else:
                 assert self.texts is not None
                 for t in self.texts:
@@ -92,18 +126,22 @@ class DataSet:
             self._fingerprint.append(h.hexdigest())
         return self._fingerprint[0]
 
-    def describe(self) -> dict[str, object]:
-        """A JSON-native summary for manifests and reports."""
-        counts = (
-            {
+    def describe(self, *, exclude: Collection[str] = ()) -> dict[str, object]:
+        """A JSON-native summary for manifests and reports.
+
+        ``exclude`` names the ids of items that could not be read (skipped by the extraction): they
+        are not counted in ``class_counts``. ``n`` stays the number of items in the set.
+        """
+        counts = None
+        if self.labels is not None:
+            drop = set(exclude)
+            keep = [i for i, id_ in enumerate(self.ids) if id_ not in drop] if drop else slice(None)
+            counts = {
                 c: int(n)
                 for c, n in zip(
-                    self.classes, np.bincount(self.labels, minlength=len(self.classes)), strict=True
+                    self.classes, np.bincount(self.labels[keep], minlength=len(self.classes)), strict=True
                 )
             }
-            if self.labels is not None
-            else None
-        )
         return {
             "name": self.name,
             "modality": self.modality,
@@ -111,6 +149,7 @@ class DataSet:
             "classes": list(self.classes),
             "class_counts": counts,
             "fingerprint": self.fingerprint(),
+            "skipped": [{"id": id_, "reason": why} for id_, why in self.skipped],
         }
 
     def subset(self, indices: Sequence[int] | np.ndarray, *, name: str | None = None) -> DataSet:
@@ -126,7 +165,17 @@ class DataSet:
             arrays=None if self.arrays is None else self.arrays[idx],
             texts=None if self.texts is None else tuple(self.texts[i] for i in idx),
             root=self.root,
+            encoded=None if self.encoded is None else self.encoded.take(idx.tolist()),
         )
+
+
+def _content_or_error(read: Callable[[], bytes]) -> bytes:
+    """An item's bytes, or a marker with the error for one that cannot be read (skipped later, but its
+    absence must still change the fingerprint)."""
+    try:
+        return read()
+    except (OSError, ValueError) as exc:
+        return f"\0unreadable\0{type(exc).__name__}\0".encode()
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

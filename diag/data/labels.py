@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from diag.errors import DataError
 
+log = logging.getLogger(__name__)
+
 __all__ = ["encode_labels", "is_missing", "row_list", "stratified_halves", "stratified_split"]
 
 
 def encode_labels(raw: Sequence[object], *, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Map raw labels to ``(indices, sorted class names)``; numbers sort numerically."""
+    """Map raw labels to ``(indices, sorted class names)``; numbers sort numerically.
+
+    Refuses list-valued labels (multi-label or one-hot rows are not classes) and warns when numeric
+    labels become many classes (float targets give one class per item: a regression target, not
+    classes).
+    """
+    nested = [i for i, v in enumerate(raw) if isinstance(v, (list, tuple, dict, set, np.ndarray, Mapping))]
+    if nested:
+        v = raw[nested[0]]
+        raise DataError(
+            f"{where}: {len(nested)} of {len(raw)} labels are {type(v).__name__}s, not single classes "
+            f"(rows {row_list(nested)}; e.g. {_short(v)}). diag needs one class per item: store a "
+            "single class name or number per row (multi-label and one-hot rows are not supported)."
+        )
     missing = [i for i, v in enumerate(raw) if is_missing(v)]
     if missing:
         raise DataError(
@@ -24,6 +40,15 @@ def encode_labels(raw: Sequence[object], *, where: str) -> tuple[np.ndarray, tup
     uniq = set(values)
     numeric = all(_is_number(v) for v in uniq)
     classes = tuple(sorted(uniq, key=(lambda s: (float(s), s)) if numeric else None))
+    if numeric and len(classes) > max(10, len(values) // 2):
+        log.warning(
+            "%s: the numeric labels make %d classes for %d items (e.g. %s); each class needs several "
+            "items. If these are measurements rather than class codes, bin them or drop the label column.",
+            where,
+            len(classes),
+            len(values),
+            ", ".join(classes[:3]),
+        )
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in values], dtype=np.int64), classes
 
@@ -36,6 +61,11 @@ def row_list(rows: Sequence[int], *, most: int = 5) -> str:
 def is_missing(v: object) -> bool:
     """Whether a raw cell is empty: None, NaN or blank text."""
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def _short(v: object, most: int = 40) -> str:
+    text = repr(v)
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def _label_str(v: object) -> str:

@@ -1,12 +1,12 @@
-"""Text tables: a CSV, JSONL or Parquet file with a text column and an optional label column."""
+"""Tables: a CSV, JSONL or Parquet file with a text or image column and an optional label column."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from diag.data.columns import CellImages, build_dataset, image_cells, text_cells
 from diag.data.dataset import DataSet
-from diag.data.labels import encode_labels, is_missing, row_list
 from diag.errors import DataError
 
 __all__ = ["TEXT_EXTENSIONS", "open_text_table"]
@@ -55,31 +55,65 @@ def _read_table(path: Path) -> list[dict[str, object]]:
 
 
 def open_text_table(
-    path: Path, *, text_column: str = "text", label_column: str = "label", name: str | None = None
+    path: Path,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    image_column: str | None = None,
+    strict: bool = False,
+    name: str | None = None,
 ) -> DataSet:
-    """A CSV, JSONL or Parquet file with a text column and an optional label column."""
+    """A CSV, JSONL or Parquet file of texts or images, with an optional label column.
+
+    The items are the texts of ``text_column``; or, when ``image_column`` is given (or the table has
+    no ``text_column`` but an ``image`` column), the images of that column: paths relative to the
+    table, or encoded bytes. Rows without a text or image are skipped and listed (refused under
+    ``strict``); unreadable image bytes are skipped when decoded.
+    """
     rows = _read_table(path)
     if not rows:
         raise DataError(f"{path}: the file holds no rows. An empty set cannot be embedded.")
     columns = list(rows[0].keys())
-    if text_column not in columns:
+    shown = ", ".join(map(str, columns[:10]))
+    if image_column is None and text_column not in columns and "image" in columns:
+        image_column = "image"
+    kept: list[int]
+    skipped: list[tuple[int, str]]
+    texts: list[str] | None = None
+    encoded: CellImages | None = None
+    if image_column is not None:
+        if image_column not in columns:
+            raise DataError(
+                f"{path}: no column {image_column!r} (columns: {shown}). "
+                "Pass the column of image paths or bytes with --image-column NAME."
+            )
+        kept, cells, skipped = image_cells(
+            [r.get(image_column) for r in rows],
+            base=path.parent,
+            where=f"{path} column {image_column!r}",
+            flag="--image-column",
+        )
+        encoded = CellImages(cells)
+    elif text_column in columns:
+        kept, texts, skipped = text_cells(
+            [r.get(text_column) for r in rows], where=f"{path} column {text_column!r}", flag="--text-column"
+        )
+    else:
         raise DataError(
-            f"{path}: no column {text_column!r} (columns: {', '.join(map(str, columns[:10]))}). "
-            "Rename the text column to 'text' or pass --text-column NAME."
+            f"{path}: no column {text_column!r} (columns: {shown}). Rename the text column to 'text' "
+            "or pass --text-column NAME (or --image-column NAME for a column of images)."
         )
-    texts = [r.get(text_column) for r in rows]
-    bad = [i for i, t in enumerate(texts) if is_missing(t)]
-    if bad:
-        raise DataError(
-            f"{path}: {len(bad)} of {len(texts)} rows have an empty {text_column!r} (rows {row_list(bad)}). "
-            "Drop or fill those rows."
-        )
-    ids = tuple(str(i) for i in range(len(rows)))
-    name = name or str(path)
-    clean = tuple(str(t) for t in texts)
-    if label_column in columns:
-        labels, classes = encode_labels(
-            [r.get(label_column) for r in rows], where=f"{path} column {label_column!r}"
-        )
-        return DataSet(name, "text", ids, labels, classes, texts=clean, root=path.parent)
-    return DataSet(name, "text", ids, texts=clean, root=path.parent)
+    return build_dataset(
+        name or str(path),
+        "text" if texts is not None else "image",
+        len(rows),
+        kept,
+        skipped,
+        where=str(path),
+        strict=strict,
+        raw_labels=[r.get(label_column) for r in rows] if label_column in columns else None,
+        label_where=f"{path} column {label_column!r}",
+        root=path.parent,
+        texts=texts,
+        encoded=encoded,
+    )

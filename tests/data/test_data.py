@@ -102,8 +102,12 @@ def test_text_table_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"1 of 2 labels are missing \(rows 1\)"):
         open_data(tmp_path / "c.csv")
     (tmp_path / "d.csv").write_text('text\nhi\n""\n')
-    with pytest.raises(DataError, match="empty 'text'"):
-        open_data(tmp_path / "d.csv")
+    # Empty texts are skipped and listed (as unreadable images are), refused under --strict.
+    assert open_data(tmp_path / "d.csv").skipped == (("1", "empty text"),)
+    with pytest.raises(
+        DataError, match=r"d.csv: 1 of 2 rows cannot be used \(rows 1; first: row 1: empty text\)"
+    ):
+        open_data(tmp_path / "d.csv", on_bad_rows="error")
     (tmp_path / "e.jsonl").write_text('{"text": "ok"}\n{"text": broken\n')
     with pytest.raises(DataError, match="line 2 is not valid JSON"):
         open_data(tmp_path / "e.jsonl")
