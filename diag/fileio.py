@@ -52,7 +52,7 @@ def read_json(path: Path, *, what: str, fix: str, error: type[DiagError]) -> Any
     """
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise error(f"{path}: unreadable {what} ({exc}). {fix}") from None
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from diag.data.dataset import DataSet
-from diag.engine.embeddings import MANIFEST_FILE, Embeddings
+from diag.engine.embeddings import MANIFEST_FILE, REBUILD_FIX, Embeddings
 from diag.errors import CacheError
 from diag.fileio import make_temp_dir
 from diag.models import Backbone
@@ -93,7 +93,8 @@ def lookup(key: str, *, root: str | Path | None = None) -> Embeddings | None:
             return None
         emb = Embeddings.load(folder)
     except CacheError as exc:
-        _drop(folder, f"dropping a cache entry that does not load, it will be rebuilt: {exc}")
+        reason = str(exc).removesuffix(" " + REBUILD_FIX)
+        _drop(folder, f"dropped a cache entry that does not load (it is rebuilt, nothing to do): {reason}")
         return None
     except OSError as exc:
         log.warning(
@@ -147,11 +148,14 @@ def _write(emb: Embeddings, folder: Path) -> Path:
         try:
             os.replace(tmp, folder)
         except OSError:
-            if not (folder / MANIFEST_FILE).is_file():
+            if (folder / MANIFEST_FILE).is_file():
+                pass  # another process stored the same key first; its entry is as good as ours
+            elif folder.is_dir():
                 # Not an entry (no commit marker): a leftover of a partial removal. Replace it once.
                 _drop(folder, f"replacing an incomplete cache entry {folder}")
                 os.replace(tmp, folder)
-            # Otherwise another process stored the same key first; its entry is as good as ours.
+            else:
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -40,6 +40,7 @@ __all__ = [
     "ARRAYS_FILE",
     "MANIFEST_CHECKSUM",
     "MANIFEST_FILE",
+    "REBUILD_FIX",
     "SCHEMA_VERSION",
     "Embeddings",
     "check_finite",
@@ -50,6 +51,8 @@ MANIFEST_FILE = "manifest.json"
 ARRAYS_FILE = "embeddings.safetensors"
 #: The manifest field holding the SHA-256 of the manifest's other fields.
 MANIFEST_CHECKSUM = "manifest_sha256"
+#: What to do about a folder that does not load (the cache does it by itself and drops this advice).
+REBUILD_FIX = "Delete the folder and embed again."
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,13 +189,19 @@ class Embeddings:
                 f"{folder}: not an embeddings folder (needs {MANIFEST_FILE} and {ARRAYS_FILE}). "
                 "Create one with `diag embed DATA --backbone NAME --out DIR`."
             )
-        manifest = read_json(mpath, what="manifest", fix=_FIX, error=CacheError)
-        if not isinstance(manifest, dict) or manifest.get("kind") != "diag.embeddings":
-            kind = manifest.get("kind") if isinstance(manifest, dict) else type(manifest).__name__
-            raise CacheError(f"{mpath}: not a diag embeddings manifest (kind={kind!r}). {_FIX}")
+        manifest = read_json(mpath, what="manifest", fix=REBUILD_FIX, error=CacheError)
+        if not isinstance(manifest, dict):
+            found = "null" if manifest is None else type(manifest).__name__
+            raise CacheError(
+                f"{mpath}: not a diag embeddings manifest (a JSON {found}, not an object). {REBUILD_FIX}"
+            )
+        if manifest.get("kind") != "diag.embeddings":
+            raise CacheError(
+                f"{mpath}: not a diag embeddings manifest (kind={manifest.get('kind')!r}). {REBUILD_FIX}"
+            )
         version = manifest.get("schema_version")
         if not isinstance(version, int) or isinstance(version, bool):
-            raise CacheError(f"{mpath}: schema_version must be an integer; got {version!r}. {_FIX}")
+            raise CacheError(f"{mpath}: schema_version must be an integer; got {version!r}. {REBUILD_FIX}")
         if version > SCHEMA_VERSION:
             raise CacheError(
                 f"{mpath}: written by a newer diag (schema {version} > {SCHEMA_VERSION}). "
@@ -204,18 +213,20 @@ class Embeddings:
             and manifest[MANIFEST_CHECKSUM] != _manifest_digest(manifest)
         ):
             raise CacheError(
-                f"{mpath}: does not match its checksum: the manifest was edited or replaced. {_FIX}"
+                f"{mpath}: does not match its checksum: the manifest was edited or replaced. {REBUILD_FIX}"
             )
         try:
             blob = apath.read_bytes()
         except OSError as exc:
-            raise CacheError(f"{apath}: unreadable ({exc}). {_FIX}") from None
+            raise CacheError(f"{apath}: unreadable ({exc}). {REBUILD_FIX}") from None
         try:
             return cls._from_parts(manifest, blob, verify=verify, where=apath)
         except CacheError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise CacheError(f"{mpath}: malformed manifest ({type(exc).__name__}: {exc}). {_FIX}") from None
+            raise CacheError(
+                f"{mpath}: malformed manifest ({type(exc).__name__}: {exc}). {REBUILD_FIX}"
+            ) from None
 
     @classmethod
     def _from_parts(cls, manifest: dict[str, Any], blob: bytes, *, verify: bool, where: Path) -> Embeddings:
@@ -223,12 +234,12 @@ class Embeddings:
         if verify and hashlib.sha256(blob).hexdigest() != manifest["arrays"]["sha256"]:
             raise CacheError(
                 f"{where}: does not match its manifest (checksum differs): the write was interrupted or the "
-                f"file was replaced. {_FIX}"
+                f"file was replaced. {REBUILD_FIX}"
             )
         try:
             arrays = st_load(blob)
         except Exception as exc:  # safetensors raises its own SafetensorError on a torn file
-            raise CacheError(f"{where}: unreadable arrays ({exc}). {_FIX}") from None
+            raise CacheError(f"{where}: unreadable arrays ({exc}). {REBUILD_FIX}") from None
         probes = tuple(ProbePoint(**p) for p in manifest["probes"])
         ids = manifest["ids"]
         if not isinstance(ids, list):
@@ -261,9 +272,6 @@ class Embeddings:
             probes=probes,
             manifest=manifest,
         )
-
-
-_FIX = "Delete the folder and embed again."
 
 
 def _manifest_digest(manifest: Mapping[str, Any]) -> str:

@@ -105,12 +105,27 @@ def test_a_broken_manifest_is_a_miss_that_is_dropped_then_rebuilt(
         Embeddings.load(entry)
     with caplog.at_level(logging.WARNING, logger="diag.engine.cache"):
         assert cache.lookup(KEY, root=tmp_path) is None
-    assert "does not load, it will be rebuilt" in caplog.text and "manifest.json" in caplog.text
+    assert "dropped a cache entry that does not load (it is rebuilt, nothing to do)" in caplog.text
+    assert "manifest.json" in caplog.text and "Delete the folder" not in caplog.text
     assert not entry.exists()
     cache.store(emb, root=tmp_path)
     back = cache.lookup(KEY, root=tmp_path)
     assert back is not None and back.from_cache and back.ids == emb.ids
     np.testing.assert_array_equal(back["stem"], emb["stem"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"", b"{", b"null", b"\xff\xfe not utf-8", b"[" * 100_000],
+    ids=["empty", "torn", "null", "not utf-8", "nested too deep"],
+)
+def test_an_unreadable_manifest_is_a_miss_that_is_dropped(text: bytes, tmp_path: Path) -> None:
+    entry = cache.store(make_embeddings(), root=tmp_path)
+    assert entry is not None
+    (entry / "manifest.json").write_bytes(text)
+    with pytest.raises(CacheError, match=r"manifest\.json: .*Delete the folder and embed again\.$"):
+        Embeddings.load(entry)
+    assert cache.lookup(KEY, root=tmp_path) is None and not entry.exists()
 
 
 def test_a_manifest_cut_to_fewer_ids_is_never_served_beside_more_rows(tmp_path: Path) -> None:
