@@ -45,9 +45,9 @@ DEFERRED_OK = {
     "transformers": "heavy (seconds); only text backbones and the CLI's log settings need it",
     "sklearn": "heavy; only the linear probe and its cross-validation folds need it",
     "pandas": "heavy; only CSV/Parquet text tables need it",
+    "datasets": "optional (the hf extra), and seconds to import",
 }
-#: Light function-level imports in diag/report, which another change of issue 11 is rewriting; each is
-#: to move to the top of its module there (then delete it here).
+#: Light function-level imports waiting to move to the top of their module (none now; keep it empty).
 PENDING: set[tuple[str, str]] = set()
 
 

@@ -9,7 +9,6 @@ size of the set is loaded. Texts are read into memory (the tokenizer sorts them 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ def _hf(where: str) -> Any:
     """The ``datasets`` module (the optional ``hf`` extra, imported on first use: it takes seconds), or
     MissingDependencyError naming ``where`` and the extra."""
     require("datasets", feature=f"{where}: a Hugging Face dataset", extra="hf")
-    return importlib.import_module("datasets")
+    import datasets
+
+    return datasets
 
 
 def is_hf_folder(path: Path) -> bool:
