@@ -120,16 +120,21 @@ def store(emb: Embeddings, *, root: str | Path | None = None) -> Path | None:
     key = emb.cache_key
     if not key:
         raise CacheError("cannot cache embeddings without a cache_key in their manifest")
-    folder = _entry(cache_dir(root), key)
+    base = cache_dir(root)
+    folder = _entry(base, key)
     try:
         return _write(emb, folder)
     except OSError as exc:
+        reason = (
+            "it is a file, not a folder"
+            if base.exists() and not base.is_dir()
+            else f"{exc.filename or folder}: {exc.strerror or exc}"
+        )
         log.warning(
-            "cannot write to %s (%s: %s): the embeddings are not cached. "
+            "cannot write to %s (%s): the embeddings are not cached. "
             "Point DIAG_CACHE_DIR (or --cache-dir) at a folder you can write.",
             _where(root),
-            exc.filename or folder,
-            exc.strerror or exc,
+            reason,
         )
         return None
 

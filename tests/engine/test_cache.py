@@ -192,7 +192,7 @@ def test_a_cache_dir_that_is_a_file_is_bypassed(
         second = embed(digit_folder, tiny_image_backbone)
     assert not first.from_cache and not second.from_cache and len(first) == 12
     np.testing.assert_array_equal(first["pooled"], second["pooled"])
-    assert f"cannot write to DIAG_CACHE_DIR={not_a_folder}" in caplog.text
+    assert f"cannot write to DIAG_CACHE_DIR={not_a_folder} (it is a file, not a folder)" in caplog.text
     assert "the embeddings are not cached" in caplog.text
     assert not_a_folder.read_text() == "x"  # the user's file is left alone
     assert cache.store(make_embeddings(), root=not_a_folder) is None
