@@ -58,8 +58,10 @@ with st.form("ft_form"):
     )  # fmt: skip
     batch_size = c4.number_input("Batch size", min_value=1, max_value=4096, value=32, step=8, key="ft_batch")
     extra = st.text_input(
-        "More `diag finetune` flags", key="ft_extra", placeholder="--lr 3e-4 --lp-ft 1 --augment light"
-    )
+        "More `diag finetune` flags", key="ft_extra", placeholder="--lr 3e-4 --lp-ft 1 --augment light",
+        help="Training settings only: --out, --overwrite, --resume, --config, --target and --backbone are "
+        "refused (each run gets its own new folder, and the fields above set the rest).",
+    )  # fmt: skip
     submitted = st.form_submit_button("Start fine-tuning", type="primary", key="ft_start")
 
 if submitted:

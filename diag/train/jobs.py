@@ -44,6 +44,7 @@ __all__ = [
     "RUN_FILE",
     "Job",
     "RunStatus",
+    "check_extra_args",
     "finetune_command",
     "launch",
     "launch_finetune",
@@ -194,6 +195,35 @@ def run_config(
     return settings
 
 
+# ``diag finetune`` flags refused in ``extra_args``: the launcher sets them, or they would make the run
+# write elsewhere or over another run, or not train (the page would watch a folder nothing writes to).
+# Long flags match by prefix too: argparse accepts unambiguous abbreviations (--ou DIR).
+_NEW_FOLDER = "each start is a new run in a new folder chosen for you"
+_FIXED_FLAGS = {
+    "--out": _NEW_FOLDER, "--overwrite": _NEW_FOLDER, "--resume": _NEW_FOLDER,
+    "--config": "the settings come from the fields above", "--target": "set it in its field above",
+    "--backbone": "set it in its field above", "--list-blocks": "it exits without training",
+    "--help": "it exits without training",
+}  # fmt: skip
+_SHORT_FLAGS = {"o": "--out", "t": "--target", "b": "--backbone", "h": "--help"}
+
+
+def check_extra_args(extra_args: Sequence[str]) -> None:
+    """Raise ConfigError, naming the flag, for a flag a background run must not take from ``extra_args``."""
+    for arg in (str(a) for a in extra_args):
+        if arg.startswith("--") and len(arg) > 2:
+            hits = [flag for flag in _FIXED_FLAGS if flag.startswith(arg.split("=", 1)[0])]
+        elif arg.startswith("-") and len(arg) > 1 and not arg[1].isdigit() and arg[1] != ".":
+            hits = [_SHORT_FLAGS[c] for c in arg[1:] if c in _SHORT_FLAGS]  # combined: -qo DIR, -oDIR
+        else:
+            continue
+        if hits:
+            raise ConfigError(
+                f"More flags: {arg} is not allowed here ({hits[0]}: {_FIXED_FLAGS[hits[0]]}). Remove it; to "
+                "continue or redo a run, use `diag finetune` in a terminal."
+            )
+
+
 def finetune_command(
     target: str,
     backbone: str,
@@ -215,7 +245,9 @@ def finetune_command(
     out : path
         The run folder.
     extra_args : sequence of str
-        More ``diag finetune`` flags, e.g. ``["--lr", "3e-4"]``; they override the run file.
+        More ``diag finetune`` flags, e.g. ``["--lr", "3e-4"]``; they override the run file. Flags that
+        choose the folder, the data, the backbone or the settings file are refused
+        (:func:`check_extra_args`).
     python : str, optional
         The interpreter (default: this one, ``sys.executable``).
 
@@ -227,10 +259,11 @@ def finetune_command(
         raise param_error("target", "must name labelled data (a path or samples:NAME)", target)
     if not str(backbone).strip():
         raise param_error("backbone", "must name a backbone", backbone)
-    cmd = [python or sys.executable, "-m", "diag.cli", "finetune", "--config", str(Path(out) / RUN_FILE)]
-    cmd += ["--target", str(target), "--backbone", str(backbone), "--out", str(out)]
-    cmd += [str(a) for a in extra_args]
-    cmd += ["--quiet"]
+    check_extra_args(extra_args)
+    # The extra flags come first, so that the fixed ones after them win even if one slipped through.
+    cmd = [python or sys.executable, "-m", "diag.cli", "finetune", *(str(a) for a in extra_args)]
+    cmd += ["--config", str(Path(out) / RUN_FILE)]
+    cmd += ["--target", str(target), "--backbone", str(backbone), "--out", str(out), "--quiet"]
     return cmd
 
 

@@ -261,6 +261,23 @@ def test_finetune_page_preselects_the_freeze_depth_and_compares_finished_runs(
     assert bars["y"] == [0.7, 0.8]
 
 
+def test_finetune_page_refuses_flags_that_retarget_the_run(report: Report, tmp_path: Path) -> None:
+    """--out DIR --overwrite in "More flags" would overwrite another folder while this page showed its
+    own run as died: refused on the page, nothing started."""
+    from dataclasses import replace
+
+    rep = replace(report, folder=None).save(tmp_path / "rep")
+    victim = tmp_path / "other-run"
+    at = page("5_Fine-tune.py", rep.folder).run()
+    at.text_input(key="ft_extra").set_value(f"--lr 3e-4 --out {victim} --overwrite")
+    at.button(key="ft_start").click().run()
+    no_exception(at)
+    (error,) = texts(at, "error")
+    assert "--out is not allowed" in error and "new folder" in error
+    assert not texts(at, "success") and "ft_last_run" not in at.session_state
+    assert not victim.exists() and not (tmp_path / "rep" / "finetune").exists()
+
+
 def _finetune_available() -> bool:
     from diag.cli.main import build_parser
 
