@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diag.cli.flags import add_config_flags, config_from_args
-from diag.config import DiagnoseConfig, RankConfig
+from diag.config import DiagnoseConfig, RankConfig, ensure_writable
 from diag.engine.extract import ExtractConfig
 from diag.errors import ConfigError
 from diag.pipeline import diagnose, diagnose_source_free, rank_backbones
@@ -112,6 +112,8 @@ def rank_config(args: argparse.Namespace) -> RankConfig:
 
 def _cmd_rank(args: argparse.Namespace) -> int:
     config = rank_config(args)
+    if args.out:
+        ensure_writable(args.out, name="--out")
     progress = ProgressCallback() if args.quiet or args.json else TqdmProgress()
     ranking = rank_backbones(args.target, args.backbones.split(","), config, progress=progress)
     path = write_ranking(ranking, args.out) if args.out else None
@@ -151,8 +153,11 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     if args.target is not None and args.split:
         raise ConfigError("--split compares two halves of --source: drop --target, or drop --split.")
     config = diagnose_config(args)
+    ensure_writable(args.out, name="--out")
     progress = ProgressCallback() if args.quiet or args.json else TqdmProgress()
-    report = diagnose(args.source, args.target, args.backbone, config, out=args.out, progress=progress)
+    report = diagnose(
+        args.source, args.target, args.backbone, config, out=args.out, progress=progress, strict=True
+    )
     if args.json:
         print(json.dumps(json.loads(report.to_json()), indent=1))
     elif not args.quiet:
@@ -168,6 +173,7 @@ def _cmd_source_free(args: argparse.Namespace) -> int:
     if args.target is None:
         raise ConfigError("--source-free needs --target DATA.")
     config = diagnose_config(args)
+    ensure_writable(args.out, name="--out")
     report = diagnose_source_free(
         args.target, args.backbone, config.extract, out=args.out, alpha=config.alpha, seed=config.seed,
         image_size=config.image_size, pretrained=not args.random_init, data_options=config.data_options,

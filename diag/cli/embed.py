@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from diag.cli.flags import add_config_flags, config_from_args
+from diag.config import ensure_writable
 from diag.data import open_data
 from diag.engine.extract import ExtractConfig
 from diag.models import load
@@ -51,7 +52,7 @@ def register(sub: Any) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-
+    ensure_writable(args.out, name="--out")  # before the forward pass, not after it
     config = config_from_args(ExtractConfig, args)
     t0 = time.perf_counter()
     data = open_data(args.data, text_column=args.text_column, label_column=args.label_column)

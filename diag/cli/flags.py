@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["add_config_flags", "config_from_args", "flag_values"]
+__all__ = ["DiagParser", "add_config_flags", "config_from_args", "flag_values", "with_flag_names"]
 
 _C = TypeVar("_C")
 _METAVARS: dict[type, str] = {int: "N", float: "X", str: "VALUE"}
@@ -93,3 +94,45 @@ def config_from_args(cls: type[_C], args: argparse.Namespace, *layers: Mapping[s
         values.update(layer)
     values.update(flag_values(cls, args))
     return cls(**values)
+
+
+class DiagParser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` that can say which flag sets each parsed value.
+
+    Subcommand parsers made with ``add_subparsers().add_parser`` are of this class too, so
+    :meth:`flag_names` follows the chosen subcommands.
+    """
+
+    def flag_names(self, args: argparse.Namespace) -> dict[str, str]:
+        """``{dest: flag}`` for the options of this parser and of the subcommands chosen in ``args``.
+
+        The flag is the first long one (``--image-size``; ``--cache`` for ``--cache/--no-cache``).
+        """
+        names: dict[str, str] = {}
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = getattr(args, action.dest, None)
+                sub = action.choices.get(chosen) if isinstance(chosen, str) else None
+                if isinstance(sub, DiagParser):
+                    names.update(sub.flag_names(args))
+            elif action.option_strings and action.dest not in (argparse.SUPPRESS, "help", "version"):
+                long = [o for o in action.option_strings if o.startswith("--")]
+                names.setdefault(action.dest, (long or action.option_strings)[0])
+        return names
+
+
+def with_flag_names(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with the Python parameter names of ``flags`` replaced by their flags.
+
+    A name with an underscore (``image_size``) is replaced wherever it stands as a word (not inside a
+    path or an existing flag); a plain word (``alpha``) only where it starts the message as the subject
+    of a rule (``alpha must be in (0, 1); got 2.0.``), so prose is left alone.
+    """
+    for dest in sorted(flags, key=len, reverse=True):
+        flag = flags[dest]
+        if "_" in dest:
+            pattern = rf"(?<![\w\-./]){re.escape(dest)}(?![\w\-/]|\.\w)"
+        else:
+            pattern = rf"^{re.escape(dest)}(?= must\b)"
+        message = re.sub(pattern, flag, message)
+    return message

@@ -12,7 +12,6 @@ exits with status 2; no traceback unless ``DIAG_DEBUG=1``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 
 from diag import __version__
 from diag.cli import catalog, dashboard, diagnose, embed, reference, train
+from diag.cli.flags import DiagParser, with_flag_names
 from diag.errors import DiagError
 
 __all__ = ["build_parser", "main"]
@@ -30,9 +30,9 @@ log = logging.getLogger("diag")
 _GROUPS = (embed, catalog, diagnose, reference, train, dashboard)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> DiagParser:
     """The ``diag`` parser with every command group's subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = DiagParser(
         prog="diag",
         description=(
             "Domain-adaptation diagnostics: how far your target data is from the source, layer by layer "
@@ -61,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DiagError as exc:
         if os.environ.get("DIAG_DEBUG"):
             raise
-        print(f"diag {args.command}: error: {exc}", file=sys.stderr)
+        # Errors name Python parameters (image_size); on the command line the user typed --image-size.
+        message = with_flag_names(str(exc), parser.flag_names(args))
+        print(f"diag {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"diag {args.command}: interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import Any
 
 from diag.cli.diagnose import print_report
 from diag.cli.flags import add_config_flags, config_from_args
+from diag.config import ensure_writable
 from diag.engine.extract import ExtractConfig
 from diag.errors import ConfigError
 from diag.pipeline import build_reference, check
@@ -114,6 +115,7 @@ def _progress(args: argparse.Namespace) -> ProgressCallback:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    ensure_writable(args.out, name="--out")
     settings = ReferenceSettings(n_features=args.rff_features, reservoir=args.reservoir, seed=args.seed)
     widths = load_reference(args.bandwidths_from).bandwidths if args.bandwidths_from else None
     ref = build_reference(
@@ -132,6 +134,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     if len(args.parts) < 2:
         raise ConfigError("reference merge needs at least two reference folders.")
+    ensure_writable(args.out, name="--out")
     merged = load_reference(args.parts[0])
     for part in args.parts[1:]:
         merged = merged.merge(load_reference(part))
@@ -157,9 +160,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        ensure_writable(args.out, name="--out")
+    if args.history is not None:
+        ensure_writable(args.history, name="--history", kind="file")
     report = check(
         args.data, args.reference, config_from_args(ExtractConfig, args), out=args.out, history=args.history,
         n_permutations=args.n_permutations, alpha=args.alpha, seed=args.seed, progress=_progress(args),
+        strict=True,
     )  # fmt: skip
     if args.json:
         print(json.dumps(json.loads(report.to_json()), indent=1))

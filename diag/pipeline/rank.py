@@ -29,6 +29,8 @@ __all__ = ["rank_backbones", "recommend_for_target"]
 
 log = logging.getLogger(__name__)
 
+_LABELLED = "Give an image folder with one subfolder per class, or a table with a label column."
+
 
 def rank_backbones(
     target: str | Path | DataSet,
@@ -81,6 +83,8 @@ def rank_backbones(
     device = str(resolve_device(settings.extract.device))
     t0 = time.perf_counter()
     data = open_data(target)
+    if data.labels is None:  # before any backbone is loaded or anything embedded
+        raise DataError(f"{target}: has no labels; ranking needs a labelled target. {_LABELLED}")
     image_size, max_length = settings.image_size, settings.max_length
     candidates: list[tuple[str, Backbone]] = []
     for name in names:
