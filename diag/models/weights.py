@@ -7,6 +7,8 @@ renames them to timm's ``tf_efficientnet_lite*`` layout.
 from __future__ import annotations
 
 import importlib
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +19,11 @@ from safetensors.torch import load_file
 from diag.errors import BackboneError, ConfigError, MissingDependencyError
 
 __all__ = [
+    "ACCEPTED_WEIGHTS",
     "BUNDLED",
     "Bundled",
     "efficientnet_lite_state_dict",
+    "load_weights_only",
     "offline_hint",
     "package_file",
     "read_weights",
@@ -66,6 +70,46 @@ _OFFLINE_HINT = (
     "Offline, use a bundled backbone ({bundled}), a local folder (hf:/path/to/model), "
     "or the random-init twin (pretrained=False, --random-init)."
 )
+
+
+#: What diag reads as weights or checkpoints, for the messages that refuse a file.
+ACCEPTED_WEIGHTS = (
+    "diag reads .safetensors files and state dicts that torch.load(..., weights_only=True) accepts "
+    "(torch.save(model.state_dict(), path))"
+)
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's own warnings or hints.
+
+    A file holding pickled objects other than tensors and plain containers is refused unread (no code in
+    it runs). Torch's error for it advises re-running with ``weights_only=False``, the one unsafe thing to
+    do with such a file, so the message is ours.
+
+    Raises
+    ------
+    ValueError
+        With a one-line message naming ``path``, why it was refused and what is accepted.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names the first disallowed global ("Unsupported global: GLOBAL os.system", ...).
+        if "global" in str(exc).lower():
+            why = (
+                "refused unread: it holds pickled Python objects besides tensors, and loading those could "
+                "run code from the file"
+            )
+        else:
+            why = "cannot be read as a torch file (not a pickle that torch reads without running code)"
+    except Exception as exc:
+        detail = str(exc).strip().split(". ")[0].splitlines()[0][:120] if str(exc).strip() else ""
+        if "weights_only" in detail:  # torch's advice to load unsafely is never repeated
+            detail = ""
+        why = f"cannot be read as a torch file ({type(exc).__name__}{': ' + detail if detail else ''})"
+    raise ValueError(f"{path}: {why}. {ACCEPTED_WEIGHTS}.")
 
 
 def offline_hint() -> str:
@@ -153,16 +197,19 @@ def read_weights(name: str, path: Path) -> tuple[dict[str, torch.Tensor], dict[s
         path = found[0]
     if not path.is_file():
         raise BackboneError(f"backbone {name!r}: no such weights file {path}.")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BackboneError(
-            f"backbone {name!r}: cannot read {path} as weights ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Give a .safetensors file or a state dict saved with torch.save(model.state_dict(), path)."
-        ) from None
+        except Exception as exc:
+            raise BackboneError(
+                f"backbone {name!r}: cannot read {path} as safetensors ({type(exc).__name__}: "
+                f"{str(exc)[:200]}). {ACCEPTED_WEIGHTS}."
+            ) from None
+    else:
+        try:
+            obj = load_weights_only(path)
+        except ValueError as exc:
+            raise BackboneError(f"backbone {name!r}: {exc}") from None
     if isinstance(obj, dict) and obj.get("format") is not None and isinstance(obj.get("model"), dict):
         # a diag fine-tuning checkpoint: {"format", "model": FinetuneModel.state_dict(), ...}
         sd = obj["model"]

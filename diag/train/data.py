@@ -95,6 +95,29 @@ def check_labels(target: DataSet, val: DataSet | None, modality: str, backbone_n
             )
 
 
+def _no_val_split_message(target: DataSet) -> str:
+    """Why a stratified split left no validation item: every class has one item (a class keeps at least
+    one for training, so no --val-fraction helps), and what does help."""
+    assert target.labels is not None
+    counts = np.bincount(target.labels, minlength=len(target.classes))
+    single = [target.classes[i] for i in np.flatnonzero(counts == 1)]
+    shown = ", ".join(repr(c) for c in single[:5]) + (
+        f" and {len(single) - 5} more" if len(single) > 5 else ""
+    )
+    hint = (
+        " With one item per class the labels may be continuous values or ids rather than classes: check "
+        "--label-column."
+        if len(single) == len(target) and len(single) > 2
+        else ""
+    )
+    return (
+        f"target data {target.name}: no item is left for validation: each of its {len(single)} classes "
+        f"({shown}) has a single item, and a class keeps one item for training. Give at least one class 2 or "
+        f"more items (every class needs 2 to be validated; about 10 each for a useful accuracy), or pass "
+        f"--val DATA.{hint}"
+    )
+
+
 def prepare_data(
     backbone: Backbone, target: DataSet, val: DataSet | None, cfg: FinetuneConfig
 ) -> PreparedData:
@@ -106,10 +129,7 @@ def prepare_data(
     if val is None:
         tr_idx, va_idx = stratified_split(target.labels, cfg.val_fraction, cfg.split_seed)
         if len(va_idx) == 0:
-            raise DataError(
-                f"target data {target.name}: too small for a validation split ({len(target)} items, "
-                f"val_fraction={cfg.val_fraction}). Add items, raise --val-fraction, or pass --val DATA."
-            )
+            raise DataError(_no_val_split_message(target))
         train_ds, val_ds = target.subset(tr_idx), target.subset(va_idx)
         val_y = target.labels[va_idx]
         val_desc = {

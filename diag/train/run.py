@@ -32,6 +32,7 @@ from diag.device import resolve_device, resolve_precision
 from diag.errors import ConfigError, DataError, DiagError, param_error
 from diag.fileio import atomic_write_bytes
 from diag.models import Backbone, load
+from diag.models.weights import load_weights_only
 from diag.provenance import device_description, versions
 from diag.train.blocks import resolve_freeze, units_of_model
 from diag.train.callbacks import STOP_FILE, EarlyStopping, MetricsLog, StopFile, TrainCallback, TrainState
@@ -66,16 +67,33 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+#: The keys a resumable ``last.pt`` holds (``best.pt`` holds format, model and the run's description).
+_RESUME_KEYS = ("format", "model", "optimizer", "scheduler", "rng", "epoch", "step", "state", "history")
+
+
+def _load_checkpoint(path: Path, *, keys: Sequence[str] = ("format", "model")) -> dict[str, Any]:
+    """A diag checkpoint from ``path``, read with ``weights_only=True``; refused with a one-line message
+    naming the file when it is unsafe, unreadable, not a dict or lacks one of ``keys``."""
+    redo = "Delete it to start the run over (or pass --overwrite), or use another --out."
     try:
-        ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+        ckpt: Any = load_weights_only(path)
+    except ValueError as exc:
+        raise DataError(f"{exc} {redo}") from None
+    if not isinstance(ckpt, dict):
         raise DataError(
-            f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Delete it to restart the run from the beginning, or use another --out."
-        ) from None
+            f"{path}: is not a diag checkpoint (it holds a {type(ckpt).__name__}, not the dict that "
+            f"diag finetune writes). {redo}"
+        )
     if ckpt.get("format") != _CKPT_FORMAT:
-        raise DataError(f"{path}: checkpoint format {ckpt.get('format')!r} is not {_CKPT_FORMAT}.")
+        raise DataError(
+            f"{path}: checkpoint format {ckpt.get('format')!r} is not {_CKPT_FORMAT} (not written by this "
+            f"version of diag finetune). {redo}"
+        )
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise DataError(
+            f"{path}: the checkpoint lacks {', '.join(missing)} (incomplete or not diag's). {redo}"
+        )
     return ckpt
 
 
@@ -283,7 +301,7 @@ def run_job(
         prev_wall = 0.0  # seconds spent by earlier sessions of a resumed run
         ckpt_path = out / "last.pt"
         if resume and ckpt_path.exists():
-            ckpt = _load_checkpoint(ckpt_path)
+            ckpt = _load_checkpoint(ckpt_path, keys=_RESUME_KEYS)
             trainer.load_state_dict(ckpt)
             start_epoch = int(ckpt["epoch"])
             state.step = int(ckpt["step"])

@@ -374,6 +374,39 @@ def test_resume_after_a_stop_ends_exactly_like_an_uninterrupted_run(
     assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]  # no duplicated epoch lines
 
 
+class Payload:
+    """Unpickling it calls ``open(marker, "w")``: the file appears only if the pickle was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_refuses_a_last_pt_that_is_unsafe_or_not_a_checkpoint(
+    digits: Path, tiny, tmp_path: Path
+) -> None:
+    cfg = quick(freeze=2, epochs=2)
+    part = finetune(digits, tiny, cfg, out=tmp_path, callbacks=[StopAfter(1)])
+    assert part.status == "stopped"
+    last = tmp_path / "last.pt"
+    marker = tmp_path / "MARKER"
+    cases = [
+        ([torch.zeros(2)], "holds a list, not the dict"),  # weights-only loadable, not a dict
+        ({"format": 1, "model": {}}, "lacks optimizer, scheduler, rng, epoch"),
+        ({"format": 1, "model": {}, "x": Payload(marker)}, "refused unread"),
+    ]
+    for obj, why in cases:
+        torch.save(obj, last)
+        with pytest.raises(DataError) as info:
+            finetune(digits, tiny, cfg, out=tmp_path, resume=True)
+        message = str(info.value)
+        assert message.startswith(f"{last}: ") and why in message and "\n" not in message, message
+        assert "--overwrite" in message and "weights_only=False" not in message
+    assert not marker.exists()
+
+
 def test_same_seed_same_numbers_other_seed_other_numbers(digits: Path, tiny, tmp_path: Path) -> None:
     a = finetune(digits, tiny, quick(freeze=1), out=tmp_path / "a")
     b = finetune(digits, tiny, quick(freeze=1), out=tmp_path / "b")
@@ -501,6 +534,22 @@ def test_single_class_is_refused(tmp_path: Path, tiny) -> None:
     folder = write_digit_folder(tmp_path / "one", per_class=4, classes=("7",))
     with pytest.raises(DataError, match=r"same label \('7'\).*two classes"):
         finetune(folder, tiny, quick(), out=tmp_path / "run")
+
+
+def test_classes_of_one_item_each_get_advice_that_works(tmp_path: Path, tiny) -> None:
+    """A class keeps one item for training, so no --val-fraction yields a validation split here."""
+    folder = write_digit_folder(tmp_path / "ones", per_class=1, classes=("3", "5", "8"))
+    for fraction in (0.2, 0.9):
+        with pytest.raises(DataError) as info:
+            finetune(folder, tiny, quick(val_fraction=fraction), out=tmp_path / "run")
+        message = str(info.value)
+        assert "--val-fraction" not in message and "\n" not in message
+        assert "each of its 3 classes ('3', '5', '8') has a single item" in message
+        assert "2 or more items" in message and "--val DATA" in message and "--label-column" in message
+    # The advice works: two items in one class give a validation item.
+    write_digit_folder(tmp_path / "ones", per_class=2, classes=("3",))
+    res = finetune(folder, tiny, quick(epochs=1), out=tmp_path / "run2")
+    assert res.status == "completed"
 
 
 def test_val_classes_the_target_lacks_are_named(digits: Path, tmp_path: Path, tiny) -> None:
