@@ -218,4 +218,4 @@ def _run(cmd: Sequence[str], env: dict[str, str]) -> int:
                 continue  # forwarded; wait for the server to end
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,33 @@ def test_the_server_rejects_foreign_host_names_and_ends_on_sigterm() -> None:
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_without_exec_termination_signals_are_forwarded_and_waited_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The fallback where exec is unavailable (Windows): SIGTERM to diag reaches the server, and diag
+    returns only once the server has ended."""
+    import threading
+
+    from diag.cli import dashboard
+
+    ready = tmp_path / "ready"
+    child = (
+        "import signal, sys, time, pathlib\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+
+    def terminate_when_ready() -> None:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread, inside _run
+
+    monkeypatch.delattr(os, "execve")
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=terminate_when_ready, daemon=True).start()
+    assert dashboard._run([sys.executable, "-c", child], dict(os.environ)) == 3
+    assert signal.getsignal(signal.SIGTERM) == before
