@@ -148,7 +148,13 @@ def extract(
 
     manifest = {
         "backbone": backbone.describe(),
-        "data": {**data.describe(), "n_embedded": len(rows), "n_skipped": len(skipped)},
+        # Items skipped here (unreadable) are not counted per class; rows dropped when the set was opened
+        # (data.skipped, listed in its description) count among the skipped too.
+        "data": {
+            **data.describe(exclude={s["id"] for s in skipped}),
+            "n_embedded": len(rows),
+            "n_skipped": len(skipped) + len(data.skipped),
+        },
         "skipped": skipped,
         "device": device_description(device),
         "precision": precision,

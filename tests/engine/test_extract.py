@@ -57,6 +57,8 @@ def test_unreadable_images_are_skipped_and_counted(tiny_image_backbone, tmp_path
     assert [s["id"] for s in emb.skipped] == ["1/broken.png"]
     assert emb.manifest["data"]["n_skipped"] == 1 and "1/broken.png" not in emb.ids
     assert emb.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # The unreadable file is not counted in its class (it was, as one of three class-1 items).
+    assert emb.manifest["data"]["class_counts"] == {"0": 2, "1": 2, "2": 2}
 
 
 def test_a_set_with_no_readable_image_is_an_error(tiny_image_backbone, tmp_path: Path) -> None:
