@@ -70,6 +70,19 @@ class DiagnoseConfig:
     )
     text_column: str = field(default="text", metadata={"help": "text column of a table"})
     label_column: str = field(default="label", metadata={"help": "label column of a table"})
+    image_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "image column of a table or Hugging Face dataset (paths or bytes; default: 'image')"
+        },
+    )
+    hf_split: str | None = field(
+        default=None, metadata={"help": "split of a Hugging Face dataset with several (e.g. train)"}
+    )
+    strict: bool = field(
+        default=False,
+        metadata={"help": "refuse a data set with unreadable or empty items (default: skip and list them)"},
+    )
     transfer: bool = field(
         default=True,
         metadata={
@@ -89,17 +102,27 @@ class DiagnoseConfig:
         _check_int("seed", self.seed, minimum=0)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise param_error("alpha", "must be in (0, 1)", self.alpha)
-        for name in ("pretrained", "use_cache", "transfer", "rgn"):
+        for name in ("pretrained", "use_cache", "transfer", "rgn", "strict"):
             _check_bool(name, getattr(self, name))
-        for name in ("text_column", "label_column"):
+        for name in ("text_column", "label_column", "image_column", "hf_split"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value:
+            optional = name in ("image_column", "hf_split")
+            if (value is not None or not optional) and (not isinstance(value, str) or not value):
                 raise param_error(name, "must be a non-empty column name", value)
 
     @property
     def data_options(self) -> dict[str, str]:
-        """The keyword arguments of :func:`diag.data.open_data` for tables."""
-        return {"text_column": self.text_column, "label_column": self.label_column}
+        """The keyword arguments of :func:`diag.data.open_data` (columns, split, bad rows)."""
+        opts = {
+            "text_column": self.text_column,
+            "label_column": self.label_column,
+            "on_bad_rows": "error" if self.strict else "skip",
+        }
+        if self.image_column is not None:
+            opts["image_column"] = self.image_column
+        if self.hf_split is not None:
+            opts["hf_split"] = self.hf_split
+        return opts
 
 
 @dataclass(frozen=True)

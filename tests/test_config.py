@@ -19,7 +19,12 @@ def test_defaults_are_the_documented_ones_and_every_field_has_help() -> None:
     assert cfg.n_permutations == 2000 and cfg.alpha == 0.05 and cfg.seed == 0
     assert cfg.transfer and cfg.rgn and cfg.use_cache and cfg.pretrained
     assert cfg.extract == ExtractConfig()
-    assert cfg.data_options == {"text_column": "text", "label_column": "label"}
+    assert cfg.data_options == {"text_column": "text", "label_column": "label", "on_bad_rows": "skip"}
+    strict = DiagnoseConfig(strict=True, image_column="path", hf_split="train").data_options
+    assert strict == {
+        "text_column": "text", "label_column": "label", "on_bad_rows": "error", "image_column": "path",
+        "hf_split": "train",
+    }  # fmt: skip
     for config in (DiagnoseConfig, RankConfig):
         text = help_text(config)
         assert set(text) == {f.name for f in fields(config)} and all(text.values())

@@ -267,7 +267,7 @@ def test_diagnose_runs_on_an_hf_folder_and_a_csv_of_image_paths(
 
     hf, csv = digit_tables
     out = tmp_path / "out"
-    flags = ["--permutations", "50", "--no-transfer"]
+    flags = ["--permutations", "150", "--no-transfer"]
     assert main(["diagnose", "-s", str(hf), "-t", str(csv), *TINY, *flags, "-o", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["layers"] and len(report["layers"]) >= 1
