@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -424,9 +426,38 @@ def test_bad_input_exits_2_with_one_line_naming_it(case: Bad, tmp_path: Path) ->
     assert not _cache_entries(tmp_path / "cache")
 
 
-def test_unreadable_image_among_good_ones_is_skipped_and_listed(tmp_path: Path) -> None:
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _not_a_png(path: Path) -> None:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
+
+
+def _truncated_png(path: Path) -> None:
+    solid_png(path, 128, size=64)
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def _decompression_bomb(path: Path) -> None:
+    """A few hundred bytes that claim 40,000 x 40,000 pixels (PIL's bomb limit is ~179 M)."""
+    header = struct.pack(">IIBBBBB", 40_000, 40_000, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "spoil", [_not_a_png, _truncated_png, _decompression_bomb], ids=["not-a-png", "truncated", "bomb"]
+)
+def test_unreadable_image_among_good_ones_is_skipped_and_listed(
+    spoil: Callable[[Path], None], tmp_path: Path
+) -> None:
     d = write_digit_folder(tmp_path / "digits", per_class=3)
-    (d / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
+    spoil(d / "1" / "broken.png")
     proc = run_cli(["embed", str(d), *TINY, "-o", str(tmp_path / "out")], tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
