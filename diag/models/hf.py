@@ -204,7 +204,7 @@ def load_hf(name: str, ref: str, options: LoadOptions) -> HFTextBackbone:
     except OSError as exc:
         raise BackboneError(
             f"backbone {name!r}: cannot load {source!r} ({str(exc).splitlines()[0][:200]}). "
-            "A hub id needs a network the first time. " + offline_hint()
+            "A hub id needs a network the first time. " + offline_hint(random_init=False)
         ) from exc
     finally:
         if bars:

@@ -66,10 +66,8 @@ BUNDLED: dict[str, Bundled] = {
     ),
 }
 
-_OFFLINE_HINT = (
-    "Offline, use a bundled backbone ({bundled}), a local folder (hf:/path/to/model), "
-    "or the random-init twin (pretrained=False, --random-init)."
-)
+_OFFLINE_HINT = "Offline, use a bundled backbone ({bundled}) or a local folder (hf:/path/to/model){twin}."
+_TWIN_HINT = ", or the random-init twin (pretrained=False, --random-init)"
 
 
 #: What diag reads as weights or checkpoints, for the messages that refuse a file.
@@ -112,8 +110,15 @@ def load_weights_only(path: Path) -> Any:
     raise ValueError(f"{path}: {why}. {ACCEPTED_WEIGHTS}.")
 
 
-def offline_hint() -> str:
-    return _OFFLINE_HINT.format(bundled=", ".join(BUNDLED))
+def offline_hint(*, random_init: bool = True) -> str:
+    """What to use without a network. ``random_init=False`` where the random-init twin would need the
+    network too (a hub id's twin still downloads its config.json)."""
+    twin = (
+        _TWIN_HINT
+        if random_init
+        else " (a hub id's random-init twin needs its config.json from the network too)"
+    )
+    return _OFFLINE_HINT.format(bundled=", ".join(BUNDLED), twin=twin)
 
 
 def efficientnet_lite_state_dict(path: Path, model: Any) -> dict[str, torch.Tensor]:

@@ -35,3 +35,19 @@ def test_timm_loader_options_reach_the_backbone() -> None:
     bb = FAMILIES["timm"]("timm:test_efficientnet", "test_efficientnet", LoadOptions(False, 1, 32, None))
     assert bb.preprocessing["input_size"] == [3, 32, 32] and bb.seed == 1 and not bb.pretrained
     assert isinstance(bb.block_layout(bb.model), BlockLayout)
+
+
+def test_offline_advice_for_a_hub_id_does_not_recommend_the_random_init_twin(monkeypatch) -> None:
+    """Offline, a hub id's random-init twin fails the same way (its config.json is on the hub too)."""
+    import pytest
+
+    from diag.errors import BackboneError
+    from diag.models import load
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for pretrained in (True, False):
+        with pytest.raises(BackboneError) as info:
+            load("hf:nobody/not-a-model", pretrained=pretrained)
+        message = str(info.value)
+        assert "--random-init" not in message and "needs its config.json from the network" in message
+        assert "minilm" in message and "hf:/path/to/model" in message
