@@ -119,6 +119,7 @@ if st.button("Run diagnosis", type="primary", disabled=not ready, key="run_go"):
                 seed=inputs["seed"],
                 data_options={"text_column": text_column, "label_column": label_column},
                 progress=progress,
+                strict=True,  # too few permutations for this backbone's layers: say so, don't run
             )
         if outcome.ok:
             ui.open_report(folder)
