@@ -160,6 +160,7 @@ class Bad:
 
     id: str
     build: Callable[[Work], tuple[list[str], list[str]]]
+    absent: tuple[str, ...] = ()  # advice the line must not give (it would not work, or is unsafe)
     xfail: str | None = None
 
 
@@ -347,6 +348,19 @@ def _malicious_checkpoint(w: Work) -> tuple[list[str], list[str]]:
     return argv, [str(ckpt)]
 
 
+def _hub_id_offline(w: Work) -> tuple[list[str], list[str]]:
+    argv = ["embed", str(w.digits()), "-b", "hf:nobody/no-such-model", "--random-init", "-o", w.out()]
+    return argv, ["nobody/no-such-model"]
+
+
+def _resume_from_a_list(w: Work) -> tuple[list[str], list[str]]:
+    out = w.tmp / "run"
+    out.mkdir()
+    torch.save([1, 2, 3], out / "last.pt")  # loads weights-only, but is not a diag checkpoint
+    d = str(w.digits())
+    return ["finetune", "-t", d, *FT, "-o", str(out), "--epochs", "1", "--resume"], [str(out / "last.pt")]
+
+
 BAD: list[Bad] = [
     # what the data is
     Bad("missing-path", _missing_path),
@@ -364,7 +378,9 @@ BAD: list[Bad] = [
     # the backbone
     Bad("unknown-timm-model", _unknown_timm_model),
     Bad("unknown-bundled-name", _unknown_bundled_name),
-    Bad("malicious-checkpoint-refused-unread", _malicious_checkpoint),
+    Bad("malicious-checkpoint-refused-unread", _malicious_checkpoint, absent=("weights_only=False",)),
+    Bad("hub-id-offline", _hub_id_offline, absent=("--random-init",)),
+    Bad("finetune-resume-from-a-list", _resume_from_a_list),
     # parameters
     Bad("alpha-0", _flag("diagnose", "--alpha", "0")),
     Bad("alpha-1.5", _flag("diagnose", "--alpha", "1.5")),
@@ -420,6 +436,8 @@ def test_bad_input_exits_2_with_one_line_naming_it(case: Bad, tmp_path: Path) ->
     assert lines[0].startswith(f"diag {argv[0]}"), lines[0]
     for name in names:
         assert name in lines[0], (name, lines[0])
+    for advice in case.absent:
+        assert advice not in lines[0], (advice, lines[0])
     for check in w.checks:
         check()
     # refused before any forward pass: nothing was embedded into the case's private cache
@@ -466,6 +484,23 @@ def test_unreadable_image_among_good_ones_is_skipped_and_listed(
     assert [Path(s["id"]).name for s in skipped] == ["broken.png"], skipped
     assert len(manifest["ids"]) == 9
     assert manifest["data"]["n_skipped"] == 1
+
+
+def test_one_item_classes_skip_the_transfer_section_and_keep_the_shift_report(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    src, tgt = tmp_path / "src.npz", tmp_path / "tgt.npz"
+    np.savez(src, images=(rng.random((12, 16, 16)) * 255).astype(np.uint8))
+    # float labels: every item its own class
+    np.savez(tgt, images=(rng.random((12, 16, 16)) * 255).astype(np.uint8), labels=rng.random(12))
+    out = tmp_path / "out"
+    argv = ["diagnose", "-s", str(src), "-t", str(tgt), *TINY, "--permutations", "200", "-o", str(out)]
+    proc = run_cli(argv, tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert str(tgt) in proc.stderr  # the warning that numeric labels made one class per item names the file
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["layers"]) == 7 and isinstance(report["shift"]["is_shift"], bool)
+    assert "per class" in report["transferability"]["skipped"]
 
 
 def _list_manifest(manifest: dict[str, Any]) -> Any:
