@@ -61,6 +61,15 @@ def _backbone(
     return load(backbone, pretrained=pretrained, image_size=image_size, max_length=max_length)
 
 
+def _checked_inputs(
+    out: str | Path | None, data: str | Path | DataSet, data_options: dict[str, str] | None
+) -> DataSet:
+    """Check ``out`` and open the data before any backbone is loaded or anything is computed."""
+    if out is not None:
+        ensure_writable(out, name="out")
+    return data if isinstance(data, DataSet) else open_data(data, **(data_options or {}))
+
+
 def build_reference(
     data: str | Path | DataSet,
     backbone: str | Backbone,
@@ -81,9 +90,7 @@ def build_reference(
     ``bandwidths`` fixes the RFF kernel widths (give a first shard's ``Reference.bandwidths`` to the
     others so that they merge); see :func:`diag.reference.summarise` for the rest.
     """
-    if out is not None:  # before anything is computed
-        ensure_writable(out, name="out")
-    ds = data if isinstance(data, DataSet) else open_data(data, **(data_options or {}))
+    ds = _checked_inputs(out, data, data_options)
     bb = _backbone(backbone, image_size=image_size, max_length=max_length, pretrained=pretrained)
     ref = summarise(
         bb, ds, config, settings=settings, bandwidths=bandwidths, chunk_size=chunk_size, progress=progress
@@ -202,9 +209,7 @@ def diagnose_source_free(
     cfg = config or ExtractConfig()
     if not 0 < alpha < 1:
         raise param_error("alpha", "must be in (0, 1)", alpha)
-    if out is not None:  # before anything is computed
-        ensure_writable(out, name="out")
-    ds = target if isinstance(target, DataSet) else open_data(target, **(data_options or {}))
+    ds = _checked_inputs(out, target, data_options)
     bb = _backbone(backbone, image_size=image_size, max_length=None, pretrained=pretrained)
     profile = batchnorm_profile(
         bb, ds, cfg, n_buckets=n_buckets, n_splits=n_splits, seed=seed, progress=progress
