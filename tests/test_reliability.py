@@ -73,6 +73,7 @@ def run_cli(argv: list[str], cache: Path, *, timeout: float = 300) -> subprocess
 
 
 def start_cli(argv: list[str], cache: Path) -> subprocess.Popen[str]:
+    """``python -m diag.cli ARGV --quiet`` started in the background."""
     return subprocess.Popen(
         [sys.executable, "-m", "diag.cli", *argv, "--quiet"],
         env=_env(cache),
@@ -683,6 +684,49 @@ def test_sigkill_during_embed_mid_forward_leaves_a_valid_cache(tmp_path: Path) -
     assert again.returncode == 0, again.stderr
     hit = Embeddings.load(tmp_path / "again")
     assert hit.ids == want.ids
+
+
+def _training_numbers(run: Path) -> Any:
+    """result.json without timings, speeds, the output folder and the settings that name it."""
+
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {
+                k: strip(v)
+                for k, v in x.items()
+                if not k.endswith("_s") and k not in {"out", "config", "versions", "resumed", "resume"}
+            }
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    return strip(json.loads((run / "result.json").read_text()))
+
+
+def _epochs_done(run: Path) -> int:
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in lines if line.startswith('{"kind": "epoch"'))
+
+
+@pytest.mark.slow
+def test_sigkill_during_finetune_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    d = write_digit_folder(tmp_path / "digits", per_class=10)
+    argv = ["finetune", "-t", str(d), *FT, "--epochs", "40", "--batch-size", "8", "--deterministic",
+            "--device", "cpu"]  # fmt: skip
+    clean = run_cli([*argv, "-o", str(tmp_path / "clean")], tmp_path / "cache")
+    assert clean.returncode == 0, clean.stderr
+    out = tmp_path / "run"
+    for epochs in (2, 10):
+        proc = start_cli([*argv, "-o", str(out), "--resume"], tmp_path / "cache")
+        reached = _wait_for(lambda: _epochs_done(out) >= epochs and (out / "last.pt").exists(), proc)  # noqa: B023
+        assert _kill(proc) and reached, f"the run ended before epoch {epochs}: give it more epochs"
+        _json_files_parse(out)
+    resumed = run_cli([*argv, "-o", str(out), "--resume"], tmp_path / "cache")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _training_numbers(out) == _training_numbers(tmp_path / "clean")
 
 
 def test_two_diagnoses_sharing_one_cache_at_once_both_succeed(tmp_path: Path) -> None:
