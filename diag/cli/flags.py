@@ -17,7 +17,7 @@ import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 __all__ = ["DiagParser", "add_config_flags", "config_from_args", "flag_values", "with_flag_names"]
 
@@ -102,6 +102,11 @@ class DiagParser(argparse.ArgumentParser):
     Subcommand parsers made with ``add_subparsers().add_parser`` are of this class too, so
     :meth:`flag_names` follows the chosen subcommands.
     """
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error as ONE line on stderr (exit 2), like every other diag error: the command, what is
+        wrong, and where the help is (argparse would print the whole usage block first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} -h`)\n")
 
     def flag_names(self, args: argparse.Namespace) -> dict[str, str]:
         """``{dest: flag}`` for the options of this parser and of the subcommands chosen in ``args``.

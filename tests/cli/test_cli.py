@@ -168,3 +168,21 @@ def test_diagnose_and_rank_flags_fill_their_config_dataclasses() -> None:
     args = parser.parse_args(["rank", "-t", "a", "-b", "x,y", "--bootstrap", "7", "--no-random-init"])
     assert rank_config(args) == RankConfig(n_bootstrap=7, include_random_init=False)
     assert rank_config(parser.parse_args(["rank", "-t", "a", "-b", "x"])) == RankConfig()
+
+
+def test_usage_errors_are_one_line_naming_the_command_and_its_help(capsys) -> None:
+    """argparse would print its whole usage block before the error; diag prints one line, exit 2."""
+    import pytest
+
+    from diag.cli.main import main
+
+    for argv, needle in (
+        (["check", "samples:mnist"], "diag check: error: the following arguments are required: --reference"),
+        (["nosuch"], "diag: error: argument COMMAND: invalid choice: 'nosuch'"),
+        (["diagnose", "--permutations", "many"], "diag diagnose: error: argument --permutations"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith(needle) and err[0].endswith("-h`)")
