@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 import safetensors.numpy
+import torch
 
 from diag.engine.embeddings import Embeddings
 from diag.errors import CacheError, DataError
 from diag.fileio import atomic_write_bytes, read_json
 from diag.models import ProbePoint
+from diag.stats.shift import median_distance
 from diag.stats.summaries import MeanEmbedding, Moments, Reservoir
 
 __all__ = [
@@ -147,7 +149,11 @@ class Reference:
         n_classes = len(first.classes)
         for probe in first.probes:
             x = first[probe.name]
-            width = (bandwidths or {}).get(probe.name) or _median_width(x, cfg.bandwidth_rows, cfg.seed)
+            width = (bandwidths or {}).get(probe.name) or median_distance(
+                torch.from_numpy(x.astype(np.float64)),
+                np.random.default_rng(cfg.seed),
+                max_points=cfg.bandwidth_rows,
+            )
             layers[probe.name] = LayerSummary(
                 probe,
                 Moments(probe.dim),
@@ -371,17 +377,6 @@ def load_reference(folder: str | Path) -> Reference:
         manifest["sources"],
         root,
     )
-
-
-def _median_width(x: np.ndarray, rows: int, seed: int) -> float:
-    """Median pairwise Euclidean distance of up to ``rows`` rows (the kernel width heuristic); 1 if 0."""
-    rng = np.random.default_rng(seed)
-    sub = x[rng.choice(len(x), size=min(rows, len(x)), replace=False)].astype(np.float64)
-    sq = (sub**2).sum(1)
-    d2 = np.clip(sq[:, None] + sq[None, :] - 2 * sub @ sub.T, 0.0, None)
-    upper = np.sqrt(d2[np.triu_indices(len(sub), k=1)])
-    width = float(np.median(upper)) if upper.size else 0.0
-    return width if width > 0 else 1.0
 
 
 def _short(v: object) -> str:

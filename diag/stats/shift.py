@@ -59,6 +59,7 @@ __all__ = [
     "frechet_distance",
     "knn_shift_scores",
     "label_shift",
+    "median_distance",
     "mmd_test",
 ]
 
@@ -238,7 +239,7 @@ def mmd_test(
     dtype = torch.float64 if total <= _FLOAT64_MAX_POINTS else torch.float32
     z = _pooled(xa, ya, dev, dtype)
     if widths is None:
-        median = _median_distance(z, rng)
+        median = median_distance(z, rng)
         widths = [0.5 * median, median, 2.0 * median]
 
     method = "exact" if total <= max_exact else "rff"
@@ -380,10 +381,13 @@ def _fourier_features(z: torch.Tensor, widths: Sequence[float], rng: np.random.G
     return phi
 
 
-def _median_distance(z: torch.Tensor, rng: np.random.Generator) -> float:
-    """Median pairwise Euclidean distance (median heuristic) on at most 1000 of the pooled points."""
-    if z.shape[0] > _MEDIAN_SUBSAMPLE:
-        pick = np.sort(rng.choice(z.shape[0], size=_MEDIAN_SUBSAMPLE, replace=False))
+def median_distance(
+    z: torch.Tensor, rng: np.random.Generator, *, max_points: int = _MEDIAN_SUBSAMPLE
+) -> float:
+    """Median pairwise Euclidean distance of the rows of ``z`` (the kernel-width median heuristic), on at
+    most ``max_points`` of them drawn with ``rng``."""
+    if z.shape[0] > max_points:
+        pick = np.sort(rng.choice(z.shape[0], size=max_points, replace=False))
         z = z[torch.as_tensor(pick, device=z.device)]
     count = z.shape[0]
     iu = torch.triu_indices(count, count, offset=1, device=z.device)

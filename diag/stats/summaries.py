@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from diag.errors import DataError, param_error
-from diag.stats.common import numeric_matrix
+from diag.stats.common import numeric_matrix, require_finite
 
 __all__ = [
     "FIXED_POINT_BITS",
@@ -49,8 +49,7 @@ def _rows(x: ArrayLike, dim: int | None, what: str) -> np.ndarray:
     arr = numeric_matrix(x, what)
     if dim is not None and arr.shape[1] != dim:
         raise DataError(f"{what} has {arr.shape[1]} features; this summary was built on {dim}.")
-    if not np.isfinite(arr).all():
-        raise DataError(f"{what} contains NaN or inf values; a summary needs finite features.")
+    require_finite(arr, what, needed_by="a summary needs finite features")
     return arr
 
 

@@ -236,3 +236,15 @@ def test_reference_manifest_names_its_backbone_and_data(tmp_path, tiny_image_bac
     assert manifest["backbone"]["preprocessing"]["input_size"] == [3, 32, 32]
     assert manifest["n"] == 12 and manifest["sources"][0]["fingerprint"] == data.fingerprint()
     assert [x["name"] for x in manifest["layers"]] == [p.name for p in tiny_image_backbone.probes]
+
+
+def test_a_layer_of_mostly_identical_rows_gets_the_width_of_its_distinct_distances() -> None:
+    """Dead units make most rows equal: the median pairwise distance is 0, so the kernel width comes from
+    the distinct distances (the median heuristic of diag.stats.shift), not a default of 1."""
+    rng = np.random.default_rng(7)
+    x = np.zeros((40, 3), np.float32)
+    x[:6] = rng.normal(size=(6, 3)) * 5.0
+    emb = Embeddings({"a": x}, None, None, (), (), (ProbePoint("a", 0, 3, "block", "gap"),))
+    width = Reference.start(emb, BACKBONE, SETTINGS).bandwidths["a"]
+    d = np.sqrt(((x[:, None, :].astype(float) - x[None, :, :]) ** 2).sum(-1))[np.triu_indices(40, k=1)]
+    assert np.median(d) == 0 and width == pytest.approx(np.median(d[d > 0]), rel=1e-6) and width != 1.0
