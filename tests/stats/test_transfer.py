@@ -150,14 +150,20 @@ def ref_gbc(f: np.ndarray, labels: np.ndarray) -> float:
     return -total
 
 
-def ref_transrate(f: np.ndarray, labels: np.ndarray, eps: float = 1e-4) -> float:
-    """Huang et al. (2022): centre, unit-norm rows, d x d log-determinants."""
+def ref_transrate(f: np.ndarray, labels: np.ndarray, eps: float = 1e-4, *, unit_rows: bool = False) -> float:
+    """Huang et al. (2022): centre by the overall mean, d x d log-determinants of I + ZᵀZ / (n ε).
+
+    ``unit_rows``: the non-published variant that also scales each centred row to unit norm.
+    """
     z = f - f.mean(axis=0)
-    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    if unit_rows:
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
 
     def rate(a: np.ndarray) -> float:
         n, d = a.shape
-        return 0.5 * np.linalg.slogdet(np.eye(d) + a.T @ a / (n * eps))[1]
+        sign, logdet = np.linalg.slogdet(np.eye(d) + a.T @ a / (n * eps))
+        assert sign > 0
+        return 0.5 * logdet
 
     return rate(z) - float(np.mean([rate(z[labels == c]) for c in np.unique(labels)]))
 
@@ -397,10 +403,25 @@ def test_gbc_constant_feature_within_a_class_stays_finite() -> None:
 def test_transrate_equals_reference_and_prefers_separable() -> None:
     for per_class, d in ((12, 5), (6, 30)):  # n > d and d > n
         x, y = blobs(per_class, d, 3, sep=4.0, seed=20)
+        x = 5.0 * x + 2.0  # off-centre and not unit scale: the published score does not rescale rows
         assert transrate_score(x, y, device="cpu") == pytest.approx(ref_transrate(x, y), rel=1e-9)
+        variant = transrate_score(x, y, normalize_rows=True, device="cpu")
+        assert variant == pytest.approx(ref_transrate(x, y, unit_rows=True), rel=1e-9)
+        assert abs(variant - ref_transrate(x, y)) > 0.1  # the options really differ
     x, y = blobs(20, 5, 3, sep=8.0, seed=21)
     shuffled = np.random.default_rng(21).permutation(y)
     assert transrate_score(x, y, device="cpu") > transrate_score(x, shuffled, device="cpu") + 0.5
+
+
+def test_transrate_closed_form_for_orthogonal_classes() -> None:
+    """Two classes of two points each on orthogonal axes: every log-determinant is a product of scalars."""
+    a = 3.0
+    x = np.array([[a, 0.0], [-a, 0.0], [0.0, a], [0.0, -a]])  # mean zero already
+    y = np.array([0, 0, 1, 1])
+    eps = 0.01
+    whole = 2 * 0.5 * math.log1p(2 * a * a / (4 * eps))  # ZᵀZ = diag(2a², 2a²), n = 4
+    within = 0.5 * math.log1p(2 * a * a / (2 * eps))  # each class: one axis, ZᵀZ = 2a², n = 2
+    assert transrate_score(x, y, eps=eps, device="cpu") == pytest.approx(whole - within, rel=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
