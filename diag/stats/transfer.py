@@ -233,12 +233,12 @@ def logme_score(
     f = _to_tensor(x, dev)
     y = _one_hot(codes, len(counts), dev)
     if n > d:
-        sigma, v = torch.linalg.eigh(f.T @ f)
+        sigma, v = torch.linalg.eigh(_gram(x, f, transpose_first=True))
         # z = Vᵀ Fᵀ y: zᵢ² = σᵢ xᵢ² with x = Uᵀy, without dividing by a tiny σᵢ.
         zz = ((v.T @ (f.T @ y)) ** 2).cpu().numpy()
         xx = None
     else:
-        sigma, u = torch.linalg.eigh(f @ f.T)
+        sigma, u = torch.linalg.eigh(_gram(x, f, transpose_first=False))
         xx = ((u.T @ y) ** 2).cpu().numpy()  # u is a full basis of R^n: Σᵢ xᵢ² = ||y||²
         zz = None
     sig = np.clip(sigma.cpu().numpy(), 0.0, None)
@@ -247,6 +247,19 @@ def logme_score(
     assert zz is not None
     evidence = _logme_evidence(sig, zz, xx, counts.astype(np.float64), n, d, tol=tol, max_iter=max_iter)
     return float(np.mean(evidence / n))
+
+
+def _gram(x: np.ndarray, f: torch.Tensor, *, transpose_first: bool) -> torch.Tensor:
+    """``FᵀF`` (``transpose_first``) or ``FFᵀ`` in float64 on ``f``'s device.
+
+    On the CPU NumPy forms it: it recognises the product of a matrix with its own transpose and calls
+    BLAS ``syrk``, half the flops of the general product that torch runs (measured on this project's
+    2-core machine, one thread, 5000 x 1280: 0.37 s against 0.88 s).
+    """
+    if f.device.type != "cpu":
+        return f.T @ f if transpose_first else f @ f.T
+    a = np.asarray(x, dtype=np.float64)
+    return torch.from_numpy(a.T @ a if transpose_first else a @ a.T)
 
 
 def _logme_evidence(

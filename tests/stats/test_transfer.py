@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import scipy.optimize
 from sklearn.covariance import LedoitWolf, ledoit_wolf_shrinkage
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -188,6 +189,46 @@ def test_logme_equals_per_class_reference(n: int, d: int, seed: int) -> None:
     expected = ref_logme(f, y, tol=1e-12)
     assert logme_score(f, y, tol=1e-12, device="cpu") == pytest.approx(expected, rel=1e-9)
     assert logme_score(f, y, device="cpu") == pytest.approx(expected, rel=1e-5)  # default tol
+
+
+def brute_force_log_evidence(f: np.ndarray, y: np.ndarray) -> float:
+    """max over (α, β) of the closed-form evidence, by dense solve and slogdet, no eigen-trick.
+
+    L(α, β) = n/2 log β + d/2 log α - n/2 log 2π - β/2 ||y - Fm||² - α/2 ||m||² - 1/2 logdet(αI + βFᵀF),
+    m = β A⁻¹ Fᵀy, maximised by Nelder–Mead over (log α, log β) from a coarse grid's best point.
+    """
+    n, d = f.shape
+    gram, fy = f.T @ f, f.T @ y
+
+    def neg(p: np.ndarray) -> float:
+        alpha, beta = math.exp(p[0]), math.exp(p[1])
+        a = alpha * np.eye(d) + beta * gram
+        m = beta * np.linalg.solve(a, fy)
+        sign, logdet = np.linalg.slogdet(a)
+        assert sign > 0
+        value = (
+            n / 2 * math.log(beta)
+            + d / 2 * math.log(alpha)
+            - n / 2 * math.log(2 * math.pi)
+            - beta / 2 * float(np.sum((y - f @ m) ** 2))
+            - alpha / 2 * float(m @ m)
+            - 0.5 * logdet
+        )
+        return -value
+
+    grid = [np.array([la, lb]) for la in np.linspace(-8, 8, 17) for lb in np.linspace(-8, 8, 17)]
+    start = min(grid, key=neg)
+    res = scipy.optimize.minimize(neg, start, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14})
+    return float(-res.fun / n)
+
+
+@pytest.mark.parametrize(("n", "d", "seed"), [(80, 10, 3), (30, 50, 4)], ids=["n>d", "d>n"])
+def test_logme_equals_brute_force_evidence_maximum(n: int, d: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=n)
+    f = rng.normal(size=(n, d)) * np.geomspace(2, 0.2, d) + 0.5 * np.eye(3)[y] @ rng.normal(size=(3, d))
+    expected = float(np.mean([brute_force_log_evidence(f, (y == c).astype(float)) for c in range(3)]))
+    assert logme_score(f, y, tol=1e-12, device="cpu") == pytest.approx(expected, rel=1e-10)
 
 
 def test_logme_closed_forms_at_the_boundaries() -> None:
