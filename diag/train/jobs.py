@@ -35,6 +35,7 @@ from typing import Any
 
 from diag.errors import ConfigError, DataError, param_error
 from diag.fileio import atomic_write_bytes
+from diag.train.config import FinetuneConfig
 
 __all__ = [
     "JOB_FILE",
@@ -46,6 +47,7 @@ __all__ = [
     "RunStatus",
     "check_extra_args",
     "finetune_command",
+    "is_alive",
     "launch",
     "launch_finetune",
     "list_runs",
@@ -55,6 +57,7 @@ __all__ = [
     "run_config",
     "run_status",
     "stop",
+    "tail",
     "terminate",
 ]
 
@@ -65,11 +68,10 @@ RUN_FILE = "run.json"
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
-STOP_FILE = "STOP"  # diag.train.STOP_FILE, the name the run polls (not imported: diag.train pulls torch)
+STOP_FILE = "STOP"  # diag.train.STOP_FILE, the name the run polls
 _FINISHED = ("completed", "stopped", "interrupted", "failed")
 
-# The Popen objects of the runs this process launched, by pid: polling them reaps finished children
-# (no zombies) and keeps Python from warning that a running subprocess was garbage-collected.
+# Popen objects of the runs launched here, by pid: polling reaps them (no zombies, no ResourceWarning).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
@@ -79,10 +81,8 @@ class Job:
 
     Attributes
     ----------
-    out : Path
-        The run folder.
-    pid : int
-    command : list of str
+    out, pid, command : Path, int, list of str
+        The run folder, the process id, the command line.
     started : str
         ISO 8601 launch time (UTC).
     start_ticks : int or None
@@ -97,13 +97,8 @@ class Job:
     start_ticks: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "diag.job",
-            "pid": self.pid,
-            "command": self.command,
-            "started": self.started,
-            "start_ticks": self.start_ticks,
-        }
+        return {"kind": "diag.job", "pid": self.pid, "command": self.command, "started": self.started,
+                "start_ticks": self.start_ticks}  # fmt: skip
 
     @classmethod
     def load(cls, out: str | Path) -> Job | None:
@@ -132,15 +127,16 @@ class RunStatus:
     state : str
         ``starting`` (process alive, training not yet begun), ``running``, ``stopping`` (a stop was
         asked for), one of the finished states of :mod:`diag.train.run` (``completed``, ``stopped``,
-        ``interrupted``, ``failed``), ``died`` (the process ended without a final result: killed, or it
-        failed before training; see ``log_tail``) or ``unknown`` (no job and no result in the folder).
+        ``interrupted``, ``failed``; final as soon as written, even while the process exits), ``died``
+        (the process ended without a final result: killed, or it failed before training; see
+        ``log_tail``) or ``unknown`` (no job and no result in the folder).
     alive : bool
         Whether the recorded process still runs.
     pid : int or None
     result : dict or None
         ``result.json`` when present.
     epochs_done, epochs : int or None
-        Completed epochs and the planned number.
+        Completed epochs (live, from ``metrics.jsonl``) and the planned number.
     log_tail : str
         The last lines of ``log.txt``.
     """
@@ -170,16 +166,13 @@ def run_config(
     epochs: int | None = None,
     image_size: int | None = None,
     batch_size: int | None = None,
+    **more: Any,
 ) -> dict[str, Any]:
     """The fine-tuning settings a run file holds (``DIR/run.json``, read by ``diag finetune --config``).
 
-    Settings left None are not written, so ``diag finetune`` applies its own defaults to them.
-
-    Parameters
-    ----------
-    freeze : int or str, default 0
-        Blocks frozen from the input side (``0`` tunes everything, ``all`` is a linear probe).
-    epochs, image_size, batch_size : int, optional
+    Settings left None are not written, so ``diag finetune`` applies its own defaults to them. ``more``
+    takes any other :class:`diag.train.FinetuneConfig` field (``lp_ft=2``, ``lr=3e-4``, ``from_scratch``);
+    the whole is checked as a FinetuneConfig, so a bad value is refused here, naming the setting.
 
     Returns
     -------
@@ -192,6 +185,8 @@ def run_config(
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise param_error(name, "must be a positive integer", value)
             settings[name] = value
+    settings.update({k: v for k, v in more.items() if v is not None})
+    FinetuneConfig.from_dict(settings)  # unknown names and bad values: ConfigError naming them
     return settings
 
 
@@ -239,9 +234,8 @@ def finetune_command(
 
     Parameters
     ----------
-    target : str
-        Labelled training data: a path or ``samples:NAME``.
-    backbone : str
+    target, backbone : str
+        Labelled training data (a path or ``samples:NAME``) and the backbone.
     out : path
         The run folder.
     extra_args : sequence of str
@@ -354,10 +348,10 @@ def launch_finetune(
     batch_size: int | None = None,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    **more: Any,
 ) -> Job:
-    """Write ``out/run.json`` (:func:`run_config`) and start ``diag finetune --config`` on it, detached.
-
-    ``extra_args`` are more ``diag finetune`` flags (see :func:`finetune_command`).
+    """Write ``out/run.json`` (:func:`run_config`, with ``more`` settings) and start ``diag finetune
+    --config`` on it, detached. ``extra_args`` are more flags (see :func:`finetune_command`).
 
     Raises
     ------
@@ -367,7 +361,7 @@ def launch_finetune(
     out = Path(out)
     if (out / RESULT_FILE).exists() or (out / METRICS_FILE).exists():
         raise ConfigError(f"{out}: already holds a fine-tuning run; choose a new folder.")
-    settings = run_config(freeze=freeze, epochs=epochs, image_size=image_size, batch_size=batch_size)
+    settings = run_config(freeze=freeze, epochs=epochs, image_size=image_size, batch_size=batch_size, **more)
     cmd = finetune_command(target, backbone, out, extra_args=extra_args)
     if run_status(out).alive:  # checked again by launch(); before run.json, so a live run keeps its file
         raise ConfigError(f"{out}: a run is still going on in this folder; stop it first.")
@@ -392,7 +386,8 @@ def new_run_dir(root: str | Path, stem: str) -> Path:
 # Polling
 
 
-def _alive(job: Job) -> bool:
+def is_alive(job: Job) -> bool:
+    """Whether the job's process still runs (a zombie or a recycled pid does not count)."""
     proc = _CHILDREN.get(job.pid)
     if proc is not None:
         if proc.poll() is None:
@@ -431,7 +426,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return d if isinstance(d, dict) else None
 
 
-def _tail(path: Path, n_lines: int = 20, max_bytes: int = 16384) -> str:
+def tail(path: Path, n_lines: int = 20, max_bytes: int = 16384) -> str:
+    """The last ``n_lines`` lines of a log (as a terminal shows them: after the last ``\\r``)."""
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
@@ -470,7 +466,7 @@ def run_status(out: str | Path) -> RunStatus:
     """Where the run in ``out`` stands (see :class:`RunStatus`); reads files, never blocks."""
     out = Path(out)
     job = Job.load(out)
-    alive = job is not None and _alive(job)
+    alive = job is not None and is_alive(job)
     result = _read_json(out / RESULT_FILE)
     res_status = str(result.get("status")) if result else None
     config = dict(result.get("config") or {}) if result else {}
@@ -481,10 +477,13 @@ def run_status(out: str | Path) -> RunStatus:
         with contextlib.suppress(ValueError, IndexError):
             epochs = int(job.command[job.command.index("--epochs") + 1])
     done = int(result.get("epochs_completed") or 0) if result else None
-    if alive:
+    if alive:  # live: result.json counts the epochs only at the end, metrics.jsonl as they end
+        ends = [int(r.get("epoch") or 0) for r in read_metrics(out) if r.get("kind") == "epoch"]
+        done = max([done or 0, *ends])
+    if alive and res_status not in _FINISHED:
         stopping = (out / STOP_FILE).exists()
         state = "stopping" if stopping else ("running" if res_status == "running" else "starting")
-    elif res_status in _FINISHED:
+    elif res_status in _FINISHED:  # a final result stays final, even while the process exits
         state = str(res_status)
     elif job is not None:
         state = "died"
@@ -498,7 +497,7 @@ def run_status(out: str | Path) -> RunStatus:
         result=result,
         epochs_done=done,
         epochs=int(epochs) if isinstance(epochs, int) else None,
-        log_tail=_tail(out / LOG_FILE),
+        log_tail=tail(out / LOG_FILE),
         config=config,
     )
 
