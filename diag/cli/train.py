@@ -38,6 +38,7 @@ from diag.train import (
     freeze_units,
     sweep,
 )
+from diag.train.search import DEFAULT_BUDGET, freeze_search, search_candidates
 
 __all__ = ["finetune_config", "register"]
 
@@ -46,6 +47,8 @@ _EPILOG = (
     "(blocks.0 ... blocks.6 for EfficientNet-Lite), pooled (conv_head + bn2); text encoders: embeddings, "
     "layer.0 ... layer.N. --freeze K freezes the first K blocks (0 tunes all; all/linear = a linear probe); "
     "--freeze blocks.4 freezes every block up to and including blocks.4. List them with --list-blocks. "
+    "--freeze search tries the recommended depth, its alternative and their neighbours with short trials "
+    "(successive halving, extra cost at most --search-budget full runs) and trains the winner in full. "
     "Create a file named STOP in the output folder to stop cleanly; --resume continues."
 )
 
@@ -120,8 +123,15 @@ def register(sub: Any) -> None:
         "--report",
         type=Path,
         metavar="DIR",
-        help="with --freeze auto: take the recommendation of this `diag diagnose` report (default: compute "
-        "it from the target's per-layer probe curve)",
+        help="with --freeze auto/search: take the recommendation of this `diag diagnose` report (default: "
+        "compute it from the target's per-layer probe curve)",
+    )
+    p.add_argument(
+        "--search-budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        metavar="F",
+        help="with --freeze search: extra compute for the trials, in full runs (default: %(default)s)",
     )
     add_config_flags(p, FinetuneConfig, "fine-tuning", metavars={"freeze": "SPEC"})
     p.set_defaults(handler=_cmd_finetune)
@@ -179,6 +189,11 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 
 def _auto_freeze(args: argparse.Namespace) -> int:
     """``--freeze auto``: the recommended depth (from ``--report``, or from the target's probe curve)."""
+    return _recommendation(args).depth
+
+
+def _recommendation(args: argparse.Namespace) -> Any:
+    """The freeze recommendation for ``--freeze auto`` / ``search`` (printed unless quiet)."""
     report = load_report(args.report) if args.report else None
     image_size = getattr(args, "image_size", None) or PRESETS[args.preset].get("image_size")
     max_length = getattr(args, "max_length", None) or PRESETS[args.preset].get("max_length")
@@ -188,7 +203,7 @@ def _auto_freeze(args: argparse.Namespace) -> int:
         print(f"--freeze auto: K = {rec.depth} of {rec.n_blocks} (tune {', '.join(rec.tune) or 'head only'})")
         for line in rec.rationale:
             print(f"  {line}")
-    return rec.depth
+    return rec
 
 
 def _open(args: argparse.Namespace, spec: str | None) -> Any:
@@ -254,6 +269,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if getattr(args, "freeze", None) == "auto":
         _require(args, "target", "out")
         args.freeze = _auto_freeze(args)
+    if getattr(args, "freeze", None) == "search":
+        return _search(args)
     config = finetune_config(args)
     if args.list_blocks:
         bb = load(args.backbone, pretrained=False, image_size=config.image_size)
@@ -275,6 +292,38 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             callbacks=callbacks,
             resume=args.resume,
             overwrite=args.overwrite,
+        )
+    return _emit(args, res, _print_run)
+
+
+def _search(args: argparse.Namespace) -> int:
+    """``--freeze search``: successive halving from the recommendation, then the winner in full."""
+    _require(args, "target", "out")
+    if args.resume or args.overwrite:
+        raise ConfigError("--freeze search resumes by itself (rerun it); it takes no --resume/--overwrite.")
+    rec = _recommendation(args)
+    args.freeze = rec.depth
+    config = finetune_config(args)
+    cands = search_candidates(rec.depth, rec.evidence.get("alternative_depth"), rec.n_blocks)
+    callbacks = [] if args.quiet or args.json else [_Bars(prefix=True)]
+    with _sigterm_as_interrupt():
+        res, found = freeze_search(
+            _open(args, args.target),
+            args.backbone,
+            config,
+            out=args.out,
+            candidates=cands,
+            budget=args.search_budget,
+            val=_open(args, args.val),
+            callbacks=callbacks,
+        )
+    if not args.quiet and not args.json:
+        for rung in found.rungs:
+            scores = ", ".join(f"K {k}: {v:.3f}" for k, v in rung["scores"].items())
+            print(f"rung at epoch {rung['epochs']}: {scores}; kept K {', '.join(map(str, rung['kept']))}")
+        print(
+            f"--freeze search: K = {found.winner} (candidates {found.candidates}); extra cost "
+            f"{found.extra_cost:.2f} full runs (budget {found.budget:g}); details in {args.out}/search.json"
         )
     return _emit(args, res, _print_run)
 

@@ -19,7 +19,14 @@ from typing import Any
 from diag.errors import DataError
 from diag.predict.negative import NegativeTransfer
 
-__all__ = ["FLAT_RANGE", "RGN_PULL", "SMALL_TARGET", "FreezeRecommendation", "recommend_freeze"]
+__all__ = [
+    "FLAT_RANGE",
+    "RGN_PULL",
+    "SMALL_TARGET",
+    "FreezeRecommendation",
+    "FreezeRule",
+    "recommend_freeze",
+]
 
 #: A probe curve whose range over the blocks is below this is "flat": it cannot place the freeze depth
 #: (MiniLM on the debates: 0.77-0.80 over every layer), and the relative gradient norms decide instead.
@@ -32,6 +39,37 @@ SMALL_TARGET = 20
 
 #: With a flat probe curve, tuning starts at the first block whose normalised RGN reaches this.
 RGN_PULL = 0.9
+
+
+@dataclass(frozen=True)
+class FreezeRule:
+    """The constants of the freeze rule (:func:`recommend_freeze`); the defaults are diag's.
+
+    ``benchmarks/bench_predict.py`` refits them on all but one family of truth tables and scores the
+    family left out (leave-one-family-out), so they are parameters rather than literals.
+
+    Attributes
+    ----------
+    few_examples : float
+        Below this many examples per class, a linear probe.
+    small_target : float
+        From ``few_examples`` up to this, only the last block is tuned.
+    flat_range : float
+        A probe curve whose range over the blocks is below this is flat (the gradient norms decide).
+    rgn_pull : float
+        With a flat curve, tuning starts at the first block whose normalised RGN reaches this.
+    min_tuned : int
+        At least this many blocks are tuned (when the backbone has more).
+    peak_offset : int
+        Blocks frozen beyond (positive) or short of (negative) the probe peak.
+    """
+
+    few_examples: float = 10
+    small_target: float = SMALL_TARGET
+    flat_range: float = FLAT_RANGE
+    rgn_pull: float = RGN_PULL
+    min_tuned: int = 2
+    peak_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,6 +121,7 @@ def recommend_freeze(
     shift_layers: Sequence[dict[str, Any]] | None = None,
     rgn: dict[str, float] | None = None,
     negative: NegativeTransfer | None = None,
+    rule: FreezeRule | None = None,
 ) -> FreezeRecommendation:
     """Recommend ``K`` (blocks to freeze) from the per-layer probe curve, the shift profile and, when the
     probe curve cannot decide, the relative gradient norms.
@@ -122,7 +161,10 @@ def recommend_freeze(
         Normalised relative gradient norm per block.
     negative : NegativeTransfer, optional
         The negative-transfer verdict on the same target.
+    rule : FreezeRule, optional
+        The rule's constants (default: diag's, :class:`FreezeRule`).
     """
+    rule = rule or FreezeRule()
     blocks = list(blocks)
     n = len(blocks)
     lp = {k: v["scores"].get("linear_probe_accuracy", math.nan) for k, v in pretrained.items()}
@@ -135,41 +177,48 @@ def recommend_freeze(
     per_class = n_target / max(n_classes, 1)
     on_blocks = [lp[b] for b in blocks if b in lp and math.isfinite(lp[b])] or [lp[k] for k in names]
     spread = max(on_blocks) - min(on_blocks)
-    flat = spread < FLAT_RANGE
+    flat = spread < rule.flat_range
     rationale: list[str] = []
     curve = ", ".join(f"{k} {lp[k]:.2f}" for k in names)
     rationale.append(f"Linear-probe accuracy of the target by layer: {curve}.")
     basis = "probe"
-    if per_class < 10:
+    cap = n - rule.min_tuned if n > rule.min_tuned else n
+    alternative: int | None = None
+    if per_class < rule.few_examples:
         depth = n
         basis = "few examples"
         rationale.append(
             f"Only {per_class:.0f} examples per class: tuning blocks would overfit, so train the head alone."
         )
-    elif per_class < SMALL_TARGET and n > 1:
+    elif per_class < rule.small_target and n > 1:
         depth = n - 1
         basis = "small target"
         rationale.append(
-            f"Only {per_class:.0f} examples per class (below {SMALL_TARGET}): tune the last block "
+            f"Only {per_class:.0f} examples per class (below {rule.small_target:g}): tune the last block "
             f"({blocks[-1]}) and keep the {depth} below frozen — with 10 per class that beat freezing "
             f"through the probe peak (here {best}, {top:.2f}) on two digit targets, and a head alone "
             "did worse than both."
         )
-    elif flat and rgn and any(rgn.get(b, 0.0) >= RGN_PULL for b in blocks):
+    elif flat and rgn and any(rgn.get(b, 0.0) >= rule.rgn_pull for b in blocks):
         basis = "rgn"
-        first = next(b for b in blocks if rgn.get(b, 0.0) >= RGN_PULL)
-        depth = min(blocks.index(first), n - 2) if n > 2 else blocks.index(first)
+        first = next(b for b in blocks if rgn.get(b, 0.0) >= rule.rgn_pull)
+        depth = min(blocks.index(first), cap)
         rationale.append(
-            f"The probe curve is flat (range {spread:.2f} over the blocks, below {FLAT_RANGE}): every "
+            f"The probe curve is flat (range {spread:.2f} over the blocks, below {rule.flat_range:g}): every "
             "layer's features serve the target about equally, so it cannot say where to stop freezing. "
             f"The relative gradient norms decide: the target pulls hardest from {first} on (RGN ≥ "
-            f"{RGN_PULL} of the largest), so tune from {blocks[depth]} and keep the {depth} block(s) "
+            f"{rule.rgn_pull:g} of the largest), so tune from {blocks[depth]} and keep the {depth} block(s) "
             "below frozen."
         )
     else:
         # a probe that is not a block (e.g. "cls" for text) maps by depth order
-        depth = blocks.index(best) + 1 if best in blocks else min(n, names.index(best) + 1)
-        depth = min(depth, n - 2) if n > 2 else depth
+        def through(layer: str) -> int:
+            k = blocks.index(layer) + 1 if layer in blocks else min(n, names.index(layer) + 1)
+            return max(0, min(k + rule.peak_offset, cap))
+
+        depth = through(best)
+        if peak != best and through(peak) != depth:
+            alternative = through(peak)
         rationale.append(
             f"Target-useful features peak at {best} ({top:.2f}): keep the blocks up to "
             f"{blocks[depth - 1] if depth > 0 else 'none'} frozen and tune the {n - depth} block(s) after, "
@@ -211,6 +260,7 @@ def recommend_freeze(
         "probe_range": spread,
         "basis": basis,
         "examples_per_class": per_class,
+        "alternative_depth": alternative,
     }
     if shift_layers:
         evidence["shift_auc"] = {x["name"]: x["shift"]["c2st_auc"] for x in shift_layers}

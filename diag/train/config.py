@@ -43,7 +43,7 @@ class FinetuneConfig:
         metadata={
             "help": "blocks frozen from the input side: K (0 tunes all), a block name (freeze up to and "
             "including it, e.g. blocks.4), all/linear for a linear probe, or (CLI) auto for diag's "
-            "recommendation"
+            "recommendation, search for a budgeted search around it (--search-budget)"
         },
     )
     epochs: int = field(default=8, metadata={"help": "training epochs (including --lp-ft epochs)"})
