@@ -63,7 +63,15 @@ def _digits(
     }  # fmt: skip
 
 
+def _tex(name: str, backbone: str, target: str = f"{SC}/tex") -> dict:
+    """A texture table: scikit-image photos' crops by source photo (make_scenarios.py), source = the same
+    photos zoomed out."""
+    return {**_digits(name, backbone, target, f"{target}-val", held_out=True), "source": f"{SC}/tex-src"}
+
+
 LITE0 = "efficientnet_lite0"
+SHUFFLED = f"efficientnet_lite0@{SC}/shuffled-lite0.safetensors"
+LADDER = ("noise1", "noise3", "noise5", "blur3", "contrast3", "jpeg3")
 INV = f"{SC}/uci-inverted"
 MEMORIZER = f"efficientnet_lite0@{SC}/memorizer-lite0/last.pt"
 NOISE_MEMORIZER = f"efficientnet_lite0@{SC}/noise-memorizer-lite0/last.pt"
@@ -94,6 +102,13 @@ SCENARIOS = [
     _digits("mnist-uci-inverted-10pc", LITE0, f"{INV}-10pc", f"{INV}-val", held_out=True),
     _digits("lite1-uci-10pc", "efficientnet_lite1", f"{SC}/uci-10pc", held_out=True),
     _digits("dead40-uci", f"efficientnet_lite0@{SC}/dead40-lite0.safetensors", held_out=True),
+    # Issue 15's families (leave-one-family-out, predict_lofo.py): natural-photo textures with three
+    # backbones, corruption ladders on them, and the weight-shuffled Lite0 (Transfusion control).
+    # Built after the shipped rule was fixed: held out from it.
+    *[_tex(f"tex-{b}", f"efficientnet_{b}") for b in ("lite0", "lite1", "lite2")],
+    *[_tex(f"tex-{c}", LITE0, f"{SC}/tex-{c}") for c in LADDER],
+    _digits("shuffled-uci", SHUFFLED, held_out=True),
+    _tex("shuffled-tex", SHUFFLED),
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",
@@ -443,9 +458,14 @@ def main() -> int:
         old.update({r["name"]: r for r in rows})
         rows = [old[sc["name"]] for sc in SCENARIOS if sc["name"] in old]
     summary = summarize(rows)
+    import predict_lofo
+
+    summary["leave_one_family_out"] = predict_lofo.evaluate(rows)
+    predict_lofo.write_calibration(rows, summary["leave_one_family_out"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"scenarios": rows, "summary": summary}, indent=1) + "\n")
-    print_tables(rows, summary)
+    print_tables(rows, {k: v for k, v in summary.items() if k != "leave_one_family_out"})
+    predict_lofo.print_tables(summary["leave_one_family_out"])
     print(f"wrote {args.out}")
     return 0
 

@@ -100,6 +100,7 @@ def main() -> int:
     _dead_units(out / "dead-lite0.safetensors", fraction=0.9)
     _dead_units(out / "dead60-lite0.safetensors", fraction=0.6)
     _held_out(out, uci, uci_y, sample_idx, val_idx, sheet, sheet_y, args.seed)
+    _new_families(out, args.seed)
     print(f"wrote the scenario folders under {out}")
     return 0
 
@@ -160,6 +161,124 @@ def _dead_units(path: Path, fraction: float) -> None:
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(path))
     print(f"{path.name}: {n_dead} of {n_all} ReLU6 channels dead")
+
+
+#: The photos of the texture family (issue 15): scikit-image's bundled photos, one class each.
+TEXTURE_PHOTOS = (
+    "brick", "grass", "gravel", "coins", "moon", "camera", "astronaut", "chelsea", "coffee", "rocket",
+)  # fmt: skip
+#: Corruption ladders on the texture target, three severities each (ImageNet-C's 1, 3 and 5, Hendrycks &
+#: Dietterich 2019, scaled to 32 px): noise sd in grey levels, blur sigma in px, contrast factor, JPEG
+#: quality.
+LADDERS = {
+    "noise": (20.0, 46.0, 97.0),
+    "blur": (0.5, 1.0, 1.5),
+    "contrast": (0.4, 0.2, 0.05),
+    "jpeg": (25, 15, 7),
+}
+
+
+def _photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    img = np.asarray(getattr(data, name)())
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3]).astype(np.uint8)
+
+
+def _crops(
+    img: np.ndarray, n: int, rows: tuple[float, float], side: tuple[float, float], rng: np.random.Generator
+) -> np.ndarray:
+    """``n`` square crops (side a uniform fraction of the shorter side) inside the band of rows
+    ``rows`` (fractions of the height), resized to 32 px (bicubic, antialiased)."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    top, bottom = int(rows[0] * h), int(rows[1] * h)
+    out = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    for i in range(n):
+        s = int(rng.uniform(*side) * min(h, w))
+        s = min(s, bottom - top, w)
+        y = int(rng.integers(top, bottom - s + 1))
+        x = int(rng.integers(0, w - s + 1))
+        crop = Image.fromarray(img[y : y + s, x : x + s]).resize((32, 32), Image.Resampling.BICUBIC)
+        out[i] = np.asarray(crop)
+    return out
+
+
+def _ladder(images: np.ndarray, kind: str, level: float, seed: int) -> np.ndarray:
+    """One corruption at one severity, on 32 px uint8 RGB images (NumPy/PIL, written from the
+    ImageNet-C definitions: additive Gaussian noise, Gaussian blur, contrast about each image's mean,
+    JPEG re-encoding)."""
+    import io
+
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    x = images.astype(np.float64)
+    if kind == "noise":
+        x = x + np.random.default_rng(seed).normal(0.0, level, size=x.shape)
+    elif kind == "blur":
+        x = gaussian_filter(x, sigma=(0, level, level, 0))
+    elif kind == "contrast":
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        x = (x - mean) * level + mean
+    elif kind == "jpeg":
+        out = np.empty_like(images)
+        for i, im in enumerate(images):
+            buf = io.BytesIO()
+            Image.fromarray(im).save(buf, format="JPEG", quality=int(level))
+            out[i] = np.asarray(Image.open(buf).convert("RGB"))
+        return out
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _shuffled_weights(path: Path, seed: int = 0) -> None:
+    """EfficientNet-Lite0's ImageNet weights with every tensor's entries permuted within the tensor:
+    each layer keeps its weight statistics (mean, spread, norm) but no learnt feature survives — the
+    Transfusion control (Raghu et al., "Transfusion: Understanding Transfer Learning for Medical
+    Imaging", NeurIPS 2019)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from diag.models import load
+
+    model = load("efficientnet_lite0").model
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in model.state_dict().items():
+        if v.is_floating_point() and v.numel() > 1:
+            flat = v.flatten()
+            v = flat[torch.randperm(flat.numel(), generator=gen)].reshape(v.shape)
+        sd[k] = v.contiguous()
+    save_file(sd, str(path))
+    print(f"{path.name}: {len(sd)} tensors shuffled within themselves")
+
+
+def _new_families(out: Path, seed: int) -> None:
+    """Issue 15's families: natural-photo textures (classified by source photo, 32 px; train crops from
+    the top 55 % of each photo, validation crops from the bottom 45 %, so no pixel is shared), their
+    corruption ladders, and the weight-shuffled negative control."""
+    rng = np.random.default_rng(1500 + seed)
+    photos = [_photo(p) for p in TEXTURE_PHOTOS]
+    labels30 = np.repeat(np.arange(len(photos)), SAMPLE_PER_CLASS)
+    labels50 = np.repeat(np.arange(len(photos)), 50)
+    train = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 0.55), (0.12, 0.3), rng) for p in photos])
+    val = np.concatenate([_crops(p, 50, (0.55, 1.0), (0.12, 0.3), rng) for p in photos])
+    # The diagnose source: the same photos zoomed out (crops of 0.4-0.55 of the shorter side).
+    src = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 1.0), (0.4, 0.55), rng) for p in photos])
+    S.write_digits(out / "tex", train, labels30, np.arange(len(train)))
+    S.write_digits(out / "tex-val", val, labels50, np.arange(len(val)))
+    S.write_digits(out / "tex-src", src, labels30, np.arange(len(src)))
+    for kind, levels in LADDERS.items():
+        for sev, level in zip((1, 3, 5), levels, strict=True):
+            name = f"tex-{kind}{sev}"
+            S.write_digits(out / name, _ladder(train, kind, level, 11 + sev), labels30, np.arange(len(train)))
+            S.write_digits(
+                out / f"{name}-val", _ladder(val, kind, level, 21 + sev), labels50, np.arange(len(val))
+            )
+    _shuffled_weights(out / "shuffled-lite0.safetensors")
 
 
 if __name__ == "__main__":

@@ -58,3 +58,20 @@ sweep mnist-opencv-10pc $S/opencv-10pc $S/opencv-val efficientnet_lite0 0,3,5,6,
 sweep mnist-uci-inverted-10pc $S/uci-inverted-10pc $S/uci-inverted-val efficientnet_lite0 0,3,5,6,7,8,9
 sweep lite1-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite1 0,3,5,6,7,8,9
 sweep dead40-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead40-lite0.safetensors 0,3,5,7,9
+
+# Issue 15's families (make_scenarios.py builds the data): natural-photo textures (10 scikit-image photos,
+# classified by source photo, 32 px, train crops from the top of each photo, validation from the bottom),
+# with three ImageNet backbones; corruption ladders on that target; the weight-shuffled Lite0 (Transfusion
+# control) as a second cause of negative transfer. Same protocol as above.
+new_families() {  # in the order they were run (about 25 min per 16-run sweep on 2 busy cores)
+  sweep tex-lite0 $S/tex $S/tex-val efficientnet_lite0 0,3,5,6,7,8,9
+  sweep shuffled-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/shuffled-lite0.safetensors 0,3,5,9
+  sweep tex-noise3 $S/tex-noise3 $S/tex-noise3-val efficientnet_lite0 0,5,6,7,8,9
+  sweep tex-lite1 $S/tex $S/tex-val efficientnet_lite1 0,3,5,6,7,8,9
+  for c in noise1 noise5 blur3 contrast3 jpeg3; do
+    sweep tex-$c $S/tex-$c $S/tex-$c-val efficientnet_lite0 0,5,6,7,8,9
+  done
+  sweep tex-lite2 $S/tex $S/tex-val efficientnet_lite2 0,3,5,6,7,8,9
+  sweep shuffled-tex $S/tex $S/tex-val efficientnet_lite0@$S/shuffled-lite0.safetensors 0,3,5,9
+}
+new_families

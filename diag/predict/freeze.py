@@ -11,9 +11,12 @@ rationale. Checked against the sweeps in ``benchmarks/bench_predict.py``.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from importlib import resources
 from typing import Any
 
 from diag.errors import DataError
@@ -25,6 +28,7 @@ __all__ = [
     "SMALL_TARGET",
     "FreezeRecommendation",
     "FreezeRule",
+    "calibration",
     "recommend_freeze",
 ]
 
@@ -39,6 +43,63 @@ SMALL_TARGET = 20
 
 #: With a flat probe curve, tuning starts at the first block whose normalised RGN reaches this.
 RGN_PULL = 0.9
+
+
+#: The measured spread of the rule's ratio (accuracy at its depth / the best depth's) per family of truth
+#: tables, leave-one-family-out: written by ``benchmarks/predict_lofo.py``, shipped with the package.
+CALIBRATION_FILE = "freeze_calibration.json"
+
+
+@functools.lru_cache(maxsize=1)
+def calibration() -> dict[str, Any] | None:
+    """The shipped leave-one-family-out calibration of the freeze rule (None if the file is absent)."""
+    try:
+        text = resources.files("diag.predict").joinpath(CALIBRATION_FILE).read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError):
+        return None
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def _similar_families(cal: dict[str, Any], basis: str, text: bool, input_level: bool) -> list[str]:
+    """The calibration families most like a target: those whose tables the same step of the rule
+    decided, of the same modality; an input-level shift narrows image targets to the corruption family."""
+    fams = cal.get("families", {})
+    same = [
+        f for f, v in fams.items() if basis in v.get("bases", []) and (v.get("modality") == "text") == text
+    ]
+    if input_level and any(fams[f].get("input_level") for f in same):
+        same = [f for f in same if fams[f].get("input_level")]
+    return sorted(same)
+
+
+def _how_sure(basis: str, text: bool, input_level: bool) -> tuple[str | None, dict[str, Any] | None]:
+    cal = calibration()
+    if not cal:
+        return None, None
+    fams = _similar_families(cal, basis, text, input_level)
+    if not fams:
+        return (
+            "How sure: no truth table was decided by this step of the rule (unmeasured); "
+            "`diag finetune --freeze search` checks the depth for a fraction of a run.",
+            {"families": []},
+        )
+    ratios = {t: r for f in fams for t, r in cal["families"][f]["lofo_by_table"].items()}
+    worst = min(ratios, key=lambda t: ratios[t])
+    mean = sum(ratios.values()) / len(ratios)
+    note = (
+        f"How sure: with its constants refit without each family of truth tables and scored on the family "
+        f"left out, the rule reached {mean:.3f} of the best depth's accuracy on average on the families most "
+        f"like this target ({', '.join(fams)}: {len(ratios)} tables), from {ratios[worst]:.3f} ({worst}) to "
+        f"{max(ratios.values()):.3f}."
+    )
+    return note, {
+        "families": fams,
+        "lofo_mean": mean,
+        "lofo_min": ratios[worst],
+        "lofo_max": max(ratios.values()),
+        "n_tables": len(ratios),
+    }
 
 
 @dataclass(frozen=True)
@@ -231,6 +292,19 @@ def recommend_freeze(
             )
             + (" (The curve is flat and no gradient norms were computed: a weak signal.)" if flat else "")
         )
+    text = any(b.startswith(("layer.", "embeddings")) for b in blocks)
+    input_level = bool(shift and shift.get("is_shift") and shift.get("level") == "input-level")
+    sure, cal = _how_sure(basis, text, input_level)
+    if sure:
+        rationale.append(
+            sure
+            + (
+                f" The alternative, K = {alternative} (freezing through {peak}), is about as defensible; "
+                "`diag finetune --freeze search` tries both for about half a run more."
+                if alternative is not None
+                else ""
+            )
+        )
     lr = "standard"
     if shift and shift.get("is_shift"):
         e = shift.get("effect") or {}
@@ -262,6 +336,8 @@ def recommend_freeze(
         "examples_per_class": per_class,
         "alternative_depth": alternative,
     }
+    if cal is not None:
+        evidence["calibration"] = cal
     if shift_layers:
         evidence["shift_auc"] = {x["name"]: x["shift"]["c2st_auc"] for x in shift_layers}
     if rgn:

@@ -1,0 +1,144 @@
+"""The budgeted freeze search (``diag finetune --freeze search``), simulated from recorded training curves.
+
+For each truth table whose sweep kept its runs (``runs/sweeps/v2/NAME/runs/freeze-K-seed-S/result.json``,
+per-epoch validation accuracy), the per-epoch curves are saved to ``benchmarks/results/curves/NAME.json``
+(committed) and the search is replayed on them with the same bookkeeping as the real one
+(:func:`diag.train.search.successive_halving`): a trial stopped at epoch e of the full schedule scores the
+best validation accuracy of epochs 1..e of that depth's recorded run, the winner's full run is its recorded
+run. This is a *simulation*: exact for the truncated-schedule trials the search runs (same recipe, same
+seed, stopped at the rung), up to the nondeterminism of resuming from a checkpoint. Candidates are the
+rule's depth, its alternative and their neighbours (``search_candidates``); one the sweep did not measure
+is dropped (and counted).
+
+Reported per table and seed: the search's depth, accuracy / best depth's (the table's mean over seeds), the
+rule's ratio, and the extra cost in full runs; at budgets 0.25, 0.5 and 1.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_search.py        # after bench_predict.py (reads predict.json)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diag.train.search import search_candidates, successive_halving  # noqa: E402
+
+CURVES = ROOT / "benchmarks" / "results" / "curves"
+BUDGETS = (0.25, 0.5, 1.0)
+
+
+def harvest(name: str, sweep_root: Path) -> dict | None:
+    """Per-epoch validation accuracy of every run of a sweep: ``{"K": {"seed": [acc, ...]}}``."""
+    runs = sweep_root / "v2" / name / "runs"
+    if not runs.is_dir():
+        return None
+    curves: dict[str, dict[str, list[float]]] = {}
+    for d in sorted(runs.iterdir()):
+        parts = d.name.split("-")
+        if parts[0] != "freeze" or not (d / "result.json").exists():
+            continue
+        res = json.loads((d / "result.json").read_text())
+        if res.get("status") != "completed":
+            continue
+        vals = [h["val_acc"] for h in res["history"] if h.get("val_acc") is not None]
+        curves.setdefault(parts[1], {})[parts[3]] = vals
+    return curves or None
+
+
+def simulate(row: dict, curves: dict, budget: float) -> dict:
+    acc = {int(k): float(v) for k, v in row["accuracy_by_depth"].items()}
+    best = max(acc.values())
+    alt = row["freeze_evidence"].get("alternative_depth")
+    cands_all = search_candidates(row["recommended_depth"], alt, row["n_blocks"])
+    cands = [c for c in cands_all if str(c) in curves]
+    seeds = sorted(set.intersection(*(set(curves[str(c)]) for c in cands))) if cands else []
+    per_seed = []
+    for s in seeds:
+        epochs = len(curves[str(cands[0])][s])
+
+        def train_to(c: int, e: int, s: str = s) -> float:
+            return max(curves[str(c)][s][:e])
+
+        res = successive_halving(cands, epochs, budget, train_to)
+        per_seed.append(
+            {
+                "seed": s,
+                "winner": res.winner,
+                "accuracy": res.winner_score,
+                "extra_cost": res.extra_cost,
+                "candidates": res.candidates,
+            }
+        )
+    rule_k = row["recommended_depth"]
+    return {
+        "budget": budget,
+        "candidates": cands_all,
+        "dropped_unmeasured": [c for c in cands_all if c not in cands],
+        "per_seed": per_seed,
+        "ratio_search": float(np.mean([p["accuracy"] for p in per_seed])) / best if per_seed else None,
+        "ratio_rule": acc[rule_k] / best if rule_k in acc else None,
+        "ratio_best_candidate": max(acc[c] for c in cands) / best if cands else None,
+        "extra_cost": float(np.mean([p["extra_cost"] for p in per_seed])) if per_seed else None,
+    }
+
+
+def main() -> int:
+    sweep_root = ROOT / "runs" / "sweeps"
+    data = json.loads((ROOT / "benchmarks" / "results" / "predict.json").read_text())
+    CURVES.mkdir(parents=True, exist_ok=True)
+    out: dict = {"simulated": True, "tables": {}}
+    for row in data["scenarios"]:
+        if row.get("nt_only") or row.get("negative_transfer_measured") or "accuracy_by_depth" not in row:
+            continue
+        path = CURVES / f"{row['name']}.json"
+        curves = harvest(row["name"], sweep_root)
+        if curves:
+            path.write_text(json.dumps(curves, indent=0) + "\n")
+        elif path.is_file():
+            curves = json.loads(path.read_text())
+        if not curves:
+            continue
+        out["tables"][row["name"]] = {str(b): simulate(row, curves, b) for b in BUDGETS}
+    for b in map(str, BUDGETS):
+        rows = [t[b] for t in out["tables"].values() if t[b]["ratio_search"] is not None]
+        out[f"budget_{b}"] = {
+            "n_tables": len(rows),
+            "mean_ratio_search": float(np.mean([r["ratio_search"] for r in rows])) if rows else None,
+            "min_ratio_search": min((r["ratio_search"] for r in rows), default=None),
+            "mean_ratio_rule": float(np.mean([r["ratio_rule"] for r in rows if r["ratio_rule"] is not None]))
+            if rows
+            else None,
+            "mean_extra_cost": float(np.mean([r["extra_cost"] for r in rows])) if rows else None,
+            "max_extra_cost": max((r["extra_cost"] for r in rows), default=None),
+        }
+    dst = ROOT / "benchmarks" / "results" / "search.json"
+    dst.write_text(json.dumps(out, indent=1) + "\n")
+    print("| table | rule K (ratio) | candidates | search K per seed (ratio) | extra cost | best candidate |")
+    print("|---|---|---|---|---|---|")
+    for name, t in out["tables"].items():
+        r = t["0.5"]
+        ks = ",".join(str(p["winner"]) for p in r["per_seed"])
+        print(
+            f"| {name} | {data_k(data, name)} ({r['ratio_rule']:.3f}) | {r['candidates']} | {ks} "
+            f"({r['ratio_search']:.3f}) | {r['extra_cost']:.2f} | {r['ratio_best_candidate']:.3f} |"
+        )
+    for b in map(str, BUDGETS):
+        print(b, out[f"budget_{b}"])
+    print(f"wrote {dst}")
+    return 0
+
+
+def data_k(data: dict, name: str) -> int:
+    return next(r["recommended_depth"] for r in data["scenarios"] if r["name"] == name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,483 @@
+"""Leave-one-family-out (LOFO) evaluation of diag's freeze-depth and negative-transfer rules.
+
+Every truth table of ``bench_predict.py`` belongs to a *family* (a kind of target or damage, ``FAMILY``).
+For each family, every constant of the freeze rule (:class:`diag.predict.freeze.FreezeRule`) and of the
+negative-transfer rule (head start at 30 per class, its shrink per doubling, the gradient-reach floor) is
+refit on the other families only, by the procedure that set them in-sample: a grid over the constants,
+keeping those with the best mean ratio (freeze) or balanced accuracy (negative transfer) on the training
+families; the held-out family is then scored. Constants the training families cannot tell apart (a tie)
+are averaged over: the held-out figure is the mean over the tied constants (and their worst is kept).
+
+Evidence comes from ``results/predict.json`` (each table's probe curve, gradient norms, negative-transfer
+signals) and the committed ``sweep.json`` accuracies: no model is run here. A depth a refit rule picks that
+the table never measured is *unmeasured*; for fitting it counts as the lower of its measured neighbours
+(pessimistic), and held-out figures say how many such cells they contain.
+
+Usage::
+
+    .venv/bin/python benchmarks/predict_lofo.py        # reads and updates benchmarks/results/predict.json
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CALIBRATION = ROOT / "diag" / "predict" / "freeze_calibration.json"
+
+from diag.predict.freeze import FreezeRule, recommend_freeze  # noqa: E402
+
+#: The family of every table: the kind of target (or of damage to the backbone) it tests.
+FAMILY = {
+    "mnist-uci": "digits",
+    "mnist-opencv": "digits",
+    "lite1-uci": "digits",
+    "lite2-uci": "digits",
+    "mnist-uci-30ep": "digits",
+    "mnist-uci-inverted": "input corruption",
+    "mnist-opencv-noisy": "input corruption",
+    "mnist-uci-parity": "relabelled",
+    "mnist-uci-10pc": "small target",
+    "mnist-opencv-10pc": "small target",
+    "mnist-uci-inverted-10pc": "small target",
+    "lite1-uci-10pc": "small target",
+    "damaged-light-uci": "damaged checkpoint",
+    "damaged-uci": "damaged checkpoint",
+    "memorizer-uci": "damaged checkpoint",
+    "noise-memorizer-uci": "damaged checkpoint",
+    "memorizer-uci-30ep": "damaged checkpoint",
+    "noise-memorizer-uci-30ep": "damaged checkpoint",
+    "dead40-uci": "dead units",
+    "dead60-uci": "dead units",
+    "dead-uci": "dead units",
+    "speeches-debates": "text",
+    "tex-lite0": "textures",
+    "tex-lite1": "textures",
+    "tex-lite2": "textures",
+    "tex-noise1": "input corruption",
+    "tex-noise3": "input corruption",
+    "tex-noise5": "input corruption",
+    "tex-blur3": "input corruption",
+    "tex-contrast3": "input corruption",
+    "tex-jpeg3": "input corruption",
+    "shuffled-uci": "shuffled weights",
+    "shuffled-tex": "shuffled weights",
+}
+
+#: The freeze rule's constants and the values the grid tries (diag's default among them).
+FREEZE_GRID: dict[str, tuple[float, ...]] = {
+    "small_target": (10, 15, 20, 25, 31, 40),  # 10 = no small-target step; 31 catches 30 per class
+    "flat_range": (0.0, 0.03, 0.05, 0.08, 0.12),
+    "rgn_pull": (0.6, 0.7, 0.8, 0.9, 1.0),
+    "min_tuned": (0, 1, 2, 3),
+    "peak_offset": (-1, 0, 1),
+}
+#: The negative-transfer rule's constants: head start at 30 per class, its shrink per doubling, and the
+#: gradient-reach floor (p = sigmoid(20(-a - head_start) + 0.5 shift + 8 blocked), high above 0.6).
+NT_DEFAULT = {"head_start_30": 0.30, "per_doubling": 0.04, "reach_min": 0.1}
+NT_GRID: dict[str, tuple[float, ...]] = {
+    "head_start_30": (0.1, 0.2, 0.3, 0.4, 0.5),
+    "per_doubling": (0.0, 0.02, 0.04, 0.08),
+    "reach_min": (0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
+}
+
+
+def family(name: str) -> str:
+    return FAMILY.get(name, "other")
+
+
+def freeze_depth(row: dict, rule: FreezeRule) -> int:
+    """diag's freeze rule (``recommend_freeze``) with other constants, on the evidence a table kept."""
+    ev = row["freeze_evidence"]
+    curve = {
+        k: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": ev["tolerance"]}
+        for k, v in ev["linear_probe"].items()
+    }
+    per_class = float(ev["examples_per_class"])
+    return recommend_freeze(
+        curve, row["blocks"], n_target=round(per_class * 1000), n_classes=1000, rgn=ev.get("rgn"), rule=rule
+    ).depth
+
+
+def ratio_at(row: dict, k: int | None) -> tuple[float | None, bool]:
+    """(accuracy at depth k / best, measured?); an unmeasured k takes the lower of its measured
+    neighbours (pessimistic)."""
+    if k is None:
+        return None, False
+    acc = {int(d): float(a) for d, a in row["accuracy_by_depth"].items()}
+    best = max(acc.values())
+    if k in acc:
+        return acc[k] / best, True
+    lo = [d for d in acc if d < k]
+    hi = [d for d in acc if d > k]
+    near = [acc[max(lo)]] if lo else []
+    near += [acc[min(hi)]] if hi else []
+    return min(near) / best, False
+
+
+def rgn_argmax(row: dict) -> int | None:
+    """Auto-RGN's argmax: tune from the block the target pulls hardest on."""
+    rgn = row["freeze_evidence"].get("rgn")
+    if not rgn:
+        return None
+    blocks = row["blocks"]
+    top = max(rgn, key=lambda b: rgn[b])
+    return blocks.index(top) if top in blocks else None
+
+
+def _grid(grid: dict[str, tuple[float, ...]]) -> list[dict[str, float]]:
+    return [dict(zip(grid, v, strict=True)) for v in itertools.product(*grid.values())]
+
+
+def nt_probability(sig: dict, c: dict[str, float]) -> float:
+    """The negative-transfer probability from a table's stored signals, with constants ``c`` (the formula
+    of :func:`diag.predict.negative.negative_transfer`, written out)."""
+    per_class = float(sig["examples_per_class"])
+    start = max(0.0, c["head_start_30"] - c["per_doubling"] * math.log2(max(per_class, 1e-9) / 30.0))
+    reach = sig.get("gradient_reach")
+    blocked = 0.0 if reach is None or c["reach_min"] <= 0 else max(0.0, 1.0 - reach / c["reach_min"])
+    z = 20.0 * (-float(sig["feature_advantage"]) - start) + 0.5 * float(sig["shift_excess"]) + 8.0 * blocked
+    return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
+
+
+def auroc(scores: list[float], positive: list[bool]) -> float | None:
+    pos = [s for s, p in zip(scores, positive, strict=True) if p]
+    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
+    if not pos or not neg:
+        return None
+    return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+
+
+def balanced_accuracy(pred: list[bool], truth: list[bool]) -> float | None:
+    pos = [p for p, t in zip(pred, truth, strict=True) if t]
+    neg = [not p for p, t in zip(pred, truth, strict=True) if not t]
+    parts = [float(np.mean(x)) for x in (pos, neg) if x]
+    return float(np.mean(parts)) if parts else None
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def freeze_rows(rows: list[dict]) -> list[dict]:
+    """Tables the freeze rule is judged on: transfer helps and the depths were swept."""
+    return [
+        r
+        for r in rows
+        if r.get("accuracy_by_depth") and not r.get("nt_only") and not r.get("negative_transfer_measured")
+    ]
+
+
+def lofo_freeze(rows: list[dict]) -> dict[str, Any]:
+    rows = freeze_rows(rows)
+    combos = _grid(FREEZE_GRID)
+    # depth and ratio of every combo on every table (computed once)
+    table = np.empty((len(combos), len(rows)))
+    measured = np.zeros((len(combos), len(rows)), dtype=bool)
+    depth = np.zeros((len(combos), len(rows)), dtype=int)
+    for i, c in enumerate(combos):
+        rule = FreezeRule(**c)  # type: ignore[arg-type]
+        for j, r in enumerate(rows):
+            k = freeze_depth(r, rule)
+            q, m = ratio_at(r, k)
+            table[i, j], measured[i, j], depth[i, j] = q, m, k
+    default = FreezeRule()
+    fams = sorted({family(r["name"]) for r in rows})
+    fam_of = np.array([family(r["name"]) for r in rows])
+
+    def fit(train: np.ndarray) -> np.ndarray:
+        """Indices of the combos with the best mean ratio on the training tables (ties kept)."""
+        score = table[:, train].mean(axis=1)
+        return np.flatnonzero(score >= score.max() - 1e-12)
+
+    per_table: dict[str, dict[str, Any]] = {}
+    chosen_all = fit(np.ones(len(rows), dtype=bool))
+    for j, r in enumerate(rows):
+        k0 = freeze_depth(r, default)
+        q0, m0 = ratio_at(r, k0)
+        per_table[r["name"]] = {
+            "family": str(fam_of[j]),
+            "shipped_depth": k0,
+            "shipped_ratio": q0 if m0 else None,
+            "refit_all_ratio": float(table[chosen_all, j].mean()),
+            "tune_all": ratio_at(r, 0)[0] if "0" in r["accuracy_by_depth"] else None,
+            "linear_probe": ratio_at(r, r["n_blocks"])[0]
+            if str(r["n_blocks"]) in r["accuracy_by_depth"]
+            else None,
+            "rgn_argmax": (
+                lambda k: ratio_at(r, k)[0] if k is not None and str(k) in r["accuracy_by_depth"] else None
+            )(rgn_argmax(r)),
+            "best_depth": r["best_depth"],
+            "best_accuracy": r["best_accuracy"],
+        }
+    folds: dict[str, Any] = {}
+    for fam in fams:
+        train = fam_of != fam
+        held = np.flatnonzero(~train)
+        chosen = fit(train)
+        for j in held:
+            q = table[chosen, j]
+            name = rows[j]["name"]
+            per_table[name]["lofo_ratio"] = float(q.mean())
+            per_table[name]["lofo_worst"] = float(q.min())
+            per_table[name]["lofo_depths"] = sorted({int(x) for x in depth[chosen, j]})
+            per_table[name]["lofo_unmeasured_share"] = float(1 - measured[chosen, j].mean())
+            per_table[name]["lofo_regret_points"] = float((1 - q.mean()) * rows[j]["best_accuracy"] * 100)
+        consts = {
+            k: sorted({combos[i][k] for i in chosen}) for k in FREEZE_GRID
+        }  # the values the tied constants span
+        folds[fam] = {
+            "n_tied_constants": len(chosen),
+            "constants": consts,
+            "tables": [rows[j]["name"] for j in held],
+        }
+    by_family = {}
+    for fam in fams:
+        names = [n for n, t in per_table.items() if t["family"] == fam]
+        by_family[fam] = {
+            "n_tables": len(names),
+            **{
+                key: _mean([per_table[n].get(key) for n in names])
+                for key in (
+                    "shipped_ratio",
+                    "refit_all_ratio",
+                    "lofo_ratio",
+                    "lofo_worst",
+                    "tune_all",
+                    "linear_probe",
+                    "rgn_argmax",
+                    "lofo_regret_points",
+                )
+            },
+            "lofo_min": min(per_table[n]["lofo_ratio"] for n in names),
+        }
+    overall = {
+        key: _mean([t.get(key) for t in per_table.values()])
+        for key in (
+            "shipped_ratio",
+            "refit_all_ratio",
+            "lofo_ratio",
+            "lofo_worst",
+            "tune_all",
+            "linear_probe",
+            "rgn_argmax",
+            "lofo_regret_points",
+        )
+    }
+    overall["family_mean_lofo"] = _mean([b["lofo_ratio"] for b in by_family.values()])
+    overall["lofo_min"] = min(t["lofo_ratio"] for t in per_table.values())
+    overall["n_below_0.95"] = sum(t["lofo_ratio"] < 0.95 for t in per_table.values())
+    return {
+        "tables": per_table,
+        "by_family": by_family,
+        "overall": overall,
+        "folds": folds,
+        "refit_all_constants": {k: sorted({combos[i][k] for i in chosen_all}) for k in FREEZE_GRID},
+        "support": constant_support(rows, fam_of),
+    }
+
+
+def constant_support(rows: list[dict], fam_of: np.ndarray) -> dict[str, Any]:
+    """For each freeze constant: the families whose tables change depth when it moves over its grid
+    (others at diag's values), and those where diag's value is among the best. A constant that only one
+    family supports is a defect."""
+    out = {}
+    base = FreezeRule()
+    for key, values in FREEZE_GRID.items():
+        moved: set[str] = set()
+        best_here: dict[str, bool] = {}
+        for fam in sorted(set(fam_of)):
+            idx = np.flatnonzero(fam_of == fam)
+            scores = {}
+            depths = set()
+            for v in values:
+                rule = FreezeRule(**{**base.__dict__, key: v})
+                ks = [freeze_depth(rows[j], rule) for j in idx]
+                depths.add(tuple(ks))
+                scores[v] = float(np.mean([ratio_at(rows[j], k)[0] for j, k in zip(idx, ks, strict=True)]))
+            if len(depths) > 1:
+                moved.add(fam)
+                best_here[fam] = scores[getattr(base, key)] >= max(scores.values()) - 1e-12
+        out[key] = {
+            "diag_value": getattr(base, key),
+            "families_it_moves": sorted(str(x) for x in moved),
+            "families_where_diag_value_is_best": sorted(str(x) for x, b in best_here.items() if b),
+            "defect": len(moved) <= 1,
+        }
+    return out
+
+
+def lofo_negative(rows: list[dict]) -> dict[str, Any]:
+    rows = [r for r in rows if "measured_gap" in r and r.get("nt_signals")]
+    truth = [bool(r["measured_gap"] < 0) for r in rows]
+    fam_of = np.array([family(r["name"]) for r in rows])
+    combos = _grid(NT_GRID)
+    probs = np.array([[nt_probability(r["nt_signals"], c) for r in rows] for c in combos])
+
+    def fit(train: np.ndarray) -> np.ndarray:
+        t = [x for x, m in zip(truth, train, strict=True) if m]
+        score = np.array([balanced_accuracy(list(p[train] > 0.6), t) or 0.0 for p in probs])
+        return np.flatnonzero(score >= score.max() - 1e-12)
+
+    shipped = [nt_probability(r["nt_signals"], NT_DEFAULT) for r in rows]
+    stored = [r.get("probability") for r in rows]
+    lofo_p = np.zeros(len(rows))
+    folds = {}
+    for fam in sorted(set(fam_of)):
+        train = fam_of != fam
+        chosen = fit(train)
+        held = np.flatnonzero(~train)
+        lofo_p[held] = probs[np.ix_(chosen, held)].mean(axis=0)
+        folds[fam] = {
+            "n_tied_constants": len(chosen),
+            "constants": {k: sorted({combos[i][k] for i in chosen}) for k in NT_GRID},
+            "tables": [rows[j]["name"] for j in held],
+            "negatives_in_training": int(sum(t for t, m in zip(truth, train, strict=True) if m)),
+        }
+    all_fit = fit(np.ones(len(rows), dtype=bool))
+    refit_p = probs[all_fit].mean(axis=0)
+
+    def summary(p: list[float] | np.ndarray) -> dict[str, Any]:
+        pred = [bool(x > 0.6) for x in p]
+        return {
+            "auroc": auroc(list(map(float, p)), truth),
+            "balanced_accuracy": balanced_accuracy(pred, truth),
+            "correct": int(sum(a == b for a, b in zip(pred, truth, strict=True))),
+            "n": len(truth),
+        }
+
+    return {
+        "n_tables": len(rows),
+        "n_negative": int(sum(truth)),
+        "negative_families": sorted({family(r["name"]) for r, t in zip(rows, truth, strict=True) if t}),
+        "shipped": summary(shipped),
+        "refit_all": summary(refit_p),
+        "lofo": summary(lofo_p),
+        "reproduces_stored_probability": all(
+            s is None or abs(a - s) < 1e-3 for a, s in zip(shipped, stored, strict=True)
+        ),
+        "tables": {
+            r["name"]: {
+                "family": family(r["name"]),
+                "gap": r["measured_gap"],
+                "negative": t,
+                "p_shipped": round(float(a), 4),
+                "p_lofo": round(float(b), 4),
+            }
+            for r, t, a, b in zip(rows, truth, shipped, lofo_p, strict=True)
+        },
+        "folds": folds,
+    }
+
+
+def evaluate(rows: list[dict]) -> dict[str, Any]:
+    return {"freeze": lofo_freeze(rows), "negative_transfer": lofo_negative(rows)}
+
+
+def write_calibration(rows: list[dict], res: dict[str, Any], path: Path = CALIBRATION) -> dict[str, Any]:
+    """The package's ``diag/predict/freeze_calibration.json``: per family, the leave-one-family-out ratio
+    of each table, and which step of the rule decided its tables (what ``diag diagnose`` matches on)."""
+    from diag.fileio import atomic_write_bytes
+
+    by_name = {r["name"]: r for r in rows}
+    fams: dict[str, dict[str, Any]] = {}
+    for name, t in res["freeze"]["tables"].items():
+        r = by_name[name]
+        fam = fams.setdefault(
+            t["family"],
+            {
+                "modality": "text" if r["backbone"] == "minilm" else "image",
+                "input_level": t["family"] == "input corruption",
+                "bases": [],
+                "lofo_by_table": {},
+            },
+        )
+        basis = r["freeze_evidence"]["basis"]
+        if basis not in fam["bases"]:
+            fam["bases"].append(basis)
+        fam["lofo_by_table"][name] = round(t["lofo_ratio"], 4)
+    for fam in fams.values():
+        v = list(fam["lofo_by_table"].values())
+        fam.update(n_tables=len(v), lofo_mean=round(float(np.mean(v)), 4), lofo_min=min(v), lofo_max=max(v))
+    cal = {
+        "what": "ratio of the freeze rule's depth to the best depth's accuracy, leave-one-family-out "
+        "(benchmarks/predict_lofo.py; constants refit on the other families, ties averaged)",
+        "families": dict(sorted(fams.items())),
+        "overall": {k: res["freeze"]["overall"][k] for k in ("lofo_ratio", "lofo_min", "shipped_ratio")},
+    }
+    atomic_write_bytes(path, (json.dumps(cal, indent=1) + "\n").encode())
+    return cal
+
+
+def f(v: float | None, d: int = 3) -> str:
+    return "—" if v is None else f"{v:.{d}f}"
+
+
+def _family_row(label: str, n: int, b: dict) -> str:
+    cells = [
+        label,
+        str(n),
+        f(b["shipped_ratio"]),
+        f(b["refit_all_ratio"]),
+        f"**{f(b['lofo_ratio'])}** ({f(b['lofo_worst'])})",
+        f(b["lofo_min"]),
+        f(b["lofo_regret_points"], 1),
+        f(b["tune_all"]),
+        f(b["linear_probe"]),
+        f(b["rgn_argmax"]),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def print_tables(res: dict[str, Any]) -> None:
+    fr = res["freeze"]
+    head = ["family", "tables", "diag (in-sample)", "refit on all", "**LOFO** (worst tie)", "LOFO min"]
+    head += ["regret (pts)", "tune all", "linear probe", "RGN argmax"]
+    print("| " + " | ".join(head) + " |")
+    print("|---" * len(head) + "|")
+    for fam, b in fr["by_family"].items():
+        print(_family_row(fam, b["n_tables"], b))
+    print(_family_row("mean over tables", len(fr["tables"]), fr["overall"]))
+    print()
+    print("| table | family | best K | diag K (ratio) | LOFO K (ratio; unmeasured share) |")
+    print("|---|---|---|---|---|")
+    for n, t in fr["tables"].items():
+        lofo = (
+            f"{','.join(map(str, t['lofo_depths']))} ({f(t['lofo_ratio'])}; {t['lofo_unmeasured_share']:.2f})"
+        )
+        print(
+            f"| {n} | {t['family']} | {t['best_depth']} | {t['shipped_depth']} ({f(t['shipped_ratio'])}) | "
+            f"{lofo} |"
+        )
+    print()
+    for k, v in fr["support"].items():
+        print(k, v)
+    print(json.dumps(fr["folds"], indent=None))
+    nt = res["negative_transfer"]
+    keys = ("n_tables", "n_negative", "negative_families", "shipped", "refit_all", "lofo")
+    print(json.dumps({k: nt[k] for k in keys}))
+    print(json.dumps(nt["folds"]))
+
+
+def main() -> int:
+    path = ROOT / "benchmarks" / "results" / "predict.json"
+    data = json.loads(path.read_text())
+    res = evaluate(data["scenarios"])
+    data["summary"]["leave_one_family_out"] = res
+    write_calibration(data["scenarios"], res)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print_tables(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
