@@ -37,6 +37,7 @@ import scipy.linalg
 import torch
 from numpy.typing import ArrayLike
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 from diag.device import resolve_device
 from diag.errors import DataError, param_error
@@ -415,6 +416,7 @@ def c2st(
     ridge: float = 0.03,
     n_bootstrap: int | None = None,
     random_state: RandomState = None,
+    n_threads: int | None = 1,
 ) -> C2STResult:
     """Classifier two-sample test: can a domain classifier tell target from source out of fold?
 
@@ -463,8 +465,12 @@ def c2st(
     along low-variance directions, which ``ridge = 1`` missed (power 0.17) and ``ridge <= 0.03`` found
     (1.00), as logistic regression with C = 1 did. With 128 components the test was more powerful than
     with 64 or 256 on the noisy-digit embeddings (0.35 against 0.28 and 0.10 on the 1280-d pooled
-    features at noise σ = 0.001, 40 splits; the former version: 0.15). Cost: 0.14 s at 600 + 600 rows x
-    1280 features with 1000 permutations on one core; 9 s at 50k + 50k rows x 128 features.
+    features at noise σ = 0.001, 40 splits; the former version: 0.15).
+
+    Cost: the permutations run in float32 (the observed labelling among them, so both are computed
+    alike), and the whole test on ``n_threads`` BLAS threads (default 1: on a busy machine more threads
+    than free cores made it slower). Times measured against alibi-detect's ``ClassifierDrift``, with one
+    and two threads, are in ``benchmarks/README.md`` (``benchmarks/bench_peers.py``).
 
     The interval is for the AUC that the fitted fold classifiers have on new data (the mean of their
     conditional AUCs), not for the AUC of a classifier trained on all the data (which is higher).
@@ -487,6 +493,8 @@ def c2st(
         Deprecated and ignored (the interval is no longer a bootstrap); passing it warns.
     random_state : int, numpy Generator or None
         Seeds the folds, the principal-subspace iteration and the permutations.
+    n_threads : int or None, default 1
+        BLAS threads for the duration of the call (threadpoolctl); None leaves the libraries' default.
 
     Returns
     -------
@@ -508,9 +516,24 @@ def c2st(
             FutureWarning,
             stacklevel=2,
         )
+    if n_threads is not None:
+        check_int("n_threads", n_threads, minimum=1)
     rng = np.random.default_rng(random_state)
+    with threadpool_limits(limits=n_threads):
+        return _c2st(xa, ya, n_splits, n_permutations, max_components, float(ridge), rng)
 
-    fit = _fit_cross(xa, ya, n_splits, max_components, float(ridge), rng)
+
+def _c2st(
+    xa: np.ndarray,
+    ya: np.ndarray,
+    n_splits: int,
+    n_permutations: int,
+    max_components: int,
+    ridge: float,
+    rng: np.random.Generator,
+) -> C2STResult:
+    m, n = xa.shape[0], ya.shape[0]
+    fit = _fit_cross(xa, ya, n_splits, max_components, ridge, rng)
     labels = fit.labels
     scores = fit.held_out_scores()
     weights = np.array([float(np.sum(labels[s] == 0) * np.sum(labels[s] == 1)) for _, s in fit.folds])
@@ -525,8 +548,7 @@ def c2st(
     auc = float(weights @ np.array(fold_auc))
     var = float(weights**2 @ np.array(fold_var))
 
-    observed = float(fit.statistic(labels[None, :])[0])
-    permuted = _permuted_statistics(fit, n_permutations, rng)
+    observed, permuted = _permutation_test(fit, n_permutations, rng)
     # Near-ties count as exceedances: the permutation that happens to equal the observed labelling must
     # not fall a rounding error below it.
     exceed = int(np.sum(permuted >= observed - 1e-12))
@@ -589,32 +611,45 @@ class _CrossFit:
     folds: list[tuple[np.ndarray, np.ndarray]]
     solvers: list[np.ndarray]
     train_means: list[np.ndarray]
+    # float32 copies for the permutations (a float32 labelling matrix selects them): half the time.
+    features32: np.ndarray
+    solvers32: list[np.ndarray]
+    train_means32: list[np.ndarray]
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
         return [(int(test[0]), int(test[-1]) + 1) for _, test in self.folds]
 
+    def _arrays(self, a: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        if a.dtype == np.float32:
+            return self.features32, self.solvers32, self.train_means32
+        return self.features, self.solvers, self.train_means
+
     def directions(self, a: np.ndarray) -> list[np.ndarray]:
         """Per fold, the ridge directions ``(b, r)`` for the labellings in the rows of ``a (b, N)``."""
-        z = self.features
+        z, solvers, means = self._arrays(a)
         total = a @ z  # aᵀX over all rows; a fold's training part is this minus its held-out part
         out = []
         for (train, _), (start, stop), solver, mean in zip(
-            self.folds, self.bounds, self.solvers, self.train_means, strict=True
+            self.folds, self.bounds, solvers, means, strict=True
         ):
             n1 = float(np.sum(self.labels[train]))  # the same for every within-fold relabelling
             out.append((total - a[:, start:stop] @ z[start:stop] - n1 * mean) @ solver)  # solver is symmetric
         return out
 
     def statistic(self, a: np.ndarray) -> np.ndarray:
-        """The C2ST statistic (weighted mean of held-out AUCs) of each labelling row of ``a (b, N)``."""
+        """The C2ST statistic (weighted mean of held-out AUCs) of each labelling row of ``a (b, N)``.
+
+        ``a`` in float32 runs the products in float32 (the AUC ranks float32 scores in any case).
+        """
+        z, _, means = self._arrays(a)
         stat = np.zeros(a.shape[0])
         weight = 0.0
-        for (start, stop), w, mean in zip(self.bounds, self.directions(a), self.train_means, strict=True):
+        for (start, stop), w, mean in zip(self.bounds, self.directions(a), means, strict=True):
             n1 = float(np.sum(self.labels[start:stop]))
             n0 = stop - start - n1
             # Scores of the centred held-out rows, one labelling per row: C-contiguous for the sort.
-            scores = w @ (self.features[start:stop] - mean).T
+            scores = w @ (z[start:stop] - mean).T
             stat += n0 * n1 * _row_aucs(scores, a[:, start:stop])
             weight += n0 * n1
         return stat / weight
@@ -652,8 +687,15 @@ def _fit_cross(
     total = m + n
     center = (xa.sum(axis=0, dtype=np.float64) + ya.sum(axis=0, dtype=np.float64)) / total
     sq = np.zeros(dim)
-    for block in _row_blocks(xa, ya, dim):
-        sq += np.sum((block - center) ** 2, axis=0)
+    if xa.dtype == ya.dtype == np.float32:  # float32 data: float32 deviations, float64 sums
+        c32 = center.astype(np.float32)
+        for arr in (xa, ya):
+            for start in range(0, arr.shape[0], _CHUNK_ELEMS // 4 // dim + 1):
+                dev = arr[start : start + _CHUNK_ELEMS // 4 // dim + 1] - c32
+                sq += np.einsum("ij,ij->j", dev, dev, dtype=np.float64)
+    else:
+        for block in _row_blocks(xa, ya, dim):
+            sq += np.sum((block - center) ** 2, axis=0)
     scale = np.sqrt(sq / total)
     scale[scale <= 1e-12 * max(1.0, float(np.abs(center).max(initial=0.0)))] = 1.0  # constant columns
     rank = min(max_components, total - 1)
@@ -666,10 +708,13 @@ def _fit_cross(
             sample = np.concatenate([xa, ya])
         # float32 halves the cost; the basis only needs to span roughly the right subspace.
         basis = _principal_basis(((sample - center) / scale).astype(np.float32), rank, rng)
-    # Standardise and project in one product per row block: ((v - c) / s) B = v (B / s) - (c / s) B.
+    # Standardise and project in one product per row block: ((v - c) / s) B = v (B / s) - (c / s) B,
+    # in float32 when both samples are float32 (half the time of the largest product here).
     proj = np.diag(1.0 / scale) if basis is None else basis / scale[:, None]
     offset = (center / scale) if basis is None else (center / scale) @ basis
-    features = np.concatenate([block @ proj for block in _row_blocks(xa, ya, proj.shape[1])]) - offset
+    work = np.float32 if xa.dtype == ya.dtype == np.float32 else np.float64
+    blocks = _row_blocks(xa, ya, proj.shape[1], dtype=work)
+    features = np.concatenate([block @ proj.astype(work) for block in blocks]).astype(np.float64) - offset
 
     labels = np.concatenate([np.zeros(m), np.ones(n)])
     fold_of = np.empty(total, dtype=np.int64)
@@ -692,15 +737,30 @@ def _fit_cross(
         folds.append((train, test))
         solvers.append(np.linalg.inv(gram))
         means.append(mean)
-    return _CrossFit(center, scale, basis, features, labels, order, folds, solvers, means)
+    return _CrossFit(
+        center,
+        scale,
+        basis,
+        features,
+        labels,
+        order,
+        folds,
+        solvers,
+        means,
+        features.astype(np.float32),
+        [s.astype(np.float32) for s in solvers],
+        [m.astype(np.float32) for m in means],
+    )
 
 
-def _row_blocks(xa: np.ndarray, ya: np.ndarray, width: int) -> Iterator[np.ndarray]:
-    """Row blocks of ``[x; y]`` as float64 (never concatenated whole); ``(rows, width)`` blocks stay small."""
+def _row_blocks(
+    xa: np.ndarray, ya: np.ndarray, width: int, dtype: type[np.floating] = np.float64
+) -> Iterator[np.ndarray]:
+    """Row blocks of ``[x; y]`` as ``dtype``, never concatenated whole: ``(rows, width)`` blocks, small."""
     step = max(1, (_CHUNK_ELEMS // 4) // max(width, xa.shape[1]))
     for arr in (xa, ya):
         for start in range(0, arr.shape[0], step):
-            yield arr[start : start + step].astype(np.float64, copy=False)
+            yield arr[start : start + step].astype(dtype, copy=False)
 
 
 def _principal_basis(z: np.ndarray, rank: int, rng: np.random.Generator) -> np.ndarray:
@@ -736,21 +796,32 @@ def _orthonormal(a: np.ndarray) -> np.ndarray:
     return np.asarray(np.linalg.qr(a)[0])
 
 
-def _permuted_statistics(fit: _CrossFit, n_permutations: int, rng: np.random.Generator) -> np.ndarray:
-    """The statistic under ``n_permutations`` random relabellings, each permuting labels within every fold."""
+def _permutation_test(
+    fit: _CrossFit, n_permutations: int, rng: np.random.Generator
+) -> tuple[float, np.ndarray]:
+    """The observed statistic and its values under ``n_permutations`` relabellings within every fold.
+
+    Both come from the same float32 products (the observed labelling is an extra first row of the first
+    batch), so the comparison ``T_b >= T`` is between values computed alike. Each relabelling shuffles
+    every fold's labels (as bytes: a third faster than float64).
+    """
     total = fit.labels.size
     batch = max(1, min(n_permutations, (_CHUNK_ELEMS // 4) // total))
-    labels = fit.labels.astype(np.uint8)  # shuffling bytes is a third faster than float64
-    out = np.empty(n_permutations)
+    labels = fit.labels.astype(np.uint8)
+    out = np.empty(n_permutations + 1)
+    out[0] = np.nan
     done = 0
     while done < n_permutations:
         b = min(batch, n_permutations - done)
-        a = np.empty((b, total))
+        first = 1 if done == 0 else 0
+        a = np.empty((b + first, total), dtype=np.float32)
+        if first:
+            a[0] = fit.labels
         for start, stop in fit.bounds:
-            a[:, start:stop] = rng.permuted(np.tile(labels[start:stop], (b, 1)), axis=1)
-        out[done : done + b] = fit.statistic(a)
+            a[first:, start:stop] = rng.permuted(np.tile(labels[start:stop], (b, 1)), axis=1)
+        out[done + 1 - first : done + 1 + b] = fit.statistic(a)
         done += b
-    return out
+    return float(out[0]), out[1:]
 
 
 def _row_aucs(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:

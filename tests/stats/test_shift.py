@@ -242,6 +242,50 @@ def test_c2st_permuted_statistics_equal_refitting_every_fold() -> None:
     assert res.auc == pytest.approx(batched[0], abs=1e-12)
 
 
+# Recorded with the implementation before the permutations ran in float32 with the observed labelling
+# among them (commit 0002ee6: c2st(x, y, n_permutations=4000, random_state=7) on
+# gaussian_pair(m, n, d, shift_by, seed)): (m, n, d, shift_by, seed) -> (auc, auc_ci, p_value,
+# variance_inflation, accuracy). Folds, principal basis, held-out scores and the permutations come from
+# the same draws, so AUC and accuracy must be equal, the p-value equal up to a permuted statistic that
+# float32 rounding moves across the observed one, and the inflation (a variance ratio of float32
+# statistics) equal to float32 rounding.
+RECORDED_C2ST = {
+    (60, 70, 6, 0.25, 40): (
+        0.6428571428571429,
+        [0.5032818889510079, 0.7824323967632779],
+        0.0189952511872032,
+        1.9111533383015058,
+        0.5857142857142856,
+    ),
+    (150, 150, 40, 0.05, 41): (
+        0.5777777777777777,
+        [0.48571201557760335, 0.6698435399779521],
+        0.04123969007748063,
+        1.9249996491445263,
+        0.5466666666666666,
+    ),
+    (200, 180, 300, 0.0, 42): (
+        0.4759722222222223,
+        [0.39519866535962944, 0.5567457790848152],
+        0.7268182954261435,
+        1.8567709398115217,
+        0.47555555555555556,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORDED_C2ST), ids=["small", "mid", "pca"])
+def test_c2st_agrees_with_the_former_implementation(case: tuple) -> None:
+    m, n, d, shift_by, seed = case
+    auc, ci, p_old, inflation_old, accuracy = RECORDED_C2ST[case]
+    x, y = gaussian_pair(m, n, d, shift_by=shift_by, seed=seed)
+    res = c2st(x, y, n_permutations=4000, random_state=7)
+    assert res.auc == pytest.approx(auc, abs=1e-12) and res.accuracy == pytest.approx(accuracy, abs=1e-12)
+    assert abs(res.p_value - p_old) <= 2 / 4001
+    assert res.variance_inflation == pytest.approx(inflation_old, rel=1e-4)
+    assert res.auc_ci == pytest.approx(ci, abs=1e-5)
+
+
 def test_c2st_features_are_standardised_principal_components() -> None:
     rng = np.random.default_rng(25)
     low_rank = rng.normal(size=(90, 3)) @ rng.normal(size=(3, 40)) * np.linspace(1, 5, 40)
