@@ -1,13 +1,20 @@
-"""Embeddings: a 2-D map of source and target at one layer; select points to see the samples behind them."""
+"""Embeddings: a 2-D map of source and target at one layer; filter, colour and select points to see the
+samples behind them, find the samples that drive the shift, and export a selection.
+
+The view (layer, map, colouring, filters, selection) lives in ``st.session_state`` (a non-widget key, so
+it survives page switches) and in the URL's query parameters (so a view can be shared). Large maps are
+thinned for drawing; a lasso or box still selects every point of the full map it covers.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pages' shared helpers (_common.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pages' shared helpers
 
 import _common as ui
+import _explorer as ex
 import numpy as np
 import streamlit as st
 
@@ -15,7 +22,8 @@ from diag.report import figures, tables
 from diag.stats import projection
 
 K_NEIGHBOURS = 3
-MAX_GALLERY = 12
+PAGE_SIZE = 12
+TOP_DRIVERS = 50
 
 ui.page_setup("Embeddings")
 report = ui.require_report()
@@ -32,33 +40,89 @@ if tables.is_source_free(report):
     st.stop()
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def joint_map(folder: str, mtime: int, layer: str, method: str, n_neighbors: int, min_dist: float) -> dict:
-    """The map's arrays (computed by diag.stats.projection, cached on disk in the report folder too)."""
+@st.cache_resource(show_spinner=False, max_entries=16)
+def attribution(folder: str, mtime: int, layer: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-target drift attribution and cluster ids at ``layer``, when the report holds them."""
+    try:
+        from diag.predict import attribution as attr  # added by the attribution work; optional here
+    except ImportError:
+        return None, None
+    load = getattr(attr, "load_attribution", None)
+    if load is None:
+        return None, None
+    try:
+        got = load(ui.current_report(show_errors=False), layer)
+    except Exception:  # a report without attribution, or an older one: no attribution
+        return None, None
+    if got is None:
+        return None, None
+    scores = getattr(got, "domain_probability", None)
+    clusters = getattr(got, "clusters", None)
+    return (
+        None if scores is None else np.asarray(scores, dtype=float),
+        None if clusters is None else np.asarray(clusters),
+    )
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def map_data(
+    folder: str, mtime: int, layer: str, method: str, n_neighbors: int, min_dist: float
+) -> ex.MapData:
+    """The map's full arrays (the map from diag.stats.projection, cached on disk in the report folder)."""
     src = ui.embeddings(folder, mtime, "source")
     tgt = ui.embeddings(folder, mtime, "target")
+    params = {"n_neighbors": n_neighbors, "min_dist": min_dist} if method == "umap" else {}
     proj = projection.joint_projection(
-        src, tgt, layer, folder=folder, method=method, n_neighbors=n_neighbors, min_dist=min_dist
+        src,
+        tgt,
+        layer,
+        folder=folder,
+        method=method,
+        max_per_side=None if method == "pca" else 5000,
+        **params,
     )
-    return {
-        "coords": proj.coords,
-        "source_rows": proj.source_rows,
-        "target_rows": proj.target_rows,
-    }
+    ood = ui.ood_scores(folder, mtime).get(layer)
+    scores, clusters = attribution(folder, mtime, layer)
+    return ex.build_map(
+        layer, method, proj.coords, proj.source_rows, proj.target_rows, src, tgt, ood, scores, clusters
+    )
 
 
+@st.cache_data(show_spinner=False, max_entries=4096)
+def thumb(spec: str, item_id: str) -> str | None:
+    """A small base64 PNG of an image item, or the first words of a text item (cached per server)."""
+    item = ui.preview(spec, item_id, size=48)
+    if item is None or isinstance(item, str):
+        return None if item is None else item[:120]
+    return ex.thumbnail_uri(item)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The view: session first, then the URL, then defaults; widgets are seeded from it when they are new.
+
+view = ex.load_view(st.session_state, st.query_params)
+if view.report != folder:  # another report: keep the look, drop what belongs to the old one
+    view = ex.View(method=view.method, colour=view.colour, report=folder) if view.report else view
+    view.report = folder
 names = report.layer_names
 onset = report.shift.onset_layer
-c1, c2, c3 = st.columns([2, 2, 2])
-layer = c1.selectbox(
-    "Layer", names, index=names.index(onset) if onset in names else len(names) - 1, key="emb_layer"
-)
+if view.layer not in names:
+    view.layer = onset if onset in names else names[-1]
 src_emb = ui.embeddings(folder, mtime, "source")
 tgt_emb = ui.embeddings(folder, mtime, "target")
 has_labels = src_emb.labels is not None or tgt_emb.labels is not None
-colour_options = ["domain", "OOD score", *(["label"] if has_labels else [])]
-colour = c2.radio("Colour by", colour_options, horizontal=True, key="emb_colour")
-method = c3.radio("Map", ["UMAP", "PCA"], horizontal=True, key="emb_method")
+
+
+def seed(key: str, value: object) -> None:
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+c1, c2, c3 = st.columns([2, 4, 1.4])
+seed("emb_layer", view.layer)
+layer = str(c1.selectbox("Layer", names, key="emb_layer"))
+seed("emb_method", view.method if view.method in ex.METHODS else "UMAP")
+method = str(c3.radio("Map", list(ex.METHODS), horizontal=True, key="emb_method"))
 with st.expander("Map settings"):
     d1, d2 = st.columns(2)
     n_neighbors = d1.slider("UMAP neighbours", 5, 100, 15, key="emb_neighbors")
@@ -66,75 +130,163 @@ with st.expander("Map settings"):
     st.caption(
         "UMAP runs on the first 50 principal components, seeded (the same map every time). It keeps "
         "local neighbourhoods: distances between far-apart clusters mean little. Maps are cached in the "
-        "report folder."
+        "report folder; `diag diagnose` precomputes the ones of its key layers."
     )
 
-with (
-    ui.shown_errors("Could not compute the map") as outcome,
-    st.spinner(f"Computing the {method} map of {len(src_emb) + len(tgt_emb)} points (cached afterwards)…"),
-):
-    m = joint_map(folder, mtime, layer, method.lower(), int(n_neighbors), float(min_dist))
+n_all = len(src_emb) + len(tgt_emb)
+why = (
+    f"Fitting UMAP to {min(len(src_emb), 5000) + min(len(tgt_emb), 5000):,} points at layer {layer} "
+    "(about a minute at 10k points on two cores; the first map of a server process also compiles "
+    "UMAP's numba kernels, tens of seconds). The map is then cached in the report folder."
+    if method == "UMAP"
+    else f"Projecting {n_all:,} points at layer {layer} on their two principal components."
+)
+with ui.shown_errors("Could not compute the map") as outcome, st.spinner(why):
+    data = map_data(folder, mtime, layer, method.lower(), int(n_neighbors), float(min_dist))
 if not outcome.ok:
     st.stop()
 
-coords, src_rows, tgt_rows = m["coords"], m["source_rows"], m["target_rows"]
-n_src = len(src_rows)
-ood_all = ui.ood_scores(folder, mtime)
-ood_layer = np.asarray(ood_all.get(layer, np.full(len(tgt_emb), np.nan)), dtype=float)
-tgt_scores = ood_layer[tgt_rows]
-
-
-def _label(emb, row: int) -> str | None:
-    if emb.labels is None or not emb.classes:
-        return None
-    return str(emb.classes[int(emb.labels[row])])
-
-
-labels = [_label(src_emb, int(r)) for r in src_rows] + [_label(tgt_emb, int(r)) for r in tgt_rows]
-hover = [
-    f"source {src_emb.ids[int(r)]}" + (f" · {labels[i]}" if labels[i] else "") for i, r in enumerate(src_rows)
+has_attr = bool(np.isfinite(data.attribution[data.is_target]).any())
+has_clusters = any(c is not None for c in data.cluster)
+colour_options = [
+    c
+    for c in ex.COLOURS
+    if (c != "label" or has_labels) and (c != "attribution" or has_attr) and (c != "cluster" or has_clusters)
 ]
-hover += [
-    f"target {tgt_emb.ids[int(r)]}" + (f" · {labels[n_src + i]}" if labels[n_src + i] else "")
-    + f" · OOD {tgt_scores[i]:.2f}"
-    for i, r in enumerate(tgt_rows)
-]  # fmt: skip
-colour_key = {"domain": "domain", "OOD score": "ood", "label": "label"}[colour]
-fig, trace_rows = figures.embedding_figure(
-    coords,
-    n_src,
-    colour_by=colour_key,
-    labels=labels,
-    target_scores=tgt_scores,
-    hover=hover,
-    title=f"{method} of source ({n_src}) and target ({len(tgt_rows)}) at {layer}",
-)
-event = st.plotly_chart(fig, key="emb_chart", on_select="rerun", selection_mode=("lasso", "box"))
-notes = [
-    "Draw a lasso or a box on the map to see the samples inside (double-click clears).",
-    "Source points are grey when colouring by OOD score: the score is a target sample's k-NN distance to "
-    "the source, relative to the source's own spread (a typical source sample scores about 1).",
-]
-if len(src_rows) < len(src_emb) or len(tgt_rows) < len(tgt_emb):
-    notes.append(
-        f"Showing a seeded random subset: {n_src} of {len(src_emb)} source and "
-        f"{len(tgt_rows)} of {len(tgt_emb)} target samples."
+seed("emb_colour", view.colour if view.colour in colour_options else "domain")
+colour = str(c2.radio("Colour by", colour_options, horizontal=True, key="emb_colour"))
+
+tgt_ood = data.ood[data.is_target]
+finite_ood = tgt_ood[np.isfinite(tgt_ood)]
+with st.expander("Filters", expanded=bool(view.labels or view.clusters or view.ood or len(view.domains) < 2)):
+    f1, f2, f3, f4 = st.columns(4)
+    seed("emb_domains", list(view.domains))
+    domains = f1.multiselect("Domains", ["source", "target"], key="emb_domains")
+    class_names = sorted({str(x) for x in data.labels if x is not None})
+    seed("emb_labels", [x for x in view.labels if x in class_names])
+    labels_f = f2.multiselect("Labels (none: all)", class_names, key="emb_labels", disabled=not class_names)
+    ood_f: tuple[float, float] | None = None
+    if len(finite_ood):
+        lo, hi = float(np.floor(finite_ood.min() * 100) / 100), float(np.ceil(finite_ood.max() * 100) / 100)
+        lo, hi = (lo, hi) if hi > lo else (lo, lo + 0.01)
+        want = view.ood or (lo, hi)
+        seed("emb_ood", (max(lo, min(want[0], hi)), min(hi, max(want[1], lo))))
+        got = f3.slider("Target OOD score", lo, hi, key="emb_ood", step=0.01)
+        ood_f = None if (got[0] <= lo and got[1] >= hi) else (float(got[0]), float(got[1]))
+    cluster_names = sorted({str(x) for x in data.cluster if x is not None}, key=lambda c: int(c[1:]))
+    seed("emb_clusters", [x for x in view.clusters if x in cluster_names])
+    clusters_f = f4.multiselect(
+        "Target clusters (none: all)", cluster_names, key="emb_clusters", disabled=not cluster_names
     )
-if len(coords) < projection.MIN_UMAP_SAMPLES and method == "UMAP":
+
+view.layer, view.method, view.colour = layer, method, colour
+view.domains, view.labels, view.clusters, view.ood = list(domains), list(labels_f), list(clusters_f), ood_f
+mask = ex.visible(data, view)
+
+# A new selection on the chart (read before the chart is drawn again): every visible point it covers.
+event = st.session_state.get(ex.CHART_KEY)
+sel_event = dict(event.get("selection") or {}) if event else {}
+sig = ex.event_signature(sel_event)
+if not ex.is_empty(sel_event) and sig != st.session_state.get(ex.EVENT_KEY):
+    st.session_state[ex.EVENT_KEY] = sig
+    view = ex.with_selection(view, [str(k) for k in data.keys[ex.event_positions(data, sel_event, mask)]])
+
+b1, b2, b3 = st.columns([2, 1.3, 3])
+what = "drift attribution" if has_attr else "OOD score"
+if b1.button(f"Show the samples that drive the shift (top {TOP_DRIVERS} by {what})", key="emb_drivers"):
+    top, what = ex.top_driving(data, TOP_DRIVERS)
+    view = ex.with_selection(view, [str(k) for k in data.keys[top]])
+    view.colour = "attribution" if has_attr else "OOD score"
+    st.session_state.pop("emb_colour", None)
+    ex.save_view(st.session_state, st.query_params, view)
+    st.rerun()
+if b2.button("Clear selection", key="emb_clear", disabled=not view.selection):
+    view = ex.with_selection(view, [])
+sel_pos = data.positions(view.selection)
+sel_pos_vis = sel_pos[mask[sel_pos]] if len(sel_pos) else sel_pos
+
+# ------------------------------------------------------------------------------------------------------
+# The map
+
+shown = ex.thin(data.coords, mask, data.is_target, ex.DISPLAY_BUDGET)
+spec_src, spec_tgt = report.source.get("spec"), report.target.get("spec")
+snippets = ui.dataset(spec_tgt).modality == "text" if spec_tgt and len(shown) <= 3000 else False
+
+
+def hover_text(p: int) -> str:
+    side = "target" if data.is_target[p] else "source"
+    bits = [f"{side} {str(data.keys[p])[2:]}"]
+    if data.labels[p] is not None:
+        bits.append(str(data.labels[p]))
+    if data.is_target[p]:
+        bits.append(f"OOD {data.ood[p]:.2f}")
+        if has_attr:
+            bits.append(f"attr {data.attribution[p]:.2f}")
+        if data.cluster[p] is not None:
+            bits.append(str(data.cluster[p]))
+    text = " · ".join(bits)
+    if snippets:
+        spec = spec_tgt if data.is_target[p] else spec_src
+        snip = thumb(spec, str(data.keys[p])[2:]) if spec else None
+        if snip:
+            text += "<br>" + snip[:80].replace("<", "&lt;")
+    return text
+
+
+n_src_shown = int((~data.is_target[shown]).sum())
+colour_key = {
+    "domain": "domain",
+    "label": "label",
+    "OOD score": "ood",
+    "attribution": "score",
+    "cluster": "cluster",
+}
+extra = np.setdiff1d(sel_pos_vis, shown)[: ex.HIGHLIGHT_BUDGET]  # selected points the thinning left out
+draw = np.r_[shown, extra] if len(extra) else shown
+order = np.argsort(data.is_target[draw], kind="stable")  # source rows first, as embedding_figure expects
+draw = draw[order]
+ring = np.flatnonzero(np.isin(draw, sel_pos_vis))[: ex.HIGHLIGHT_BUDGET]
+fig, _ = figures.embedding_figure(
+    data.coords[draw],
+    int((~data.is_target[draw]).sum()),
+    colour_by=colour_key[colour],
+    labels=list(data.cluster[draw] if colour == "cluster" else data.labels[draw]),
+    target_scores=data.ood[draw][data.is_target[draw]],
+    scores=data.attribution[draw],
+    score_name="drift attribution",
+    hover=[hover_text(int(p)) for p in draw],
+    rows=draw,
+    highlight=ring,
+    title=f"{method} of source ({data.n_source:,}) and target ({len(data) - data.n_source:,}) at {layer}",
+)
+st.plotly_chart(
+    fig, key=ex.CHART_KEY, on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch"
+)
+notes = [
+    "Draw a lasso or a box to select every sample inside it (also those the drawing leaves out); "
+    "click one point to see it."
+]
+if colour == "OOD score":
+    notes.append(
+        "Source points are grey: the score is a target sample's k-NN distance to the source, relative to "
+        "the source's own spread (a typical source sample scores about 1)."
+    )
+if len(shown) < int(mask.sum()):
+    notes.append(
+        f"Drawing {len(shown):,} of {int(mask.sum()):,} points: dense regions thinned, sparse ones and "
+        "outliers kept whole, both domains in every region."
+    )
+if len(data) < n_all:
+    notes.append(
+        f"The map places a seeded subset: {data.n_source:,} of {len(src_emb):,} source and "
+        f"{len(data) - data.n_source:,} of {len(tgt_emb):,} target samples."
+    )
+if method == "UMAP" and len(data) < projection.MIN_UMAP_SAMPLES:
     notes.append("Too few points for UMAP: this is the PCA map.")
 st.caption(" ".join(notes))
 
-points = []
-try:
-    points = list(event.selection.points) if event is not None else []
-except AttributeError:
-    points = []
-selected = figures.selection_rows(points, trace_rows)
-sel_src = [r for r in selected if r < n_src]
-sel_tgt = [r - n_src for r in selected if r >= n_src]
-
-source_spec = report.source.get("spec")
-target_spec = report.target.get("spec")
+# ------------------------------------------------------------------------------------------------------
+# Selection: numbers, drift contribution, export
 
 
 def show_item(container, spec: str | None, item_id: str, caption: str) -> None:
@@ -142,7 +294,7 @@ def show_item(container, spec: str | None, item_id: str, caption: str) -> None:
     if spec:
         try:
             item = ui.preview(spec, item_id)
-        except Exception:
+        except Exception:  # a missing or unreadable item: no preview
             item = None
     if item is None:
         container.caption(f"{caption} (no preview)")
@@ -153,53 +305,105 @@ def show_item(container, spec: str | None, item_id: str, caption: str) -> None:
         container.image(item, caption=caption)
 
 
-def gallery(target_positions: list[int], title: str) -> None:
-    """Target samples (positions into the shown target rows) with their nearest source samples."""
+def gallery(positions: np.ndarray, title: str) -> None:
+    """Target samples (map positions), a page at a time, each with its nearest source samples; a
+    neighbour of another class than its target sample is flagged."""
     st.markdown(f"**{title}**")
-    shown = target_positions[:MAX_GALLERY]
-    rows = tgt_rows[shown]
+    n_pages = max(1, -(-len(positions) // PAGE_SIZE))
+    if n_pages > 1:
+        seed("emb_page", min(view.page, n_pages - 1) + 1)
+        if int(st.session_state["emb_page"]) > n_pages:
+            st.session_state["emb_page"] = n_pages
+        page_no = int(st.number_input(f"Page (of {n_pages})", 1, n_pages, key="emb_page")) - 1
+    else:
+        page_no = 0
+    view.page = page_no
+    chunk = positions[page_no * PAGE_SIZE : (page_no + 1) * PAGE_SIZE]
+    rows = data.row[chunk]
     idx, dist = projection.nearest_source(src_emb[layer], tgt_emb[layer][rows], k=K_NEIGHBOURS)
     head = st.columns(1 + K_NEIGHBOURS)
     head[0].caption("target sample")
     for j in range(K_NEIGHBOURS):
         head[1 + j].caption(f"nearest source #{j + 1} (in {layer} features)")
-    for row, nn, dd in zip(rows, idx, dist, strict=True):
+    src_classes = ex.class_names(src_emb, np.arange(len(src_emb))) if src_emb.labels is not None else None
+    for p, row, nn, dd in zip(chunk, rows, idx, dist, strict=True):
         cols = st.columns(1 + K_NEIGHBOURS)
-        lab = _label(tgt_emb, int(row))
-        cap = f"{tgt_emb.ids[int(row)]}" + (f" · {lab}" if lab else "") + f" · OOD {ood_layer[int(row)]:.2f}"
-        show_item(cols[0], target_spec, tgt_emb.ids[int(row)], cap)
+        lab = data.labels[p]
+        cap = (
+            f"{str(data.keys[p])[2:]}"
+            + (f" · {lab}" if lab is not None else "")
+            + f" · OOD {data.ood[p]:.2f}"
+        )
+        if np.isfinite(data.attribution[p]):
+            cap += f" · attr {data.attribution[p]:.2f}"
+        show_item(cols[0], spec_tgt, str(tgt_emb.ids[int(row)]), cap)
         for j, (s, d) in enumerate(zip(nn, dd, strict=True)):
-            slab = _label(src_emb, int(s))
-            scap = f"{src_emb.ids[int(s)]}" + (f" · {slab}" if slab else "") + f" · dist {d:.2f}"
-            show_item(cols[1 + j], source_spec, src_emb.ids[int(s)], scap)
-    if len(target_positions) > MAX_GALLERY:
-        st.caption(f"… and {len(target_positions) - MAX_GALLERY} more target samples in the selection.")
+            slab = None if src_classes is None else src_classes[int(s)]
+            scap = f"{src_emb.ids[int(s)]}" + (f" · {slab}" if slab is not None else "") + f" · dist {d:.2f}"
+            if lab is not None and slab is not None and str(slab) != str(lab):
+                scap = f"⚠ other class · {scap}"
+            show_item(cols[1 + j], spec_src, str(src_emb.ids[int(s)]), scap)
+    if n_pages > 1:
+        st.caption(
+            f"Samples {page_no * PAGE_SIZE + 1}–{page_no * PAGE_SIZE + len(chunk)} of {len(positions)}."
+        )
 
 
 st.subheader("Selection")
-if selected:
-    m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Selected points", len(selected), help="source + target")
+if len(sel_pos):
+    sel_tgt = sel_pos[data.is_target[sel_pos]]
+    sel_src = sel_pos[~data.is_target[sel_pos]]
+    n_tgt_map = len(data) - data.n_source
+    m1, m2, m3, m4, m5 = st.columns(5)
+    m1.metric("Selected points", len(sel_pos), help="source + target, on the whole map (drawn or not)")
     m2.metric("Target samples", len(sel_tgt))
-    m3.metric("Share of the target", f"{len(sel_tgt) / max(len(tgt_rows), 1):.1%}")
-    mean_ood = float(np.nanmean(tgt_scores[sel_tgt])) if sel_tgt else float("nan")
+    m3.metric("Share of the target", f"{len(sel_tgt) / max(n_tgt_map, 1):.1%}")
+    mean_ood = float(np.nanmean(data.ood[sel_tgt])) if len(sel_tgt) else float("nan")
     m4.metric(
         "Mean OOD score (selected target)",
-        "n/a" if not sel_tgt else f"{mean_ood:.2f}",
-        help=f"Target mean at this layer: {np.nanmean(tgt_scores):.2f}",
+        "n/a" if not len(sel_tgt) else f"{mean_ood:.2f}",
+        help=f"Target mean at this layer: {np.nanmean(data.ood[data.is_target]):.2f}",
     )
-    if sel_tgt:
-        order = sorted(sel_tgt, key=lambda p: -tgt_scores[p])
-        gallery(order, "Selected target samples (most out-of-distribution first) and their nearest source")
-    if sel_src:
+    share = ex.drift_share(data, sel_pos)
+    m5.metric(
+        "Share of the drift",
+        "n/a" if share is None else f"{share:.1%}",
+        help="The selection's part of the target's total drift attribution (the out-of-fold domain-"
+        "classifier probability above 0.5, summed); n/a when the report has no attribution.",
+    )
+    paths = {}
+    for side, spec in (("source", spec_src), ("target", spec_tgt)):
+        ds = ui.dataset(spec) if spec else None
+        paths[side] = ds.paths if ds is not None and ds.paths is not None else None
+    table = ex.selection_table(data, sel_pos, paths)
+    meta = {"report": folder, "layer": layer, "map": method, "n_items": len(table)}
+    e1, e2, _ = st.columns([1, 1, 4])
+    e1.download_button(
+        "Export CSV", ex.export_bytes(table, "csv", meta), "selection.csv", "text/csv", key="emb_export_csv"
+    )
+    e2.download_button(
+        "Export JSON",
+        ex.export_bytes(table, "json", meta),
+        "selection.json",
+        "application/json",
+        key="emb_export_json",
+    )
+    if len(sel_tgt):
+        key = np.nan_to_num(data.attribution[sel_tgt] if has_attr else data.ood[sel_tgt], nan=-np.inf)
+        gallery(
+            sel_tgt[np.argsort(-key, kind="stable")],
+            f"Selected target samples (highest {what} first) and their nearest source",
+        )
+    if len(sel_src):
         st.markdown(f"**Selected source samples** ({len(sel_src)})")
         cols = st.columns(6)
-        for i, r in enumerate(sel_src[:MAX_GALLERY]):
-            row = int(src_rows[r])
-            show_item(cols[i % 6], source_spec, src_emb.ids[row], str(src_emb.ids[row]))
+        for i, p in enumerate(sel_src[:PAGE_SIZE]):
+            sid = str(src_emb.ids[int(data.row[p])])
+            show_item(cols[i % 6], spec_src, sid, sid)
 else:
     st.info("No selection yet. Meanwhile, the most out-of-distribution target samples at this layer:")
-    order = [int(i) for i in np.argsort(-np.nan_to_num(tgt_scores, nan=-np.inf), kind="stable")]
-    gallery(
-        order[:MAX_GALLERY], f"The {min(MAX_GALLERY, len(order))} most out-of-distribution target samples"
-    )
+    tgt_pos = np.flatnonzero(data.is_target & mask)
+    order = tgt_pos[np.argsort(-np.nan_to_num(data.ood[tgt_pos], nan=-np.inf), kind="stable")]
+    gallery(order, f"The {min(PAGE_SIZE, len(order))} most out-of-distribution target samples")
+
+ex.save_view(st.session_state, st.query_params, view)

@@ -318,6 +318,10 @@ def embedding_figure(
     target_scores: Any = None,
     hover: Sequence[str] | None = None,
     title: str = "",
+    rows: Sequence[int] | None = None,
+    scores: Any = None,
+    score_name: str = "score",
+    highlight: Sequence[int] | None = None,
 ) -> tuple[Any, list[list[int]]]:
     """A WebGL scatter (``Scattergl``) of a joint source + target map.
 
@@ -326,14 +330,23 @@ def embedding_figure(
     coords : array-like of shape (n_source + n_target, 2)
         Source rows first (see :class:`diag.stats.projection.JointProjection`).
     n_source : int
-    colour_by : {"domain", "label", "ood"}
+    colour_by : {"domain", "label", "ood", "score", "cluster"}
         ``label`` draws one colour per class, circles for source and crosses for target; ``ood``
         colours target points by ``target_scores`` and draws the source grey (the score measures a target
-        sample's distance to the source; a typical source sample scores about 1).
+        sample's distance to the source; a typical source sample scores about 1); ``score`` colours every
+        point with a finite value in ``scores`` (named ``score_name``) and the others grey; ``cluster``
+        colours points by ``labels`` (one colour per value) and points whose label is None grey.
     labels : sequence of str or None, length n_source + n_target, optional
     target_scores : array-like of shape (n_target,), optional
     hover : sequence of str, optional
         Hover text per point.
+    rows : sequence of int, optional
+        The value each point carries as ``customdata`` (its row in the caller's full arrays when
+        ``coords`` is a subsample); ``range(len(coords))`` by default.
+    scores : array-like of shape (n_source + n_target,), optional
+        For ``colour_by="score"``.
+    highlight : sequence of int, optional
+        Positions in ``coords`` drawn again as open black rings on top (a selection).
 
     Returns
     -------
@@ -345,55 +358,82 @@ def embedding_figure(
 
     xy = np.asarray(coords, dtype=float)
     n = len(xy)
-    rows = np.arange(n)
-    is_src = rows < n_source
+    pos = np.arange(n)
+    custom = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    is_src = pos < n_source
     text = list(hover) if hover is not None else [""] * n
     traces: list[tuple[dict[str, Any], np.ndarray]] = []
-    if colour_by == "label" and labels is not None:
+    has_scale = False
+    if colour_by in ("label", "cluster") and labels is not None:
+        labs = np.array(["" if lab is None else str(lab) for lab in labels])
+        none: np.ndarray = np.array([lab is None for lab in labels], dtype=bool)
+        if colour_by == "cluster" and none.any():
+            traces.append(
+                ({"name": "no cluster", "marker": {"color": _GREY, "size": 5, "opacity": 0.35}}, pos[none])
+            )
         classes = list(dict.fromkeys(str(lab) for lab in labels if lab is not None))
+        is_tgt: np.ndarray = ~is_src
+        sides = (("source", is_src, "circle"), ("target", is_tgt, "x"))
         for i, c in enumerate(classes):
             col = _PALETTE[i % len(_PALETTE)]
-            for side, mask, symbol in (("source", is_src, "circle"), ("target", ~is_src, "x")):
-                sel = rows[mask & np.array([str(lab) == c for lab in labels])]
+            of_c = (labs == c) & ~none
+            for side, mask, symbol in sides if colour_by == "label" else (("", of_c, "circle"),):
+                sel = pos[mask & of_c]
                 if len(sel):
                     traces.append(
-                        ({"name": f"{c} ({side})", "legendgroup": c,
+                        ({"name": f"{c} ({side})" if side else c, "legendgroup": c,
                           "marker": {"color": col, "symbol": symbol, "size": 6, "opacity": 0.8}}, sel)
                     )  # fmt: skip
-    elif colour_by == "ood" and target_scores is not None:
-        scores = np.asarray(target_scores, dtype=float)
-        hi = float(np.nanquantile(scores, 0.98)) if len(scores) else 1.0
-        traces.append(
-            ({"name": "source (grey)", "marker": {"color": _GREY, "size": 5, "opacity": 0.35}}, rows[is_src])
-        )
+    elif colour_by in ("ood", "score") and (target_scores is not None or scores is not None):
+        if colour_by == "ood":
+            values = np.full(n, np.nan)
+            values[~is_src] = np.asarray(target_scores, dtype=float)
+            name, scale = "OOD score", "YlOrRd"
+        else:
+            values, name, scale = np.asarray(scores, dtype=float), score_name, "Viridis"
+        finite = np.isfinite(values)
+        lo = float(np.nanquantile(values[finite], 0.02)) if finite.any() else 0.0
+        hi = float(np.nanquantile(values[finite], 0.98)) if finite.any() else 1.0
+        if colour_by == "ood":
+            lo = min(1.0, hi)
+        grey = "source (grey)" if colour_by == "ood" else f"no {name} (grey)"
+        traces.append(({"name": grey, "marker": {"color": _GREY, "size": 5, "opacity": 0.35}}, pos[~finite]))
         traces.append(
             (
-                {"name": "target (OOD score)",
-                 "marker": {"color": scores, "colorscale": "YlOrRd", "cmin": min(1.0, hi), "cmax": hi,
-                            "size": 7, "showscale": True, "colorbar": {"title": {"text": "OOD score"}}}},
-                rows[~is_src],
+                {"name": f"target ({name})" if colour_by == "ood" else name,
+                 "marker": {"color": values[finite], "colorscale": scale, "cmin": lo,
+                            "cmax": max(hi, lo + 1e-9), "size": 7, "showscale": True,
+                            "colorbar": {"title": {"text": name}, "x": 1.0, "xanchor": "left"}}},
+                pos[finite],
             )
         )  # fmt: skip
+        has_scale = True
     else:
         traces.append(
-            ({"name": "source", "marker": {"color": _SOURCE, "size": 6, "opacity": 0.7}}, rows[is_src])
+            ({"name": "source", "marker": {"color": _SOURCE, "size": 6, "opacity": 0.7}}, pos[is_src])
         )
         traces.append(
-            ({"name": "target", "marker": {"color": _TARGET, "size": 6, "opacity": 0.7}}, rows[~is_src])
+            ({"name": "target", "marker": {"color": _TARGET, "size": 6, "opacity": 0.7}}, pos[~is_src])
         )
+    if highlight is not None and len(highlight):
+        ring = {"color": "rgba(0,0,0,0)", "size": 10, "line": {"color": "#111111", "width": 1.5}}
+        traces.append(({"name": "selected", "marker": ring}, np.asarray(highlight, dtype=np.int64)))
     fig = go.Figure()
     trace_rows: list[list[int]] = []
     for spec, sel in traces:
         fig.add_trace(
             go.Scattergl(
-                x=xy[sel, 0], y=xy[sel, 1], mode="markers", customdata=sel.tolist(),
+                x=xy[sel, 0], y=xy[sel, 1], mode="markers", customdata=custom[sel].tolist(),
                 text=[text[i] for i in sel], hovertemplate="%{text}<extra></extra>", **spec,
             )
         )  # fmt: skip
-        trace_rows.append(sel.tolist())
+        trace_rows.append(custom[sel].tolist())
+    # The legend sits above the plot, in a row: never over the colour bar on the right.
+    legend = {"itemsizing": "constant", "orientation": "h", "x": 0.0, "y": 1.0, "yanchor": "bottom"}
     fig.update_layout(
-        title={"text": title, "x": 0.0}, height=560, template="plotly_white", dragmode="lasso",
-        margin={"l": 20, "r": 20, "t": 50, "b": 20}, legend={"itemsizing": "constant"},
+        title={"text": title, "x": 0.0, "y": 0.99, "yanchor": "top"}, height=600, template="plotly_white",
+        dragmode="lasso", margin={"l": 20, "r": 20 if not has_scale else 80, "t": 90, "b": 20},
+        legend=legend, uirevision="map",
         xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None},
     )  # fmt: skip
     return fig, trace_rows
