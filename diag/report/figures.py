@@ -343,8 +343,7 @@ def embedding_figure(
     rows : sequence of int, optional
         The value each point carries as ``customdata`` (its row in the caller's full arrays when
         ``coords`` is a subsample); ``range(len(coords))`` by default.
-    scores : array-like of shape (n_source + n_target,), optional
-        For ``colour_by="score"``.
+    scores : array-like of shape (n_source + n_target,), optional, for ``colour_by="score"``
     highlight : sequence of int, optional
         Positions in ``coords`` drawn again as open black rings on top (a selection).
 
@@ -355,7 +354,6 @@ def embedding_figure(
         For each trace, the row of ``coords`` of each of its points (maps a selection back to samples).
     """
     go = _go()
-
     xy = np.asarray(coords, dtype=float)
     n = len(xy)
     pos = np.arange(n)
