@@ -4,7 +4,9 @@ Pages only lay out widgets: computation lives in the ``diag`` library. Heavy obj
 server process (``st.cache_resource`` for embeddings and data sets, ``st.cache_data`` for the report,
 projections and exports), keyed by the report folder and the modification time of its ``report.json``
 so that a re-run diagnosis is picked up. Session state is initialised idempotently: a key is set only
-when it is missing, so reruns and page switches never reset what the user chose.
+when it is missing, so reruns and page switches never reset what the user chose. Streamlit drops the
+state of widgets a run did not draw (another page's); :func:`keep` copies each widget's value into a
+plain session key (``kept_widgets``) and gives it back when the page is drawn again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import json
 import os
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,25 @@ def init_state() -> None:
         st.session_state[RUNS_KEY] = os.environ.get(RUNS_ENV) or "runs"
 
 
+KEPT_KEY = "kept_widgets"  # a plain (non-widget) key: it survives page switches
+
+
+def keep(key: str, default: Any, options: Sequence[Any] | None = None) -> str:
+    """Give the widget ``key`` its kept value (or ``default``) before it is drawn; returns ``key``.
+
+    Draw the widget right after, with ``key=`` and without ``value=``/``index=`` (the value comes from
+    the session). A kept value no longer among ``options`` falls back to ``default``.
+    """
+    kept = st.session_state.setdefault(KEPT_KEY, {})
+    if key not in st.session_state:
+        value = kept.get(key, default)
+        if options is not None and value not in options:
+            value = default
+        st.session_state[key] = value
+    kept[key] = st.session_state[key]
+    return key
+
+
 def page_setup(title: str) -> None:
     """Page config, session defaults and the sidebar (the report in use, and a field to open another)."""
     st.set_page_config(page_title=f"diag · {title}", page_icon="📐", layout="wide")
@@ -59,9 +80,27 @@ def sidebar() -> None:
             st.markdown(f"**{Path(str(folder)).name}**", help=str(folder))
         else:
             st.caption("No report open yet.")
+        running = running_jobs()
+        if running:
+            st.caption(f"Running in the background: {len(running)} job(s); see **Run**.")
         path = st.text_input("Open a report folder", key="sidebar_open_path", placeholder="runs/my-report")
-        if st.button("Open", key="sidebar_open", disabled=not path):
-            open_report(path)
+        if st.button("Open", key="sidebar_open", disabled=not path) and open_report(path) is not None:
+            st.rerun()  # the sidebar above (drawn already) then names the report just opened
+
+
+def running_jobs() -> list[Any]:
+    """The background diagnoses and fine-tuning runs alive under the session's runs folder and report."""
+    from diag.pipeline.jobs import list_jobs
+
+    roots = [st.session_state.get(RUNS_KEY) or "runs"]
+    folder = st.session_state.get(REPORT_KEY)
+    if folder:
+        roots.append(str(Path(str(folder)).parent))
+    seen: dict[str, Any] = {}
+    for root in dict.fromkeys(roots):
+        with contextlib.suppress(OSError):
+            seen.update({str(j.out): j for j in list_jobs(root) if j.alive})
+    return list(seen.values())
 
 
 @dataclass

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import streamlit as st
 
+# Icons are emoji (drawn by the browser's own fonts): Material icon names would make the browser fetch an
+# icon font, and the dashboard must make no request beyond its own server.
+HOME = st.Page("views/0_Home.py", title="Home", icon="🏠", default=True)
 PAGES = [
-    st.Page("views/0_Home.py", title="Home", icon=":material/home:", url_path="home", default=True),
-    st.Page("views/1_Run.py", title="Run", icon=":material/play_arrow:", url_path="run"),
-    st.Page("views/2_Shift.py", title="Shift", icon=":material/stacked_line_chart:", url_path="shift"),
-    st.Page(
-        "views/3_Embeddings.py", title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings"
-    ),
-    st.Page("views/4_Transfer.py", title="Transfer", icon=":material/swap_horiz:", url_path="transfer"),
-    st.Page("views/5_Fine-tune.py", title="Fine-tune", icon=":material/tune:", url_path="fine-tune"),
-    st.Page("views/6_History.py", title="History", icon=":material/timeline:", url_path="history"),
+    HOME,
+    st.Page("views/1_Run.py", title="Run", icon="▶️", url_path="run"),
+    st.Page("views/2_Shift.py", title="Shift", icon="📈", url_path="shift"),
+    st.Page("views/3_Embeddings.py", title="Embeddings", icon="🗺️", url_path="embeddings"),
+    st.Page("views/4_Transfer.py", title="Transfer", icon="🔁", url_path="transfer"),
+    st.Page("views/5_Fine-tune.py", title="Fine-tune", icon="🎛️", url_path="fine-tune"),
+    st.Page("views/6_History.py", title="History", icon="🕒", url_path="history"),
 ]
+# The default page is served at "/": "/home" (a natural link) is the same page, unlisted.
+HOME_ALIAS = st.Page("views/0_Home.py", title="Home", icon="🏠", url_path="home", visibility="hidden")
 
-st.navigation(PAGES).run()
+st.navigation([*PAGES, HOME_ALIAS], position="sidebar").run()

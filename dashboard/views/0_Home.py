@@ -1,4 +1,5 @@
-"""Home: the report in use at a glance, and what the bundled backbones and samples are."""
+"""Home: the decision first (shift, negative-transfer risk, freeze depth), the one chart that says the
+most, then what the bundled backbones and samples are."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pages' shared helpers (_common.py)
 
 import _common as ui
+import _verdict as verdict
 import streamlit as st
 
 from diag.data.samples import list_samples
@@ -16,21 +18,27 @@ from diag.report.tables import report_title
 
 ui.page_setup("Home")
 st.title("diag: domain-adaptation diagnostics")
-st.markdown(
-    "How far is your target data from the source, layer by layer inside a pretrained backbone; will "
-    "transfer help; how many layers to freeze; and then the fine-tuning itself, to check."
-)
 
 report = ui.current_report()
 if report is not None:
     st.subheader(report_title(report))
-    (st.warning if report.shift.is_shift else st.success)(report.shift.summary)
+    verdict.verdict_cards(report)
+    st.markdown(report.shift.summary)
+    with ui.shown_errors("Could not draw the lead chart"):
+        fig, caption = verdict.lead_figure(report)
+        st.plotly_chart(fig, key="home_lead")
+        st.caption(caption)
     ui.show_key_metrics(report)
+    verdict.glossary(("MMD²", "C2ST", "Fréchet", "OOD"))
     st.markdown(
-        "Next: **Shift** for the per-layer charts and downloads, **Embeddings** for the map and the samples "
-        "behind it, **Transfer** and **Fine-tune** to act on it (pages in the sidebar)."
+        "Next: **Shift** for every per-layer statistic and the downloads, **Embeddings** for the map and "
+        "the samples behind the shift, **Transfer** and **Fine-tune** to act on it (pages in the sidebar)."
     )
 else:
+    st.markdown(
+        "How far is your target data from the source, layer by layer inside a pretrained backbone; will "
+        "transfer help; how many layers to freeze; and then the fine-tuning itself, to check."
+    )
     st.info(
         "No report open. Start a diagnosis on the **Run** page (bundled samples work offline), or open a "
         "report folder written by `diag diagnose` in the sidebar."

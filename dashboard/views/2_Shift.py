@@ -1,4 +1,5 @@
-"""Shift: the verdict, the per-layer profile (MMD², C2ST AUC with CI, Fréchet, OOD), labels, downloads."""
+"""Shift: the verdicts first, the one chart that says the most, then the per-layer profile (MMD², C2ST AUC
+with CI, Fréchet, OOD), labels, downloads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pages' shared helpers (_common.py)
 
 import _common as ui
+import _verdict as verdict
 import pandas as pd
 import streamlit as st
 
@@ -21,10 +23,8 @@ shift = report.shift
 st.title("Shift, layer by layer")
 st.caption(tables.report_title(report))
 
-if shift.is_shift:
-    st.warning(shift.summary, icon="⚠️")
-else:
-    st.success(shift.summary, icon="✅")
+verdict.verdict_cards(report)
+(st.warning if shift.is_shift else st.success)(shift.summary, icon="⚠️" if shift.is_shift else "✅")
 
 ui.show_key_metrics(report)
 onset = shift.onset_layer
@@ -33,6 +33,7 @@ if onset:
         f"Shift onset at layer **{onset}** ({shift.level or 'level unknown'}); significant layers: "
         + ", ".join(f"`{x}`" for x in shift.significant_layers)
     )
+verdict.glossary(("MMD²", "C2ST", "Fréchet", "CORAL", "OOD", "onset"))
 
 if tables.is_source_free(report):
     # No source data: the one profile is the BatchNorm W2 per block against its null band.
@@ -40,17 +41,30 @@ if tables.is_source_free(report):
         st.plotly_chart(figures.source_free_figure(report), key="fig_bn_w2")
     st.subheader("Per-block statistics")
     head, body = tables.shift_table(report)
-    st.dataframe(pd.DataFrame(body, columns=head), hide_index=True, key="layer_table")
+    body_df = pd.DataFrame(body, columns=head)
+    st.dataframe(body_df, hide_index=True, key="layer_table", column_config=verdict.number_columns(body_df))
     st.caption(tables.shift_table_note(report))
 else:
+    with ui.shown_errors("Could not draw the lead chart"):
+        lead, lead_caption = verdict.lead_figure(report)
+        st.plotly_chart(lead, key="fig_lead")
+        st.caption(lead_caption)
     with ui.shown_errors("Could not draw the profile charts"):
+        import plotly.graph_objects as go
+
         figs = figures.shift_figures(report)
-        left, right = st.columns(2)
-        left.plotly_chart(figs["c2st_auc"], key="fig_auc")
-        right.plotly_chart(figs["mmd2"], key="fig_mmd")
-        left, right = st.columns(2)
-        left.plotly_chart(figs["frechet_relative"], key="fig_frechet")
-        right.plotly_chart(figs["ood"], key="fig_ood")
+        mmd = figs["mmd2"]  # its bars are coloured by significance: say so in a legend
+        mmd.update_traces(showlegend=False)
+        for colour, name in (("#ff7f0e", "significant (Holm p ≤ α)"), ("#9e9e9e", "not significant")):
+            mmd.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
+                                     marker={"symbol": "square", "size": 12, "color": colour}))  # fmt: skip
+        mmd.update_layout(showlegend=True)
+        tabs = st.tabs(["C2ST AUC", "MMD²", "Fréchet", "OOD"])
+        tabs[0].plotly_chart(figs["c2st_auc"], key="fig_auc")
+        tabs[0].caption("The AUC saturates at 1 as soon as the domains are separable: read the chart above.")
+        tabs[1].plotly_chart(mmd, key="fig_mmd")
+        tabs[2].plotly_chart(figs["frechet_relative"], key="fig_frechet")
+        tabs[3].plotly_chart(figs["ood"], key="fig_ood")
 
     st.subheader("Per-layer statistics")
     rows = pd.DataFrame(tables.layer_rows(report))
@@ -65,7 +79,12 @@ else:
     def _highlight(row: pd.Series) -> list[str]:
         return ["background-color: rgba(214, 39, 40, 0.15)" if row["onset"] else "" for _ in row]
 
-    st.dataframe(rows.style.apply(_highlight, axis=1), hide_index=True, key="layer_table")
+    st.dataframe(
+        rows.style.apply(_highlight, axis=1),
+        hide_index=True,
+        key="layer_table",
+        column_config=verdict.number_columns(rows),
+    )
     st.caption(
         "The onset layer's row is highlighted. p (Holm): per-layer permutation p-value, Holm-adjusted."
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pages' shared helpers (_common.py)
 
 import _common as ui
+import _verdict as verdict
 import pandas as pd
 import streamlit as st
 
@@ -18,6 +19,9 @@ report = ui.require_report()
 
 st.title("Transfer")
 st.caption(tables.report_title(report))
+verdict.glossary(
+    ("negative transfer", "freeze depth", "LP-FT", "RGN", "linear probe", "LogME", "LEEP", "NCE")
+)
 
 NOT_IN_REPORT = (
     "Transferability is not in this report: run `diag diagnose` with a labelled target (an image folder "
@@ -70,7 +74,11 @@ if fr is not None:
     c1.metric("Blocks to freeze (from the input)", tables.fmt(fr.depth))
     c2.metric("Blocks in the backbone", tables.fmt(fr.n_blocks))
     lr = fr.lr_scheme
-    c3.metric("Learning-rate scheme", lr if isinstance(lr, str) else ("see below" if lr else "n/a"))
+    c3.metric(
+        "Learning-rate scheme",
+        lr if isinstance(lr, str) else ("see below" if lr else "n/a"),
+        help=verdict.term_help("LP-FT"),
+    )
     frozen, tune = [str(t) for t in fr.frozen or []], [str(t) for t in fr.tune or []]
     if frozen:
         st.markdown("Frozen: " + ", ".join(f"`{t}`" for t in frozen))
@@ -116,7 +124,9 @@ if rows and tr is not None:
             f"Scores of **{where}** (higher is better)"
             + (f"; best layer by linear probe: **{tr.best_layer}**." if tr.best_layer else ".")
         )
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="tr_scores")
+    st.dataframe(
+        pd.DataFrame(rows), hide_index=True, key="tr_scores", column_config=verdict.number_columns(rows)
+    )
 if score_names:
     default = "linear_probe_accuracy" if "linear_probe_accuracy" in score_names else score_names[0]
     score = st.selectbox(
@@ -130,7 +140,13 @@ if score_names:
         "baseline); the shaded blocks are those the freeze recommendation keeps frozen."
     )
     with st.expander("Per-layer table"):
-        st.dataframe(pd.DataFrame(tables.layer_transfer_rows(report)), hide_index=True, key="tr_layers")
+        layer_rows = tables.layer_transfer_rows(report)
+        st.dataframe(
+            pd.DataFrame(layer_rows),
+            hide_index=True,
+            key="tr_layers",
+            column_config=verdict.number_columns(layer_rows),
+        )
 
 # Anything else a later version adds (a backbone ranking, ...): shown generically.
 extra = {} if tr is None else {k: v for k, v in tr.to_dict().items() if k not in tables.TRANSFER_KNOWN}

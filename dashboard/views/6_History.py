@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pages' shared helpers (_common.py)
 
 import _common as ui
+import _verdict as verdict
 import pandas as pd
 import streamlit as st
 
@@ -64,7 +65,10 @@ with ui.shown_errors("Could not draw the history chart"):
     st.plotly_chart(figures.history_figure(records, metric), key="fig_history")
 
 st.subheader("Checks")
-st.dataframe(pd.DataFrame(history_rows(records)), hide_index=True, key="history_table")
+history_table = pd.DataFrame(history_rows(records))
+st.dataframe(
+    history_table, hide_index=True, key="history_table", column_config=verdict.number_columns(history_table)
+)
 reports = [r.report for r in records if r.report]
 if reports:
     chosen = st.selectbox("Open a check's report", reports[::-1], key="history_report")

@@ -66,8 +66,20 @@ def test_home_page_opens_the_report_named_by_the_environment(
     monkeypatch.setenv("DIAG_REPORT", str(report.folder))
     at = page("app.py").run()  # the router: its default page is Home
     no_exception(at)
-    assert report.shift["summary"] in texts(at, "warning")
+    # Decision first: the three verdicts (shift, negative-transfer risk, freeze depth), then the summary.
+    s, nt, fr = report.shift, report.sections["negative_transfer"], report.sections["freeze"]
+    assert f"**Yes**, from layer `{s['onset_layer']}` ({s['level']})" in texts(at, "warning")
+    shown = texts(at, "success") + texts(at, "warning") + texts(at, "error")
+    assert any(t.startswith(f"**{nt['risk'].upper()}**") for t in shown)
+    assert any(f"Freeze **{fr['depth']}** of {fr['n_blocks']} blocks" in t for t in texts(at, "info"))
+    assert s["summary"] in texts(at, "markdown")
     assert {m.label: m.value for m in at.metric}["Onset layer"] == report.shift["onset_layer"]
+    lead = json.loads(at.get("plotly_chart")[0].proto.spec)  # the lead chart: not the saturated AUC
+    assert (
+        "Fréchet" in lead["layout"]["yaxis"]["title"]["text"]
+        or "effect" in lead["layout"]["yaxis"]["title"]["text"]
+    )
+    assert {t["name"] for t in lead["data"]} <= {"significant shift", "not significant"}
     at.switch_page("views/2_Shift.py").run()
     no_exception(at)
     assert any(t.value == "Shift, layer by layer" for t in at.title)
@@ -77,7 +89,7 @@ def test_shift_page_shows_verdict_key_numbers_charts_and_downloads(report: Repor
     at = page("2_Shift.py", report.folder).run()
     no_exception(at)
     s = report.shift
-    assert s["is_shift"] and texts(at, "warning") == [s["summary"]]
+    assert s["is_shift"] and s["summary"] in texts(at, "warning")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["p-value"] == f"{s['p_value']:.3g}"
     effect = next(m for m in at.metric if m.label == f"Effect: C2ST AUC at {s['effect']['layer']}")
@@ -86,8 +98,10 @@ def test_shift_page_shows_verdict_key_numbers_charts_and_downloads(report: Repor
     assert metrics["Onset layer"] == s["onset_layer"] and metrics["Level"] == s["level"]
     assert any(f"Shift onset at layer **{s['onset_layer']}**" in m for m in texts(at, "markdown"))
     charts = at.get("plotly_chart")
-    assert len(charts) == 6  # AUC, MMD², Fréchet, OOD, labels, class-conditional
-    assert "c2st" in charts[0].proto.spec.lower() or "C2ST" in charts[0].proto.spec
+    assert len(charts) == 7  # the lead chart, AUC, MMD², Fréchet, OOD, labels, class-conditional
+    assert "C2ST" in charts[1].proto.spec
+    mmd = json.loads(charts[2].proto.spec)  # its colours have a legend
+    assert {"significant (Holm p ≤ α)", "not significant"} <= {t.get("name") for t in mmd["data"]}
     table = at.dataframe[0].value
     assert list(table["layer"]) == report.layer_names
     np.testing.assert_allclose(table["MMD²"], [lay["shift"]["mmd2"] for lay in report.layers])
@@ -191,12 +205,12 @@ def test_transfer_page_says_when_the_report_has_no_transfer_analysis(report: Rep
 def test_run_page_reopens_the_report_for_the_same_inputs_without_recomputing(
     report: Report, runs_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import diag.pipeline
+    import diag.pipeline.jobs
 
     def must_not_run(*args: object, **kwargs: object) -> None:
-        raise AssertionError("diagnose() ran although a report for these inputs exists")
+        raise AssertionError("a diagnosis started although a report for these inputs exists")
 
-    monkeypatch.setattr(diag.pipeline, "diagnose", must_not_run)
+    monkeypatch.setattr(diag.pipeline.jobs, "launch_diagnosis", must_not_run)
     at = page("1_Run.py").run()
     no_exception(at)
     assert at.selectbox(key="run_source_choice").value == INPUTS["source"]
@@ -220,7 +234,8 @@ def test_run_page_shows_a_bad_path_as_an_error(tmp_path: Path) -> None:
     at.button(key="run_go").click().run()
     no_exception(at)
     (err,) = texts(at, "error")
-    assert "The diagnosis failed" in err and "no such file or folder" in err
+    assert "The diagnosis failed to start" in err and "no such file or folder" in err
+    assert not (tmp_path / "runs").exists()  # refused before anything was launched
 
 
 def write_finished_run(out: Path, accs: list[float]) -> None:
@@ -465,3 +480,99 @@ def test_stop_works_when_the_dashboard_itself_ignores_sigint(tmp_path: Path) -> 
     wait_for(lambda: "READY" in jobs.run_status(out).log_tail)
     st = jobs.stop(out, wait_s=30)
     assert not st.alive and "KeyboardInterrupt" in st.log_tail
+
+
+# ------------------------------------------------------------------------------------------------------
+# Background diagnoses on the Run page, state across pages, Fine-tune's recommendation and references
+
+
+def test_form_values_survive_a_page_switch(report: Report, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit drops the widgets of a page not drawn: the Run form's values come back (ui.keep)."""
+    monkeypatch.setenv("DIAG_REPORT", str(report.folder))
+    at = page("app.py").run()
+    at.switch_page("views/1_Run.py").run()
+    no_exception(at)
+    at.selectbox(key="run_target_choice").set_value("samples:opencv-digits")
+    at.number_input(key="run_permutations").set_value(300)
+    at.number_input(key="run_image_size").set_value(64).run()
+    at.switch_page("views/2_Shift.py").run()
+    no_exception(at)
+    assert "run_permutations" not in at.session_state  # Streamlit dropped the widget's own state...
+    at.switch_page("views/1_Run.py").run()
+    no_exception(at)
+    assert at.selectbox(key="run_target_choice").value == "samples:opencv-digits"  # ...and it came back
+    assert at.number_input(key="run_permutations").value == 300
+    assert at.number_input(key="run_image_size").value == 64
+    assert not [w.value for w in at.warning if "default value" in str(w.value)]
+
+
+def test_run_page_follows_a_background_diagnosis_and_opens_its_report(report: Report, tmp_path: Path) -> None:
+    """Stages appear in order as the job writes them; when report.json is written the page opens it."""
+    from diag.pipeline import jobs as diag_jobs
+    from tests.dashboard.test_jobs import start_fake_diagnosis, wait_for
+
+    out = tmp_path / "runs" / "job"
+    stages = ["embed-source", "embed-target", "shift", "write"]
+    start_fake_diagnosis(tmp_path, out, stages, report=report.folder)
+    at = page("1_Run.py")
+    at.session_state["runs_dir"] = str(tmp_path / "runs")
+    at.run()  # a new session follows the diagnosis still running under the runs folder
+    no_exception(at)
+    assert any("samples:mnist** vs **samples:uci-digits" in t for t in texts(at, "markdown"))
+    for i in range(2):
+        (out / f"GO{i}").touch()
+    wait_for(lambda: len(diag_jobs.diagnosis_status(out).stages) == 2)
+    at.run()
+    lines = [t for t in texts(at, "markdown") if t.startswith(("✅", "⏳"))]
+    assert [t.split("**")[1] for t in lines] == ["embed-source", "embed-target"]
+    waiting = [t for t in texts(at, "markdown") if "opacity" in t]
+    assert len(waiting) >= 1  # stages still to come are listed, greyed
+    for i in range(2, len(stages) + 1):
+        (out / f"GO{i}").touch()
+    wait_for(lambda: diag_jobs.diagnosis_status(out).state == "completed")
+    at.run()
+    no_exception(at)
+    assert at.session_state["report_dir"] == str(out)  # opened: the sidebar and every page now use it
+    assert any("The diagnosis finished" in t for t in texts(at, "success"))
+    (out / f"GO{len(stages) + 1}").touch()
+    table = at.dataframe[0].value  # the job list
+    assert list(table["kind"]) == ["diagnosis"] and list(table["state"]) == ["completed"]
+
+
+def test_finetune_page_applies_the_whole_recommendation(report: Report, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    rep = replace(report, folder=None).save(tmp_path / "rep")
+    fr = report.sections["freeze"]
+    at = page("5_Fine-tune.py", rep.folder).run()
+    at.number_input(key="ft_freeze").set_value(0)
+    at.number_input(key="ft_lp_ft").set_value(0).run()
+    at.button(key="ft_apply").click().run()
+    no_exception(at)
+    assert at.number_input(key="ft_freeze").value == fr["depth"]
+    lp_ft = at.number_input(key="ft_lp_ft").value
+    assert (lp_ft >= 1) == (fr["lr_scheme"] == "lp-ft")
+    assert lp_ft < at.number_input(key="ft_epochs").value
+
+
+def test_finetune_page_compares_every_differing_setting_with_reference_lines(
+    report: Report, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    rep = replace(report, folder=None).save(tmp_path / "rep")
+    for name, cfg in (("a", {"lr": 1e-3, "image_size": 32}), ("b", {"lr": 3e-4, "image_size": 64})):
+        out = tmp_path / "rep" / "finetune" / name
+        write_finished_run(out, [0.5, 0.6])
+        res = json.loads((out / "result.json").read_text())
+        res["config"] = {"epochs": 2, "lp_ft": 0, **cfg}
+        (out / "result.json").write_text(json.dumps(res))
+    at = page("5_Fine-tune.py", rep.folder).run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert list(table["lr"]) == [1e-3, 3e-4] and list(table["image_size"]) == [32, 64]
+    assert "lp_ft" not in table.columns and "epochs" in table.columns  # the same in both: not repeated
+    curves = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    notes = [a.get("text", "") for a in curves["layout"].get("annotations", [])]
+    lp = report.sections["negative_transfer"]["signals"]["pretrained_linear_probe"]
+    assert any(n.startswith("linear probe (report") and f"{lp:.2f}" in n for n in notes)

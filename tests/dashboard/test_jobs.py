@@ -38,7 +38,8 @@ FAKE_DIAGNOSIS = textwrap.dedent(
     if fail:
         print("diag diagnose: error: samples:nope: no such sample", file=sys.stderr)
         sys.exit(2)
-    (out / "report.json").write_text("{}")
+    src = sys.argv[4] if len(sys.argv) > 4 else None
+    (out / "report.json").write_bytes(Path(src).read_bytes() if src else b"{}")
     gate(len(stages) + 1)
     """
 )
@@ -51,14 +52,25 @@ def wait_for(cond, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def start_fake_diagnosis(tmp_path: Path, out: Path, stages: list[str], *, fail: bool = False) -> None:
-    """What launch_diagnosis records (diagnose.json, then the job), with the stand-in as the process."""
+def start_fake_diagnosis(
+    tmp_path: Path, out: Path, stages: list[str], *, fail: bool = False, report: Path | None = None
+) -> None:
+    """What launch_diagnosis records (diagnose.json, then the job), with the stand-in as the process.
+
+    With ``report`` (a report folder), its files are copied into ``out`` first and its ``report.json``
+    is written last, as the real diagnosis does.
+    """
     script = tmp_path / "fake_diagnosis.py"
     script.write_text(FAKE_DIAGNOSIS)
-    out.mkdir(parents=True)
+    if report is not None:
+        import shutil
+
+        shutil.copytree(report, out, ignore=shutil.ignore_patterns("report.json", "finetune"))
+    out.mkdir(parents=True, exist_ok=True)
     record = {"inputs": {"source": "samples:mnist", "target": "samples:uci-digits", "backbone": "bb"}}
     (out / diag_jobs.DIAGNOSE_FILE).write_text(json.dumps({**record, "started": time.time() - 1}))
     cmd = [sys.executable, str(script), str(out), ",".join(stages), "fail" if fail else "ok"]
+    cmd += [str(report / "report.json")] if report is not None else []
     jobs.launch(cmd, out)
 
 
