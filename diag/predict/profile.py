@@ -36,6 +36,7 @@ import numpy as np
 
 from diag.engine.embeddings import Embeddings, check_finite
 from diag.errors import ConfigError, DataError, param_error
+from diag.predict.streaming import STREAMING_ABOVE, streaming_layer, streaming_sizes
 from diag.progress import ProgressCallback
 from diag.stats.shift import (
     MIN_SAMPLES,
@@ -48,19 +49,9 @@ from diag.stats.shift import (
 )
 
 __all__ = [
-    "LEVELS",
-    "LEVEL_WHY",
-    "ClassShift",
-    "LayerShift",
-    "ShiftProfile",
-    "ShiftVerdict",
-    "check_compatible",
-    "check_permutations",
-    "class_conditional_shift",
-    "holm",
-    "min_permutations",
-    "shift_profile",
-]
+    "LEVELS", "LEVEL_WHY", "ClassShift", "LayerShift", "ShiftProfile", "ShiftVerdict", "check_compatible",
+    "check_permutations", "class_conditional_shift", "holm", "min_permutations", "shift_profile",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +312,7 @@ def shift_profile(
     random_state: int = 0,
     device: str = "auto",
     progress: ProgressCallback | None = None,
+    streaming_above: int | None = STREAMING_ABOVE,
 ) -> ShiftProfile:
     """Every shift statistic at every probe point, and the overall verdict.
 
@@ -343,6 +335,8 @@ def shift_profile(
     device : str, default "auto"
     progress : ProgressCallback, optional
         Advanced once per layer.
+    streaming_above : int or None, default 20000
+        More items on a side: each layer from summaries and samples (:mod:`diag.predict.streaming`).
 
     Returns
     -------
@@ -365,12 +359,19 @@ def shift_profile(
     t_all = time.perf_counter()
     rows: list[dict[str, Any]] = []
     ood: dict[str, np.ndarray] = {}
+    big = streaming_above is not None and max(len(source), len(target)) > streaming_above
     cb.on_start(len(names), "shift profile")
     try:
         for i, name in enumerate(names):
             t0 = time.perf_counter()
             x, y = source[name], target[name]
             seed = random_state + 1009 * i
+            if big:  # summaries and bounded samples (diag.predict.streaming)
+                stats, ood[name] = streaming_layer(x, y, k=k, random_state=seed, device=device)
+                p = probes[name]
+                rows.append({"name": name, "index": p.index, "dim": p.dim, "kind": p.kind, **stats})
+                cb.on_advance(1)
+                continue
             mmd = mmd_test(x, y, n_permutations=n_permutations, random_state=seed, device=device)
             clf = c2st(x, y, random_state=seed)
             try:
@@ -426,6 +427,7 @@ def shift_profile(
         "ood_far": OOD_FAR,
         "random_state": random_state,
         "class_conditional": class_conditional,
+        "streaming": streaming_sizes(len(source), len(target), above=streaming_above or 0) if big else None,
     }
     return ShiftProfile(
         layers=layer_shifts,

@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from diag.errors import DataError
+from diag.stats.projection import joint_projection
 from diag.stats.shift import coral_distance, frechet_distance
 from diag.stats.streaming import (
     FourierMap,
@@ -14,6 +15,8 @@ from diag.stats.streaming import (
     covariance_distances,
     linear_mmd_test,
     moments_in_blocks,
+    place_on_map,
+    placed_projection,
     stratified_rows,
     weighted_chi2_sf,
 )
@@ -161,3 +164,33 @@ def test_stratified_rows_sample_each_side_apart() -> None:
     np.testing.assert_array_equal(a, np.arange(50))
     assert len(b) == 100 and len(np.unique(b)) == 100 and np.all(np.diff(b) > 0) and b.max() < 10_000
     np.testing.assert_array_equal(b, stratified_rows([50, 10_000], 100, seed=0)[1])
+
+
+def test_rows_are_placed_next_to_their_nearest_fitted_rows() -> None:
+    rng = np.random.default_rng(6)
+    centres = np.zeros((3, 20))
+    centres[1, 0], centres[2, 1] = 30.0, 30.0
+    fit = np.concatenate([c + rng.standard_normal((50, 20)) for c in centres])
+    coords = np.repeat([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], 50, axis=0) + rng.normal(size=(150, 2)) * 0.1
+    new = np.concatenate([c + rng.standard_normal((40, 20)) for c in centres])
+    placed = place_on_map(fit, coords, np.concatenate([fit[:5], new]), k=5)
+    np.testing.assert_allclose(placed[:5], coords[:5], atol=1e-5)  # fitted rows stay where they were
+    for i, where in enumerate(([0.0, 0.0], [10.0, 0.0], [0.0, 10.0])):
+        assert np.abs(placed[5 + 40 * i : 5 + 40 * (i + 1)] - where).max() < 0.5
+    # One neighbour at distance a, one at 3a: weights 3/4 and 1/4 (inverse distance).
+    line = np.array([[0.0, 0.0], [4.0, 0.0]])
+    got = place_on_map(line, [[0.0, 0.0], [1.0, 1.0]], [[1.0, 0.0]], k=2, n_components=2)
+    np.testing.assert_allclose(got, [[0.25, 0.25]], rtol=1e-6)
+
+
+def test_placed_projection_maps_every_row_and_keeps_the_fitted_ones() -> None:
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((700, 6)), rng.standard_normal((500, 6)) + 1.0
+    full = placed_projection(x, y, "layer", max_per_side=200, method="pca")
+    assert full.coords.shape == (1200, 2) and full.method == "pca+knn"
+    np.testing.assert_array_equal(full.source_rows, np.arange(700))
+    fitted = joint_projection(x, y, "layer", max_per_side=200, method="pca")
+    np.testing.assert_allclose(full.coords[fitted.source_rows], fitted.coords[:200])
+    np.testing.assert_allclose(full.coords[700 + fitted.target_rows], fitted.coords[200:])
+    small = placed_projection(x, y, "layer", max_per_side=1000, method="pca")
+    assert small.method == "pca"

@@ -1,0 +1,70 @@
+"""diag.predict.streaming: the profile above the size threshold, against the exact path on the same data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diag.predict.profile import shift_profile
+from diag.predict.streaming import C2ST_PER_SIDE, OOD_INDEX, streaming_layer, streaming_sizes
+from diag.stats.shift import mmd_test
+from tests.predict.test_profile import gaussian_layers, make_embeddings
+
+
+def test_streaming_profile_matches_the_exact_one_where_it_computes_the_same_thing() -> None:
+    rng = np.random.default_rng(0)
+    src = make_embeddings(gaussian_layers(rng, 500, [0.0, 0.0, 1.0], d=6))
+    tgt = make_embeddings(
+        gaussian_layers(rng, 400, [0.0, 0.0, 1.0], d=6) | {"layer2": rng.normal(size=(400, 6))}
+    )
+    exact = shift_profile(src, tgt, n_permutations=300, streaming_above=None)
+    stream = shift_profile(src, tgt, n_permutations=300, streaming_above=450)
+    assert exact.config["streaming"] is None
+    assert stream.config["streaming"] == streaming_sizes(500, 400, above=450)
+    for a, b in zip(exact.layers, stream.layers, strict=True):
+        assert (a.name, a.index, a.dim, a.kind) == (b.name, b.index, b.dim, b.kind)
+        assert b.method == "streaming" and len(b.bandwidths) == 3
+        # Moments of every row: the same numbers as on the rows.
+        assert b.frechet == pytest.approx(a.frechet, rel=1e-6)
+        assert b.coral == pytest.approx(a.coral, rel=1e-6)
+        assert b.frechet_relative == pytest.approx(a.frechet_relative, rel=1e-6)
+        # Below the subsample caps the C2ST and the OOD index see every row: identical numbers.
+        assert (b.c2st_auc, b.c2st_auc_ci, b.c2st_p_value) == (a.c2st_auc, a.c2st_auc_ci, a.c2st_p_value)
+        np.testing.assert_array_equal(stream.ood_scores[b.name], exact.ood_scores[a.name])
+        assert b.ood_median == pytest.approx(a.ood_median, rel=1e-6)
+        # The random-feature MMD² estimates the same kernel's MMD² (512 frequencies: error ~ 1/sqrt(512)/n).
+        assert b.mmd2 == pytest.approx(a.mmd2, abs=0.01)
+    assert [x.p_value <= 0.01 for x in stream.layers] == [False, False, True]
+    assert stream.verdict.is_shift and exact.verdict.is_shift
+    assert stream.verdict.onset_layer == exact.verdict.onset_layer == "layer2"
+
+
+def test_sizes_name_the_subsamples_above_the_caps() -> None:
+    sizes = streaming_sizes(100_000, 30_000, above=20_000)
+    assert sizes["c2st"]["n_source"] == sizes["c2st"]["n_target"] == C2ST_PER_SIDE
+    assert sizes["ood"] == {**sizes["ood"], "n_target": 30_000, "index": OOD_INDEX}
+    assert sizes["mmd"]["n_source"] == 100_000 and sizes["frechet_coral"]["n_target"] == 30_000
+
+
+def _decisions(n: int, n_permutations: int, effect: float) -> list[tuple[bool, bool]]:
+    rng = np.random.default_rng(3)
+    out = []
+    for shift in (0.0, effect):
+        x = rng.standard_normal((n, 8)).astype(np.float32)
+        y = rng.standard_normal((n, 8)).astype(np.float32)
+        y[:, 0] += shift
+        stats, scores = streaming_layer(x, y, random_state=1)
+        assert scores.shape == (n,)
+        exact = mmd_test(x, y, n_permutations=n_permutations, random_state=1)
+        out.append((stats["p_value"] <= 0.05, exact.p_value <= 0.05))
+    return out
+
+
+def test_streaming_mmd_decides_like_the_exact_test_at_2k_per_side() -> None:
+    assert _decisions(2000, 200, 0.2) == [(False, False), (True, True)]
+
+
+@pytest.mark.slow
+def test_streaming_mmd_decides_like_the_exact_test_at_10k_per_side() -> None:
+    """The exact test holds the 20k x 20k kernel matrix here (1.6 GB)."""
+    assert _decisions(10_000, 200, 0.12) == [(False, False), (True, True)]
