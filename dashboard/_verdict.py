@@ -88,15 +88,13 @@ def number_columns(rows: Sequence[dict[str, Any]] | Any, digits: int = 3) -> dic
 
 
 def graded_effect(report: Any) -> dict[str, Any] | None:
-    """The report's graded (non-saturating) effect, when it has one: ``{name, label, layer, value, ci,
-    layers: {layer: value}}``, from ``shift.graded_effect`` (diag 14a) or, failing that, None."""
-    shift = report.shift
-    graded = shift.get("graded_effect") if hasattr(shift, "get") else None
+    """The report's graded (non-saturating) effect section, when it has one (``graded_effect``: the
+    relative energy distance, 0 = no shift, with ``value``, ``ci``, ``layer`` and per-layer ``layers``
+    entries ``{value, ci}``); None for reports written before it existed."""
+    graded = report.sections.get("graded_effect")
     if not isinstance(graded, dict) or graded.get("value") is None:
         return None
-    out = dict(graded)
-    out.setdefault("label", str(graded.get("name", "graded effect")).replace("_", " "))
-    return out
+    return graded
 
 
 def verdict_cards(report: Any) -> None:
@@ -147,11 +145,19 @@ def lead_figure(report: Any) -> tuple[Any, str]:
 
     rows = tables.layer_rows(report)
     graded = graded_effect(report)
-    per_layer = (graded or {}).get("layers") if graded else None
+    per_layer = graded.get("layers") if graded else None
+    errors: list[tuple[float | None, float | None]] = [(None, None)] * len(rows)
     if isinstance(per_layer, dict) and per_layer:
-        name = str(graded.get("label")) if graded else "graded effect"
-        values = [_num(per_layer.get(r["layer"])) for r in rows]
-        caption = f"{name} per layer: 0 means no shift, and it keeps growing with the shift."
+        name = "relative energy distance"
+        entries = [
+            per_layer.get(r["layer"]) if isinstance(per_layer.get(r["layer"]), dict) else {} for r in rows
+        ]
+        values = [_num(e.get("value")) for e in entries]
+        errors = [tuple([*map(_num, e.get("ci") or []), None, None][:2]) for e in entries]  # type: ignore[misc]
+        caption = (
+            "Graded effect per layer: relative energy distance with its 95% CI (0 = no shift). Unlike the "
+            "C2ST AUC it keeps growing as the target moves further from the source."
+        )
     else:
         name = "relative Fréchet distance"
         values = [_num(r["frechet_relative"]) for r in rows]
@@ -170,6 +176,7 @@ def lead_figure(report: Any) -> tuple[Any, str]:
                 marker_color=colour,
                 text=[tables.fmt(values[i], ".2g") for i in sel],
                 textposition="outside",
+                error_y=_error_bars([values[i] for i in sel], [errors[i] for i in sel]),
                 hovertemplate="%{x}: %{y:.3g}<extra>" + label + "</extra>",
             )
         )
@@ -183,6 +190,19 @@ def lead_figure(report: Any) -> tuple[Any, str]:
         xaxis={"categoryorder": "array", "categoryarray": report.layer_names},
     )  # fmt: skip
     return fig, caption
+
+
+def _error_bars(values: list[float | None], cis: list[tuple[float | None, float | None]]) -> Any:
+    """Plotly asymmetric error bars from (low, high) intervals, or None when there are none."""
+    if not any(lo is not None and hi is not None for lo, hi in cis):
+        return None
+    up = [
+        None if v is None or hi is None else max(0.0, hi - v) for v, (_, hi) in zip(values, cis, strict=True)
+    ]
+    down = [
+        None if v is None or lo is None else max(0.0, v - lo) for v, (lo, _) in zip(values, cis, strict=True)
+    ]
+    return {"type": "data", "symmetric": False, "array": up, "arrayminus": down, "color": "#555555"}
 
 
 def _num(v: Any) -> float | None:

@@ -75,11 +75,14 @@ def test_home_page_opens_the_report_named_by_the_environment(
     assert s["summary"] in texts(at, "markdown")
     assert {m.label: m.value for m in at.metric}["Onset layer"] == report.shift["onset_layer"]
     lead = json.loads(at.get("plotly_chart")[0].proto.spec)  # the lead chart: not the saturated AUC
-    assert (
-        "Fréchet" in lead["layout"]["yaxis"]["title"]["text"]
-        or "effect" in lead["layout"]["yaxis"]["title"]["text"]
-    )
+    graded = report.sections.get("graded_effect")
+    expect = "relative energy distance" if graded else "relative Fréchet distance"
+    assert lead["layout"]["yaxis"]["title"]["text"] == expect
     assert {t["name"] for t in lead["data"]} <= {"significant shift", "not significant"}
+    bars = {x: y for t in lead["data"] for x, y in zip(t["x"], t["y"], strict=True)}
+    for lay in report.layers:  # one bar per layer, the report's value
+        want = graded["layers"][lay["name"]]["value"] if graded else lay["shift"]["frechet_relative"]
+        assert bars[lay["name"]] == pytest.approx(want)
     at.switch_page("views/2_Shift.py").run()
     no_exception(at)
     assert any(t.value == "Shift, layer by layer" for t in at.title)
