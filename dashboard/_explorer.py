@@ -143,7 +143,8 @@ class MapData:
     keys: np.ndarray  # (n,) object: "s:<id>" / "t:<id>"
     labels: np.ndarray  # (n,) object: class name or None
     ood: np.ndarray  # (n,) float: the target's OOD score, NaN for source
-    attribution: np.ndarray  # (n,) float: the target's drift attribution, NaN where unknown
+    attribution: np.ndarray  # (n,) float: the target's out-of-fold domain probability, NaN where unknown
+    contribution: np.ndarray  # (n,) float: the target's share of the layer's MMD² (sums to 1), or NaN
     cluster: np.ndarray  # (n,) object: the target's cluster name or None
     n_source_total: int
     n_target_total: int
@@ -180,11 +181,12 @@ def build_map(
     ood: np.ndarray | None,
     attribution: np.ndarray | None = None,
     clusters: np.ndarray | None = None,
+    contribution: np.ndarray | None = None,
 ) -> MapData:
     """Assemble a :class:`MapData` from a joint projection and the report's per-target arrays.
 
-    ``ood``, ``attribution`` and ``clusters`` are per target item (target order, full length);
-    ``clusters`` holds integer cluster ids (negative: none).
+    ``ood``, ``attribution``, ``contribution`` and ``clusters`` are per target item (target order,
+    full length); ``clusters`` holds integer cluster ids (negative: none).
     """
     ns, nt = len(source_rows), len(target_rows)
     keys = np.array(
@@ -212,6 +214,7 @@ def build_map(
         labels=np.r_[class_names(source, source_rows), class_names(target, target_rows)],
         ood=per_target(ood),
         attribution=per_target(attribution),
+        contribution=per_target(contribution),
         cluster=cl,
         n_source_total=len(source),
         n_target_total=len(target),
@@ -383,20 +386,18 @@ def export_bytes(table: Any, fmt: str, meta: Mapping[str, Any]) -> bytes:
 
 
 def drift_share(data: MapData, positions: np.ndarray) -> float | None:
-    """The selection's share of the target's total drift attribution (None without attribution).
+    """The selection's share of the layer's drift (None without attribution).
 
-    With ``a_i`` the target items' attributions (the out-of-fold domain probability above chance,
-    clipped at 0), the share is ``sum over selected of a_i / sum over all of a_i``.
+    Each target item's ``contribution`` is its part of the unbiased MMD² (they sum to 1 over the
+    target, ``diag.predict.attribution``); a selection's share is the sum over its target items.
+    Source items contribute nothing. Signed: items where the source is denser lower the share.
     """
-    a = data.attribution[data.is_target]
-    if not np.isfinite(a).any():
+    c = data.contribution
+    if not np.isfinite(c[data.is_target]).any():
         return None
-    excess = np.clip(np.nan_to_num(data.attribution - 0.5, nan=0.0), 0.0, None)
-    excess[~data.is_target] = 0.0
-    total = float(excess.sum())
-    if total <= 0:
-        return 0.0
-    return float(excess[np.asarray(positions, dtype=np.int64)].sum()) / total
+    pos = np.asarray(positions, dtype=np.int64)
+    pos = pos[data.is_target[pos]]
+    return float(np.nansum(c[pos]))
 
 
 def top_driving(data: MapData, k: int) -> tuple[np.ndarray, str]:

@@ -18,6 +18,7 @@ import _explorer as ex
 import numpy as np
 import streamlit as st
 
+from diag.errors import DiagError
 from diag.report import figures, tables
 from diag.stats import projection
 
@@ -40,28 +41,49 @@ if tables.is_source_free(report):
     st.stop()
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def attribution(folder: str, mtime: int, layer: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Per-target drift attribution and cluster ids at ``layer``, when the report holds them."""
+@st.cache_resource(show_spinner=False, max_entries=8)
+def attribution(folder: str, mtime: int) -> object | None:
+    """The report's drift attribution (diag.predict.attribution), or None for a report without it."""
     try:
-        from diag.predict import attribution as attr  # added by the attribution work; optional here
-    except ImportError:
-        return None, None
-    load = getattr(attr, "load_attribution", None)
-    if load is None:
-        return None, None
+        from diag.predict.attribution import load_attribution
+    except ImportError:  # an older diag: no attribution
+        return None
     try:
-        got = load(ui.current_report(show_errors=False), layer)
-    except Exception:  # a report without attribution, or an older one: no attribution
-        return None, None
-    if got is None:
-        return None, None
-    scores = getattr(got, "domain_probability", None)
-    clusters = getattr(got, "clusters", None)
-    return (
-        None if scores is None else np.asarray(scores, dtype=float),
-        None if clusters is None else np.asarray(clusters),
-    )
+        return load_attribution(folder)
+    except DiagError:
+        return None
+
+
+def layer_attribution(
+    folder: str, mtime: int, layer: str, target_ids: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Per-target arrays (target order) of the attribution at ``layer``; empty when there is none."""
+    attr = attribution(folder, mtime)
+    layers = getattr(attr, "layers", {}) or {}
+    if layer not in layers:
+        return {}
+    a = layers[layer]
+    pos = {i: k for k, i in enumerate(a.ids)}
+    if tuple(a.ids) == tuple(target_ids):
+        order = np.arange(len(target_ids))
+    elif all(i in pos for i in target_ids):
+        order = np.array([pos[i] for i in target_ids], dtype=np.int64)
+    else:
+        return {}
+    return {
+        "attribution": np.asarray(a.domain_probability, dtype=float)[order],
+        "contribution": np.asarray(a.contribution, dtype=float)[order],
+        "clusters": np.asarray(a.cluster)[order],
+    }
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def ranked_clusters(folder: str, mtime: int, layer: str) -> list[dict]:
+    """The target's clusters at ``layer`` ranked by their share of the drift (no member lists)."""
+    layers = getattr(attribution(folder, mtime), "layers", {}) or {}
+    if layer not in layers:
+        return []
+    return [{k: v for k, v in c.items() if k != "ids"} for c in layers[layer].clusters()]
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -82,10 +104,11 @@ def map_data(
         **params,
     )
     ood = ui.ood_scores(folder, mtime).get(layer)
-    scores, clusters = attribution(folder, mtime, layer)
+    at = layer_attribution(folder, mtime, layer, tuple(tgt.ids))
     return ex.build_map(
-        layer, method, proj.coords, proj.source_rows, proj.target_rows, src, tgt, ood, scores, clusters
-    )
+        layer, method, proj.coords, proj.source_rows, proj.target_rows, src, tgt, ood,
+        at.get("attribution"), at.get("clusters"), at.get("contribution"),
+    )  # fmt: skip
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
@@ -192,7 +215,7 @@ if not ex.is_empty(sel_event) and sig != st.session_state.get(ex.EVENT_KEY):
     view = ex.with_selection(view, [str(k) for k in data.keys[ex.event_positions(data, sel_event, mask)]])
 
 b1, b2, b3 = st.columns([2, 1.3, 3])
-what = "drift attribution" if has_attr else "OOD score"
+what = "domain probability" if has_attr else "OOD score"
 if b1.button(f"Show the samples that drive the shift (top {TOP_DRIVERS} by {what})", key="emb_drivers"):
     top, what = ex.top_driving(data, TOP_DRIVERS)
     view = ex.with_selection(view, [str(k) for k in data.keys[top]])
@@ -200,6 +223,16 @@ if b1.button(f"Show the samples that drive the shift (top {TOP_DRIVERS} by {what
     st.session_state.pop("emb_colour", None)
     ex.save_view(st.session_state, st.query_params, view)
     st.rerun()
+clusters_ranked = ranked_clusters(folder, mtime, layer)
+if clusters_ranked:
+    best = clusters_ranked[0]
+    if b3.button(
+        f"Select the top cluster C{best['cluster']} "
+        f"({best['share']:.0%} of the drift, {best['size']} samples)",
+        key="emb_top_cluster",
+    ):
+        members = data.is_target & (data.cluster.astype(str) == f"C{best['cluster']}")
+        view = ex.with_selection(view, [str(k) for k in data.keys[members]])
 if b2.button("Clear selection", key="emb_clear", disabled=not view.selection):
     view = ex.with_selection(view, [])
 sel_pos = data.positions(view.selection)
@@ -221,7 +254,7 @@ def hover_text(p: int) -> str:
     if data.is_target[p]:
         bits.append(f"OOD {data.ood[p]:.2f}")
         if has_attr:
-            bits.append(f"attr {data.attribution[p]:.2f}")
+            bits.append(f"p(target) {data.attribution[p]:.2f}")
         if data.cluster[p] is not None:
             bits.append(str(data.cluster[p]))
     text = " · ".join(bits)
@@ -253,7 +286,7 @@ fig, _ = figures.embedding_figure(
     labels=list(data.cluster[draw] if colour == "cluster" else data.labels[draw]),
     target_scores=data.ood[draw][data.is_target[draw]],
     scores=data.attribution[draw],
-    score_name="drift attribution",
+    score_name="domain probability",
     hover=[hover_text(int(p)) for p in draw],
     rows=draw,
     highlight=ring,
@@ -283,7 +316,30 @@ if len(data) < n_all:
     )
 if method == "UMAP" and len(data) < projection.MIN_UMAP_SAMPLES:
     notes.append("Too few points for UMAP: this is the PCA map.")
+if not has_attr:
+    at_layers = list(getattr(attribution(folder, mtime), "layers", {}) or {})
+    notes.append(
+        f"Drift attribution is computed at {', '.join(at_layers)}: pick one for the domain probability, "
+        "the clusters and a selection's share of the drift."
+        if at_layers
+        else "This report has no drift attribution (run `diag diagnose` again to add it)."
+    )
 st.caption(" ".join(notes))
+if clusters_ranked:
+    with st.expander(f"Target clusters at {layer}, ranked by their share of the drift"):
+        st.dataframe(
+            [
+                {"cluster": f"C{c['cluster']}", "size": c["size"], "share of the drift": f"{c['share']:.1%}",
+                 "lift": None if c.get("lift") is None else round(float(c["lift"]), 2),
+                 "mean domain probability": round(float(c["mean_domain_probability"]), 3)}
+                for c in clusters_ranked
+            ],
+            hide_index=True,
+        )  # fmt: skip
+        st.caption(
+            "k-means of the target at this layer. Share: the cluster's part of the MMD²; lift: share over "
+            "the cluster's fraction of the target (> 1 concentrates the drift)."
+        )
 
 # ------------------------------------------------------------------------------------------------------
 # Selection: numbers, drift contribution, export
@@ -335,7 +391,7 @@ def gallery(positions: np.ndarray, title: str) -> None:
             + f" · OOD {data.ood[p]:.2f}"
         )
         if np.isfinite(data.attribution[p]):
-            cap += f" · attr {data.attribution[p]:.2f}"
+            cap += f" · p(target) {data.attribution[p]:.2f}"
         show_item(cols[0], spec_tgt, str(tgt_emb.ids[int(row)]), cap)
         for j, (s, d) in enumerate(zip(nn, dd, strict=True)):
             slab = None if src_classes is None else src_classes[int(s)]
@@ -368,8 +424,9 @@ if len(sel_pos):
     m5.metric(
         "Share of the drift",
         "n/a" if share is None else f"{share:.1%}",
-        help="The selection's part of the target's total drift attribution (the out-of-fold domain-"
-        "classifier probability above 0.5, summed); n/a when the report has no attribution.",
+        help="The selection's part of the layer's MMD² (each target sample's contribution through the MMD "
+        "witness; the target's sum to 100%; negative where the source is denser); n/a when the report "
+        "has no drift attribution at this layer.",
     )
     paths = {}
     for side, spec in (("source", spec_src), ("target", spec_tgt)):

@@ -267,19 +267,59 @@ def test_thinned_page_still_selects_every_covered_point(
 
 def test_one_click_shows_the_drivers_and_the_gallery_flags_other_classes(small_report: Report) -> None:
     at = ok(page(small_report).run())
+    layer = at.selectbox(key="emb_layer").value
     # No selection: the most out-of-distribution targets, 12 a page, each with 3 source neighbours.
     assert len(at.image) == 12 * 4
     button = next(b for b in at.button if b.label.startswith("Show the samples that drive the shift"))
     button.click().run()
     ok(at)
-    ood = small_report.ood_scores()[at.selectbox(key="emb_layer").value]
+    ood = small_report.ood_scores()[layer]
     assert metrics(at)["Target samples"] == str(len(ood))  # 12 targets < the top 50
+    # Each neighbour of another class than its target sample is flagged, and only those: checked
+    # against an independent exact nearest-neighbour search in the layer's features.
+    src, tgt = small_report.embeddings("source"), small_report.embeddings("target")
     captions = [c for img in at.image for c in img.captions]
-    flagged = [c for c in captions if c.startswith("⚠ other class")]
-    # An independent check of the flags: a neighbour caption is flagged iff its class differs.
-    for img_caps in captions:
-        assert ("⚠ other class" in img_caps) == img_caps.startswith("⚠ other class")
-    assert len(flagged) <= 36
+    assert len(captions) == 12 * 4
+    xs, xt = src[layer].astype(np.float64), tgt[layer].astype(np.float64)
+    n_flags = 0
+    for k in range(12):
+        tid = captions[4 * k].split(" · ")[0]
+        t = tgt.ids.index(tid)
+        d = ((xs - xt[t]) ** 2).sum(axis=1)
+        nn = np.argsort(d, kind="stable")[:3]
+        for j, s_row in enumerate(nn):
+            cap = captions[4 * k + 1 + j]
+            other = src.classes[src.labels[s_row]] != tgt.classes[tgt.labels[t]]
+            assert cap.startswith("⚠ other class") == other, cap
+            n_flags += other
+    assert n_flags > 0  # inverted digits sit near other classes under a random-init backbone
     at.button(key="emb_clear").click().run()
     ok(at)
     assert "Selected points" not in metrics(at)
+
+
+def test_attribution_colours_clusters_and_the_selections_share_of_the_drift(small_report: Report) -> None:
+    from diag.predict.attribution import load_attribution
+
+    attr = load_attribution(small_report.folder)
+    layer = attr.layer
+    at = ok(page(small_report, {"map": "PCA", "layer": layer}).run())
+    assert {"attribution", "cluster"} <= set(at.radio(key="emb_colour").options)
+    at.radio(key="emb_colour").set_value("cluster").run()
+    ok(at)
+    names = {t["name"] for t in chart_spec(at)["data"]}
+    assert {f"C{c}" for c in set(attr[layer].cluster.tolist())} <= names
+    top = attr[layer].clusters()[0]
+    at.button(key="emb_top_cluster").click().run()
+    ok(at)
+    m = metrics(at)
+    assert m["Target samples"] == str(top["size"]) and m["Selected points"] == str(top["size"])
+    assert m["Share of the drift"] == f"{top['share']:.1%}"
+    # The ids of the selection are the cluster's members.
+    sel = at.session_state[ex.VIEW_KEY]["selection"]
+    assert sorted(sel) == sorted(f"t:{i}" for i in top["ids"])
+    # Any selection's share: the sum of its members' MMD² contributions (library: LayerAttribution).
+    at.radio(key="emb_colour").set_value("attribution").run()
+    ok(at)
+    spec = chart_spec(at)
+    assert any(t["name"] == "domain probability" for t in spec["data"])
