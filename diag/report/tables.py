@@ -340,6 +340,14 @@ def shift_table_note(report: Report) -> str:
             f" Columns up to OOD: against the reference's reservoir ({fmt(ref.reservoir)} items); RFF-MMD², "
             f"RFF p and Fréchet (all): against all {fmt(ref.n)} items through their summaries."
         )
+    big = (report.meta.get("config", {}).get("shift") or {}).get("streaming")
+    if big:  # diag.predict.streaming: which numbers came from every item and which from a subsample
+        c, o = big["c2st"], big["ood"]
+        note += (
+            f" Streaming path (over {fmt(big['above'])} items a side): MMD (asymptotic p), Fréchet and CORAL "
+            f"from every item; C2ST AUC, CI and p on a subsample of {fmt(c['n_source'])} + "
+            f"{fmt(c['n_target'])}; OOD of every target item against {fmt(o['index'])} source items."
+        )
     return note
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from diag.predict.profile import shift_profile
 from diag.predict.streaming import C2ST_PER_SIDE, OOD_INDEX, streaming_layer, streaming_sizes
+from diag.report.schema import Report, load_report
+from diag.report.tables import shift_table_note
 from diag.stats.shift import mmd_test
 from tests.predict.test_profile import gaussian_layers, make_embeddings
 
@@ -37,6 +42,25 @@ def test_streaming_profile_matches_the_exact_one_where_it_computes_the_same_thin
     assert [x.p_value <= 0.01 for x in stream.layers] == [False, False, True]
     assert stream.verdict.is_shift and exact.verdict.is_shift
     assert stream.verdict.onset_layer == exact.verdict.onset_layer == "layer2"
+
+
+def test_the_report_keeps_and_states_where_each_number_came_from(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    src = make_embeddings(gaussian_layers(rng, 60, [0.0, 0.5], d=4))
+    tgt = make_embeddings(gaussian_layers(rng, 50, [0.0, 0.5], d=4))
+    prof = shift_profile(src, tgt, n_permutations=100, streaming_above=55)
+    rep = Report(
+        backbone={"name": "toy"}, source={"name": "s"}, target={"name": "t"}, n_source=60, n_target=50,
+        layers=[x.to_dict() for x in prof.layers], shift=prof.verdict.to_dict(),
+        meta={"config": {"shift": prof.config}},
+    )  # fmt: skip
+    rep.save(tmp_path / "r", source=src, target=tgt, ood_scores=prof.ood_scores)
+    back = load_report(tmp_path / "r")
+    assert back.meta["config"]["shift"]["streaming"]["c2st"]["n_source"] == 60
+    assert back.layer("layer1").to_dict()["shift"]["method"] == "streaming"
+    note = shift_table_note(back)
+    assert "Streaming path (over 55 items a side)" in note and "subsample of 60 + 50" in note
+    assert "Streaming" not in shift_table_note(replace(rep, meta={"config": {"shift": {"streaming": None}}}))
 
 
 def test_sizes_name_the_subsamples_above_the_caps() -> None:
