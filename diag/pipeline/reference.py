@@ -38,6 +38,7 @@ from diag.reference import (
     load_reference,
     summarise,
 )
+from diag.reference.shards import summarise_ray
 from diag.report.schema import Report
 
 __all__ = [
@@ -88,13 +89,15 @@ def build_reference(
     """Summarise ``data`` under ``backbone`` into a reference (streaming), saved to ``out`` when given.
 
     ``bandwidths`` fixes the RFF kernel widths (give a first shard's ``Reference.bandwidths`` to the
-    others so that they merge); see :func:`diag.reference.summarise` for the rest.
+    others so that they merge); see :func:`diag.reference.summarise` for the rest. With
+    ``config.engine == "ray"`` the shards are summarised in Ray actors and merged here
+    (:func:`diag.reference.shards.summarise_ray`).
     """
     ds = _checked_inputs(out, data, data_options)
     bb = _backbone(backbone, image_size=image_size, max_length=max_length, pretrained=pretrained)
-    ref = summarise(
-        bb, ds, config, settings=settings, bandwidths=bandwidths, chunk_size=chunk_size, progress=progress
-    )
+    run = summarise_ray if config is not None and config.engine == "ray" else summarise
+    ref = run(bb, ds, config or ExtractConfig(), settings=settings, bandwidths=bandwidths,
+              chunk_size=chunk_size, progress=progress)  # fmt: skip
     if out is not None:
         ref.save(out)
     return ref
