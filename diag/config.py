@@ -61,6 +61,13 @@ class DiagnoseConfig:
     )
     n_permutations: int = field(default=2000, metadata={"help": "MMD permutations per layer"})
     alpha: float = field(default=0.05, metadata={"help": "test level of the shift verdict"})
+    streaming_above: int = field(
+        default=20_000,
+        metadata={
+            "help": "above this many items on a side, each layer's statistics come from summaries and "
+            "bounded samples (diag.predict.streaming)"
+        },
+    )
     seed: int = field(
         default=0, metadata={"help": "seed of permutations, folds, splits and the random-init twin"}
     )
@@ -99,6 +106,7 @@ class DiagnoseConfig:
         _check_int("image_size", self.image_size, minimum=1, optional=True)
         _check_int("max_length", self.max_length, minimum=1, optional=True)
         _check_int("n_permutations", self.n_permutations, minimum=1)
+        _check_int("streaming_above", self.streaming_above, minimum=0)
         _check_int("seed", self.seed, minimum=0)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise param_error("alpha", "must be in (0, 1)", self.alpha)

@@ -268,7 +268,7 @@ def diagnose(
     dev = resolve_device(cfg.device)
     profile = shift_profile(
         src, tgt, n_permutations=settings.n_permutations, alpha=settings.alpha, random_state=seed,
-        device=str(dev), progress=progress,
+        device=str(dev), progress=progress, streaming_above=settings.streaming_above,
     )  # fmt: skip
     timings["shift_s"] = round(time.perf_counter() - t, 3)
     timings["total_s"] = round(time.perf_counter() - t0, 3)

@@ -8,8 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diag.config import DiagnoseConfig
+from diag.errors import ConfigError
 from diag.predict.profile import shift_profile
-from diag.predict.streaming import C2ST_PER_SIDE, OOD_INDEX, streaming_layer, streaming_sizes
+from diag.predict.streaming import (
+    C2ST_PER_SIDE,
+    OOD_INDEX,
+    STREAMING_ABOVE,
+    streaming_layer,
+    streaming_sizes,
+)
 from diag.report.schema import Report, load_report
 from diag.report.tables import shift_table_note
 from diag.stats.shift import mmd_test
@@ -61,6 +69,12 @@ def test_the_report_keeps_and_states_where_each_number_came_from(tmp_path: Path)
     note = shift_table_note(back)
     assert "Streaming path (over 55 items a side)" in note and "subsample of 60 + 50" in note
     assert "Streaming" not in shift_table_note(replace(rep, meta={"config": {"shift": {"streaming": None}}}))
+
+
+def test_the_threshold_is_a_diagnose_option() -> None:
+    assert DiagnoseConfig().streaming_above == 20_000 == STREAMING_ABOVE
+    with pytest.raises(ConfigError, match="streaming_above must be an integer >= 0; got -1"):
+        DiagnoseConfig(streaming_above=-1)
 
 
 def test_sizes_name_the_subsamples_above_the_caps() -> None:
