@@ -4,6 +4,7 @@ Each command group lives in its own module, which adds its subcommands and their
 (``register``): :mod:`~diag.cli.embed`, :mod:`~diag.cli.catalog` (``backbones``, ``samples``),
 :mod:`~diag.cli.diagnose` (``diagnose``, ``rank``), :mod:`~diag.cli.reference` (``reference``, ``check``),
 :mod:`~diag.cli.train` (``finetune``, ``sweep``),
+:mod:`~diag.cli.posthoc` (``compare``, ``deploy-check``),
 :mod:`~diag.cli.dashboard`. Config flags come from the config dataclasses (:mod:`~diag.cli.flags`).
 
 Every error diag raises on purpose (:class:`diag.errors.DiagError`) is printed as one clear line and
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from diag import __version__
-from diag.cli import catalog, dashboard, diagnose, embed, reference, train
+from diag.cli import catalog, dashboard, diagnose, embed, posthoc, reference, train
 from diag.cli.flags import DiagParser, with_flag_names
 from diag.errors import DiagError
 
@@ -27,7 +28,7 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("diag")
 
 #: The command modules, in the order ``diag -h`` lists their commands.
-_GROUPS = (embed, catalog, diagnose, reference, train, dashboard)
+_GROUPS = (embed, catalog, diagnose, reference, train, posthoc, dashboard)
 
 
 def build_parser() -> DiagParser:
