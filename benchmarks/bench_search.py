@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from diag.train.search import search_candidates, successive_halving  # noqa: E402
 
@@ -90,9 +93,76 @@ def simulate(row: dict, curves: dict, budget: float) -> dict:
     }
 
 
+def real(name: str, seeds: list[int], budget: float = 0.5) -> dict:
+    """Run the search for real (``diag.train.search.freeze_search``) on one table's data and budget, from
+    the rule's depth and alternative as recorded in predict.json; the winner's accuracy is measured."""
+    import bench_predict
+
+    from diag.predict.freeze import recommend_freeze
+    from diag.train import FinetuneConfig
+    from diag.train.search import freeze_search
+
+    data = json.loads((ROOT / "benchmarks" / "results" / "predict.json").read_text())
+    row = next(r for r in data["scenarios"] if r["name"] == name)
+    sc = next(s for s in bench_predict.SCENARIOS if s["name"] == name)
+    ev = row["freeze_evidence"]
+    curve = {k: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": ev["tolerance"]}
+             for k, v in ev["linear_probe"].items()}  # fmt: skip
+    per_class = float(ev["examples_per_class"])
+    rec = recommend_freeze(
+        curve, row["blocks"], n_target=round(per_class * 1000), n_classes=1000, rgn=ev.get("rgn")
+    )
+    cands = search_candidates(rec.depth, rec.evidence["alternative_depth"], rec.n_blocks)
+    acc = {int(k): float(v) for k, v in row["accuracy_by_depth"].items()}
+    out = []
+    for seed in seeds:
+        # the sweep's own recipe (its config), this seed
+        cfg = replace(FinetuneConfig.from_dict(_sweep(name)["config"]), seed=seed, from_scratch=False)
+        t0 = time.perf_counter()
+        res, found = freeze_search(
+            sc["target"], sc["backbone"], cfg, out=ROOT / "runs" / "search" / name / f"seed-{seed}",
+            candidates=cands, budget=budget, val=sc["val"],
+        )  # fmt: skip
+        out.append(
+            {
+                "seed": seed,
+                "winner": found.winner,
+                "accuracy": res.best_val_accuracy,
+                "extra_cost": found.extra_cost,
+                "rungs": found.to_dict()["rungs"],
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "sweep_value_at_winner": next(
+                    (d["values"][seed] for d in _sweep(name)["depths"] if d["freeze"] == found.winner), None
+                ),
+            }
+        )
+    best = max(acc.values())
+    return {
+        "real": True,
+        "candidates": cands,
+        "per_seed": out,
+        "ratio_search": float(np.mean([p["accuracy"] for p in out])) / best,
+        "ratio_rule": acc[rec.depth] / best if rec.depth in acc else None,
+        "extra_cost": float(np.mean([p["extra_cost"] for p in out])),
+    }
+
+
+def _sweep(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / "sweeps" / f"{name}.json").read_text())
+
+
 def main() -> int:
     sweep_root = ROOT / "runs" / "sweeps"
     data = json.loads((ROOT / "benchmarks" / "results" / "predict.json").read_text())
+    if len(sys.argv) > 2 and sys.argv[1] == "--real":  # --real NAME [NAME ...]: run it on these tables
+        dst = ROOT / "benchmarks" / "results" / "search.json"
+        saved = json.loads(dst.read_text()) if dst.is_file() else {}
+        saved.setdefault("real", {})
+        for name in sys.argv[2:]:
+            saved["real"][name] = real(name, [0, 1])
+            print(name, json.dumps(saved["real"][name]))
+            dst.write_text(json.dumps(saved, indent=1) + "\n")
+        return 0
     CURVES.mkdir(parents=True, exist_ok=True)
     out: dict = {"simulated": True, "tables": {}}
     for row in data["scenarios"]:
@@ -120,6 +190,8 @@ def main() -> int:
             "max_extra_cost": max((r["extra_cost"] for r in rows), default=None),
         }
     dst = ROOT / "benchmarks" / "results" / "search.json"
+    if dst.is_file():
+        out["real"] = json.loads(dst.read_text()).get("real", {})
     dst.write_text(json.dumps(out, indent=1) + "\n")
     print("| table | rule K (ratio) | candidates | search K per seed (ratio) | extra cost | best candidate |")
     print("|---|---|---|---|---|---|")
