@@ -19,6 +19,7 @@ from diag.config import DiagnoseConfig, ensure_writable, with_overrides
 from diag.data import DataSet, open_data, stratified_halves
 from diag.device import resolve_device, resolve_precision
 from diag.engine import cache
+from diag.engine.distributed import extract_ray
 from diag.engine.embeddings import Embeddings
 from diag.engine.extract import ExtractConfig, extract
 from diag.errors import DataError, DiagError
@@ -63,7 +64,8 @@ def embed(
     backbone : name or Backbone
         See :func:`diag.models.load` for names.
     config : ExtractConfig, optional
-        Device, precision, batch size, workers.
+        Device, precision, batch size, workers; ``engine="ray"`` runs the forward passes on a Ray cluster
+        (:func:`diag.engine.distributed.extract_ray`: the same embeddings and the same cache key).
     pretrained, image_size
         Passed to :func:`diag.models.load` when ``backbone`` is a name.
     use_cache : bool, default True
@@ -91,7 +93,7 @@ def embed(
             log.info("cache hit %s for %s [%s]", key[:12], ds.name, bb.name)
             timings = {**hit.manifest.get("timings", {}), "prepare_s": round(prep_s, 4)}
             return hit.with_manifest(timings=timings)
-    emb = extract(bb, ds, cfg, progress=progress)
+    emb = (extract_ray if cfg.engine == "ray" else extract)(bb, ds, cfg, progress=progress)
     timings = {**emb.manifest["timings"], "prepare_s": round(prep_s, 4)}
     emb = emb.with_manifest(cache_key=key, timings=timings, from_cache=False)
     if use_cache:
