@@ -59,6 +59,7 @@ __all__ = [
     "QuantizationReport",
     "model_bytes",
     "quantize_backbone",
+    "resolve_method",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,13 @@ def _engine() -> str:
     )
 
 
-def _has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+def resolve_method(model: nn.Module, method: str = "auto") -> str:
+    """``static`` for a network with 2-d convolutions, ``dynamic`` otherwise (``method`` when not auto)."""
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
+    if method != "auto":
+        return method
+    return "static" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "dynamic"
 
 
 def quantize_backbone(
@@ -161,14 +167,11 @@ def quantize_backbone(
     QuantizationError
         No int8 kernels in this torch build, or a block that cannot be traced (the message names it).
     """
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
+    method = resolve_method(backbone.model, method)
     engine = _engine()
     qbb = copy.deepcopy(backbone).to("cpu")
     model = qbb.model.eval()
     fp32_bytes = model_bytes(model)
-    if method == "auto":
-        method = "static" if _has_conv(model) else "dynamic"
     prev = torch.backends.quantized.engine
     torch.backends.quantized.engine = engine
     try:

@@ -36,7 +36,7 @@ from diag.engine.embeddings import Embeddings
 from diag.engine.extract import ExtractConfig, extract
 from diag.errors import ConfigError, DataError
 from diag.models import Backbone, load
-from diag.models.quantize import quantize_backbone
+from diag.models.quantize import quantize_backbone, resolve_method
 from diag.models.weights import read_weights
 from diag.predict.profile import holm
 from diag.report.posthoc import (
@@ -77,6 +77,15 @@ def open_runs(runs: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def _result(path: Path) -> FinetuneResult:
+    if not (path / FinetuneResult.FILE).is_file():
+        raise DataError(
+            f"{path}: not a diag finetune run folder (no {FinetuneResult.FILE}). Pass the --out folder of "
+            "diag finetune, or one of SWEEP/runs/*."
+        )
+    return FinetuneResult.load(path)
+
+
 def finetuned_backbone(run: str | Path) -> tuple[Backbone, Backbone, FinetuneResult, dict[str, torch.Tensor]]:
     """The pretrained backbone of a run, the same backbone with the run's fine-tuned body (its source
     head, when it has one, kept from the pretrained weights), the run's result and its task head.
@@ -87,12 +96,7 @@ def finetuned_backbone(run: str | Path) -> tuple[Backbone, Backbone, FinetuneRes
         Not a run folder, no checkpoint (``best.pt``/``last.pt``), a checkpoint of another backbone.
     """
     path = Path(run)
-    if not (path / FinetuneResult.FILE).is_file():
-        raise DataError(
-            f"{path}: not a diag finetune run folder (no {FinetuneResult.FILE}). Pass the --out folder of "
-            "diag finetune, or one of SWEEP/runs/*."
-        )
-    res = FinetuneResult.load(path)
+    res = _result(path)
     ckpt = next((path / f for f in ("best.pt", "last.pt") if (path / f).is_file()), None)
     if ckpt is None:
         raise DataError(
@@ -102,8 +106,11 @@ def finetuned_backbone(run: str | Path) -> tuple[Backbone, Backbone, FinetuneRes
     name = str(res.backbone["name"])
     cfg = FinetuneConfig.from_dict(res.config)
     body, head = read_weights(name, ckpt)
-    pre = load(name, image_size=cfg.image_size, max_length=cfg.max_length)
-    ft = load(name, image_size=cfg.image_size, max_length=cfg.max_length)
+    # A run from a random-init backbone (from_scratch, a tiny test net) compares with that same init.
+    kw = {"pretrained": bool(res.backbone.get("pretrained", True)),
+          "seed": int(res.backbone.get("seed") or 0),
+          "image_size": cfg.image_size, "max_length": cfg.max_length}  # fmt: skip
+    pre, ft = load(name, **kw), load(name, **kw)
     excluded = pre.block_layout(pre.model).exclude
     missing, unexpected = ft.model.load_state_dict(body, strict=False)
     stray = [k for k in missing if not any(k == e or k.startswith(e + ".") for e in excluded)]
@@ -189,15 +196,12 @@ def compare(
         A run without checkpoint, runs of different backbones, unlabelled reference data.
     """
     paths = open_runs(runs)
-    opened = [finetuned_backbone(p) for p in paths]
-    names = {str(o[2].backbone["name"]) for o in opened}
+    names = {str(_result(p).backbone["name"]) for p in paths}
     if len(names) > 1:
         raise DataError(
             f"runs: they fine-tune different backbones ({', '.join(sorted(names))}); compare runs of one "
             "backbone at a time (one sweep)."
         )
-    target = _open(data if data is not None else str(opened[0][2].target.get("name")))
-    target = _sample(target, max_items)
     ref = None
     if reference is not None:
         ref = _sample(_open(reference), max_items)
@@ -206,6 +210,9 @@ def compare(
                 f"reference {ref.name}: has no labels; forgetting is a probe accuracy and needs labelled "
                 "data (an image folder with one subfolder per class, a table with a label column)."
             )
+    target = _open(data if data is not None else str(_result(paths[0]).target.get("name")))
+    target = _sample(target, max_items)
+    opened = [finetuned_backbone(p) for p in paths]
     cfg = ExtractConfig(device=device, precision="fp32")
     pre = opened[0][0]
     pre_t = extract(pre, target, cfg)
@@ -340,8 +347,9 @@ def deploy_check(
 ) -> DeployReport:
     """Post-training int8 quantization of a fine-tuned run on the CPU, checked on labelled ``data``.
 
-    ``n_calibration`` items of ``data`` (a seeded random subset) calibrate static quantization and are
-    left out of the accuracy; the accuracy uses at most ``max_items`` of the rest. See the module
+    ``n_calibration`` items of ``data`` (a seeded random subset, at most half) calibrate static
+    quantization and are left out of the accuracy (dynamic quantization needs none); the accuracy
+    uses at most ``max_items`` of the rest. See the module
     docstring for what is measured. Writes ``RUN/deploy.json`` (+ ``.md``/``.html``) with ``save``.
 
     Raises
@@ -349,18 +357,21 @@ def deploy_check(
     DataError
         A run without checkpoint, unlabelled data or classes the run does not know.
     """
-    _, ft, res, head = finetuned_backbone(run)
     ds = _open(data)
-    _class_codes(ds, res.classes, "data")  # refuse unlabelled data before any forward pass
+    _class_codes(ds, _result(Path(run)).classes, "data")  # refuse bad data before loading anything
+    _, ft, res, head = finetuned_backbone(run)
     ft.strip_source_head(ft.model)  # deploy the body and the task head only
     if "weight" not in head:
         raise DataError(f"{run}: the checkpoint holds no task head (head.weight); rerun the fine-tuning.")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(ds))
-    n_cal = min(n_calibration, len(ds) // 2)
-    cal = ds.subset(np.sort(order[:n_cal]))
+    method = resolve_method(ft.model, method)
+    n_cal = min(n_calibration, len(ds) // 2) if method == "static" else 0
     test = _sample(ds.subset(np.sort(order[n_cal:])), max_items)
-    cal_batches = [b for _, b, _ in ft.batches(cal, 32, 0, pin=False) if b is not None]
+    cal_batches = []
+    if n_cal:
+        cal = ds.subset(np.sort(order[:n_cal]))
+        cal_batches = [b for _, b, _ in ft.batches(cal, 32, 0, pin=False) if b is not None]
     with torch.no_grad():
         qbb, qrep = quantize_backbone(ft, cal_batches, method=method)
     cfg = ExtractConfig(device="cpu", precision="fp32", batch_size=32)
