@@ -107,10 +107,11 @@ def finetuned_backbone(run: str | Path) -> tuple[Backbone, Backbone, FinetuneRes
     cfg = FinetuneConfig.from_dict(res.config)
     body, head = read_weights(name, ckpt)
     # A run from a random-init backbone (from_scratch, a tiny test net) compares with that same init.
-    kw = {"pretrained": bool(res.backbone.get("pretrained", True)),
-          "seed": int(res.backbone.get("seed") or 0),
-          "image_size": cfg.image_size, "max_length": cfg.max_length}  # fmt: skip
-    pre, ft = load(name, **kw), load(name, **kw)
+    pretrained, seed = bool(res.backbone.get("pretrained", True)), int(res.backbone.get("seed") or 0)
+    pre, ft = (
+        load(name, pretrained=pretrained, seed=seed, image_size=cfg.image_size, max_length=cfg.max_length)
+        for _ in range(2)
+    )
     excluded = pre.block_layout(pre.model).exclude
     missing, unexpected = ft.model.load_state_dict(body, strict=False)
     stray = [k for k in missing if not any(k == e or k.startswith(e + ".") for e in excluded)]
