@@ -9,6 +9,9 @@ embeddings
 cache
     The content-keyed on-disk cache of :class:`Embeddings` (:func:`cache_key`, :func:`lookup`,
     :func:`store`).
+distributed
+    ``--engine ray``: the same extraction in a Ray Data actor pool (imported on demand:
+    ``from diag.engine.distributed import extract_ray``; Ray itself is the optional ``ray`` extra).
 """
 
 from diag.engine.cache import EXTRACT_VERSION, cache_dir, cache_key, lookup, store

@@ -83,7 +83,8 @@ class ExtractConfig:
         default="local",
         metadata={
             "help": "local (this process) or ray (a Ray Data actor pool, one actor per GPU; "
-            "needs pip install 'diag[ray]')"
+            "needs pip install 'diag[ray]')",
+            "metavar": "{local,ray}",
         },
     )
     ray_address: str | None = field(
