@@ -99,6 +99,14 @@ class DiagnoseConfig:
     rgn: bool = field(
         default=True, metadata={"help": "with transfer: relative gradient norms per block (Auto-RGN)"}
     )
+    attribution: bool = field(
+        default=True,
+        metadata={"help": "per-sample drift scores and ranked target clusters at the map layers"},
+    )
+    maps: bool = field(
+        default=True,
+        metadata={"help": "with an output folder: 2-D UMAP maps at the onset, freeze and deepest layers"},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.extract, ExtractConfig):
@@ -110,7 +118,7 @@ class DiagnoseConfig:
         _check_int("seed", self.seed, minimum=0)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise param_error("alpha", "must be in (0, 1)", self.alpha)
-        for name in ("pretrained", "use_cache", "transfer", "rgn", "strict"):
+        for name in ("pretrained", "use_cache", "transfer", "rgn", "strict", "attribution", "maps"):
             _check_bool(name, getattr(self, name))
         for name in ("text_column", "label_column", "image_column", "hf_split"):
             value = getattr(self, name)

@@ -41,8 +41,8 @@ STAGES = (
     "embed-source",
     "embed-target",
     "shift",
-    "random-init",
     "transfer",
+    "random-init",
     "gradient-norms",
     "map",
     "write",
@@ -52,8 +52,8 @@ STAGE_LABELS = {
     "embed-source": "embed the source",
     "embed-target": "embed the target",
     "shift": "shift statistics per layer",
-    "random-init": "embed the target with the random-init twin",
-    "transfer": "transferability per layer, negative transfer, freeze depth",
+    "transfer": "transferability per layer (pretrained)",
+    "random-init": "random-init twin: embed the target, transferability per layer",
     "gradient-norms": "relative gradient norms per block",
     "map": "2-D maps and drift attribution",
     "write": "write the report",
@@ -172,12 +172,15 @@ class StageLogProgress(ProgressCallback):
 
     Each line is written with one ``write`` and flushed, so a reader sees whole records, except perhaps
     a last one being written (which :func:`read_stage_log` skips). Counts are rewritten at most every
-    0.5 s; a stage's start, each loop's end and the stage's end are always written.
+    0.5 s; a stage's start, each loop's end and the stage's end are always written. The file is emptied
+    when the writer is created, unless ``append``.
     """
 
-    def __init__(self, path: str | Path, *, clock: Any = time.time) -> None:
+    def __init__(self, path: str | Path, *, append: bool = False, clock: Any = time.time) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not append:  # a new run starts a new log (a reader must not mix two runs' stages)
+            self.path.write_text("", encoding="utf-8")
         self._clock = clock
         self._rec: dict[str, Any] | None = None
         self._t0 = 0.0

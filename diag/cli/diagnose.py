@@ -13,7 +13,7 @@ from diag.engine.extract import ExtractConfig
 from diag.errors import ConfigError
 from diag.pipeline import diagnose, diagnose_source_free, rank_backbones
 from diag.predict.rank import write_ranking
-from diag.progress import ProgressCallback, TqdmProgress
+from diag.progress import MultiProgress, ProgressCallback, StageLogProgress, TqdmProgress
 from diag.report.render import report_text
 
 if TYPE_CHECKING:
@@ -64,6 +64,12 @@ def register(sub: Any) -> None:
     p.add_argument("--random-init", action="store_true", help="use the random-init twin of the backbone")
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no table")
+    p.add_argument(
+        "--progress-log",
+        type=Path,
+        metavar="FILE",
+        help="JSON lines of each stage's progress (counts, ETA, status); default DIR/progress.jsonl",
+    )
     add_config_flags(
         p,
         DiagnoseConfig,
@@ -154,7 +160,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         raise ConfigError("--split compares two halves of --source: drop --target, or drop --split.")
     config = diagnose_config(args)
     ensure_writable(args.out, name="--out")
-    progress = ProgressCallback() if args.quiet or args.json else TqdmProgress()
+    bar = ProgressCallback() if args.quiet or args.json else TqdmProgress()
+    progress = MultiProgress(bar, StageLogProgress(args.progress_log or args.out / "progress.jsonl"))
     report = diagnose(
         args.source, args.target, args.backbone, config, out=args.out, progress=progress, strict=True
     )

@@ -24,11 +24,13 @@ from diag.engine.embeddings import Embeddings
 from diag.engine.extract import ExtractConfig, extract
 from diag.errors import DataError, DiagError
 from diag.models import Backbone, load
+from diag.predict.attribution import drift_attribution
+from diag.predict.effect import graded_effect
 from diag.predict.freeze import recommend_freeze
 from diag.predict.layers import layer_transfer
 from diag.predict.negative import negative_transfer
 from diag.predict.profile import check_permutations, min_permutations, shift_profile
-from diag.progress import ProgressCallback
+from diag.progress import ProgressCallback, stage
 from diag.provenance import report_provenance
 from diag.reference import (
     REFERENCE_PREFIX,
@@ -38,6 +40,7 @@ from diag.reference import (
     reference_comparison,
 )
 from diag.report.schema import Report
+from diag.stats.projection import precompute_maps
 from diag.train import FinetuneConfig, freeze_units, relative_gradient_norms
 
 __all__ = ["diagnose", "embed", "freeze_blocks", "split_halves"]
@@ -232,6 +235,13 @@ def diagnose(
     _check_permutations(inputs, get_backbone, settings, strict=strict)
 
     def side(what: str) -> tuple[Embeddings, dict[str, Any]]:
+        name = getattr(inputs[what], "name", None)
+        with stage(progress, f"embed-{what}", f"embed the {what}" + (f" ({name})" if name else "")) as note:
+            emb, info = embed_side(what)
+            note["message"] = "from cache" if timings.get(f"{what}_from_cache") else None
+        return emb, info
+
+    def embed_side(what: str) -> tuple[Embeddings, dict[str, Any]]:
         t = time.perf_counter()
         item = inputs[what]
         if isinstance(item, Reference):  # a saved reference stands in for the data: its reservoir samples it
@@ -268,24 +278,41 @@ def diagnose(
 
     t = time.perf_counter()
     dev = resolve_device(cfg.device)
-    profile = shift_profile(
-        src, tgt, n_permutations=settings.n_permutations, alpha=settings.alpha, random_state=seed,
-        device=str(dev), progress=progress, streaming_above=settings.streaming_above,
-    )  # fmt: skip
+    with stage(progress, "shift", f"shift statistics per layer ({len(src.probes)} layers)"):
+        profile = shift_profile(
+            src, tgt, n_permutations=settings.n_permutations, alpha=settings.alpha, random_state=seed,
+            device=str(dev), progress=progress, streaming_above=settings.streaming_above,
+        )  # fmt: skip
+        graded = graded_effect(src, tgt, [x.name for x in profile.layers], random_state=seed, device=str(dev))
     timings["shift_s"] = round(time.perf_counter() - t, 3)
     timings["total_s"] = round(time.perf_counter() - t0, 3)
     layers = [x.to_dict() for x in profile.layers]
     shift = profile.verdict.to_dict()
-    sections: dict[str, Any] = {}
+    sections: dict[str, Any] = {"graded_effect": graded}
     if "source" in references:
         sections["reference"] = reference_comparison(references["source"], tgt, random_state=seed)
     if settings.transfer:
         t = time.perf_counter()
-        layers, sections = _predictions(
+        layers, predicted = _predictions(
             layers, shift, tgt, datasets["target"], get_backbone, settings, progress=progress
         )
+        sections.update(predicted)
         timings["transfer_s"] = round(time.perf_counter() - t, 3)
-        timings["total_s"] = round(time.perf_counter() - t0, 3)
+    attribution = None
+    map_layers = _map_layers(shift, sections.get("freeze"), [x.name for x in profile.layers])
+    if settings.attribution or (settings.maps and out is not None):
+        t = time.perf_counter()
+        with stage(progress, "map", f"drift attribution and 2-D maps at {', '.join(map_layers)}"):
+            if settings.attribution:
+                attribution = drift_attribution(
+                    src, tgt, tgt.ids, map_layers, {x.name: x.bandwidths for x in profile.layers},
+                    random_state=seed, device=str(dev), progress=progress,
+                )  # fmt: skip
+                sections["attribution"] = attribution.to_dict()
+            if settings.maps and out is not None:
+                sections["maps"] = precompute_maps(src, tgt, map_layers, out, seed=0, progress=progress)
+        timings["map_s"] = round(time.perf_counter() - t, 3)
+    timings["total_s"] = round(time.perf_counter() - t0, 3)
     backbone_info = src.manifest.get("backbone", {})
     report = Report(
         backbone={k: v for k, v in backbone_info.items() if k != "probes"},
@@ -311,8 +338,18 @@ def diagnose(
         sections=sections,
     )
     if out is not None:
-        report = report.save(out, source=src, target=tgt, ood_scores=profile.ood_scores)
+        with stage(progress, "write", f"write the report to {out}"):
+            if attribution is not None:
+                attribution.save(out)
+            report = report.save(out, source=src, target=tgt, ood_scores=profile.ood_scores)
     return report
+
+
+def _map_layers(shift: dict[str, Any], freeze: Any, names: list[str]) -> list[str]:
+    """The layers a reader opens first: the shift's onset, the freeze boundary, the deepest (once each)."""
+    frozen = list((freeze or {}).get("frozen") or []) if isinstance(freeze, dict) else []
+    wanted = [shift.get("onset_layer"), frozen[-1] if frozen else None, names[-1]]
+    return list(dict.fromkeys(x for x in wanted if x in names))
 
 
 def _check_permutations(
@@ -371,11 +408,13 @@ def _predictions(
     """
     cfg, seed = settings.extract, settings.seed
     device = str(resolve_device(cfg.device))
-    try:
-        pre = layer_transfer(target, random_state=seed, device=device)
-    except DataError as exc:
-        log.info("no transfer predictions: %s", exc)
-        return layers, {"transferability": {"skipped": str(exc)}}
+    with stage(progress, "transfer", "transferability per layer (pretrained)") as note:
+        try:
+            pre = layer_transfer(target, random_state=seed, device=device)
+        except DataError as exc:
+            log.info("no transfer predictions: %s", exc)
+            note["message"] = f"skipped: {exc}"
+            return layers, {"transferability": {"skipped": str(exc)}}
     if target_data is None:
         msg = "the target was given as embeddings, so its random-init twin cannot embed it"
         return layers, {"transferability": {"skipped": msg}}
@@ -390,6 +429,28 @@ def _predictions(
         return layers, {"transferability": {"skipped": msg}}
     bb = get_backbone()
     pre_kw = bb.preprocessing
+    with stage(progress, "random-init", "random-init twin: embed the target, transferability per layer"):
+        twin, rnd = _twin_transfer(bb, pre_kw, target, target_data, settings, device, progress)
+    assert target.labels is not None
+    n_classes = len(np.unique(target.labels))
+    grads = None
+    if settings.rgn:
+        with stage(progress, "gradient-norms", "relative gradient norms per block"):
+            grads = _gradient_norms(target_data, bb, cfg.device, seed)
+    return _transfer_sections(layers, shift, target, bb, twin, pre, rnd, grads, n_classes, seed)
+
+
+def _twin_transfer(
+    bb: Backbone,
+    pre_kw: dict[str, Any],
+    target: Embeddings,
+    target_data: DataSet,
+    settings: DiagnoseConfig,
+    device: str,
+    progress: ProgressCallback | None,
+) -> tuple[Backbone, dict[str, Any]]:
+    """The random-init twin of ``bb``, and its per-layer transferability on the target."""
+    cfg, seed = settings.extract, settings.seed
     twin = load(
         bb.name,
         pretrained=False,
@@ -403,18 +464,34 @@ def _predictions(
     if twin_emb.ids != target.ids:  # the same items in the same order (skips are content-determined)
         pos = {i: k for k, i in enumerate(twin_emb.ids)}
         twin_emb = twin_emb.subset([pos[i] for i in target.ids])
-    rnd = layer_transfer(twin_emb, random_state=seed, device=device)
-    assert target.labels is not None
-    n_classes = len(np.unique(target.labels))
-    grads = None
-    if settings.rgn:
-        t = time.perf_counter()
-        try:  # input size and token length: the loaded backbone's own (the config leaves them unset)
-            grads = relative_gradient_norms(target_data, bb, FinetuneConfig(device=cfg.device), seed=seed)
-        except DiagError as exc:
-            log.info("no relative gradient norms: %s", exc)
-        else:
-            log.info("relative gradient norms in %.1f s", time.perf_counter() - t)
+    return twin, layer_transfer(twin_emb, random_state=seed, device=device)
+
+
+def _gradient_norms(target_data: DataSet, bb: Backbone, device: str, seed: int) -> Any:
+    """Relative gradient norms per block (None, logged, when they cannot be computed)."""
+    t = time.perf_counter()
+    try:  # input size and token length: the loaded backbone's own (the config leaves them unset)
+        grads = relative_gradient_norms(target_data, bb, FinetuneConfig(device=device), seed=seed)
+    except DiagError as exc:
+        log.info("no relative gradient norms: %s", exc)
+        return None
+    log.info("relative gradient norms in %.1f s", time.perf_counter() - t)
+    return grads
+
+
+def _transfer_sections(
+    layers: list[dict[str, Any]],
+    shift: dict[str, Any],
+    target: Embeddings,
+    bb: Backbone,
+    twin: Backbone,
+    pre: dict[str, Any],
+    rnd: dict[str, Any],
+    grads: Any,
+    n_classes: int,
+    seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Negative transfer and the freeze depth from the scores, and the transfer scores per layer."""
     rgn = None if grads is None else grads.normalized
     nt = negative_transfer(pre, rnd, n_target=len(target), n_classes=n_classes, shift=shift, rgn=rgn)
     fr = recommend_freeze(

@@ -17,6 +17,7 @@ from markupsafe import Markup
 
 from diag.errors import require
 from diag.report import figures
+from diag.report.explain import attribution_lines, graded_effect_line
 from diag.report.tables import (
     Block,
     fmt,
@@ -55,6 +56,7 @@ def report_text(report: Report, *, out: str | Path | None = None) -> list[str]:
             f"label shift: total variation {ls.total_variation:.3f}, chi-square p = {ls.p_value:.3g}"
         )
     lines.append(report.shift.summary)
+    lines += [x for x in (graded_effect_line(report),) if x] + attribution_lines(report)
     lines += _prediction_lines(report)
     timings = report.meta.get("timings", {})
     cached = [w for w in ("source", "target") if timings.get(f"{w}_from_cache")]

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from diag.report.explain import graded_effect_metric
+
 if TYPE_CHECKING:
     from diag.report.schema import Report
 
@@ -173,6 +175,7 @@ def key_metrics(report: Report) -> list[KeyMetric]:
             f"{band} {ci}" if ci else "",
             s.rules.get("effect", ""),
         ),
+        *([KeyMetric(**graded)] if (graded := graded_effect_metric(report)) else []),
         KeyMetric("Onset layer", str(s.onset_layer or "none"), "", s.rules.get("onset_layer", "")),
         KeyMetric("Level", str(s.level or "none"), "", s.rules.get("level", "")),
     ]
