@@ -15,6 +15,8 @@ from diag.errors import BackboneError, CacheError, ConfigError, DataError, DiagE
 from diag.models import Backbone, ProbePoint, SourceHead
 from diag.models import load as load_backbone
 from diag.pipeline import diagnose, embed, rank_backbones
+from diag.pipeline.posthoc import compare as compare_runs
+from diag.pipeline.posthoc import deploy_check
 from diag.predict.rank import Ranking
 from diag.progress import ProgressCallback, TqdmProgress
 from diag.provenance import __version__
@@ -44,6 +46,8 @@ __all__ = [
     "TqdmProgress",
     "TrainCallback",
     "__version__",
+    "compare_runs",
+    "deploy_check",
     "diagnose",
     "embed",
     "extract",
