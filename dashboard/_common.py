@@ -244,7 +244,9 @@ def show_key_metrics(report: Any) -> None:
     from diag.report.tables import key_metrics
 
     metrics = key_metrics(report)
-    for col, m in zip(st.columns(len(metrics)), metrics, strict=True):
+    per_row = 3  # readable at 800 px: more columns truncate the numbers
+    cols = [c for i in range(0, len(metrics), per_row) for c in st.columns(per_row)][: len(metrics)]
+    for col, m in zip(cols, metrics, strict=True):
         col.metric(
             m.label,
             m.value,

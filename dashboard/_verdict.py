@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pandas  # noqa: F401  (imported here, once: plotly imports it lazily, racy under a threaded server)
+import plotly.graph_objects as go
 import streamlit as st
 
 from diag.report import tables
@@ -141,8 +143,6 @@ def lead_figure(report: Any) -> tuple[Any, str]:
     """The one chart that says the most, and a caption: the graded effect per layer when the report has
     it, else the relative Fréchet distance per layer (both keep growing where the C2ST AUC saturates),
     bars coloured by significance with a legend, the onset marked."""
-    import plotly.graph_objects as go
-
     rows = tables.layer_rows(report)
     graded = graded_effect(report)
     per_layer = graded.get("layers") if graded else None
@@ -175,7 +175,7 @@ def lead_figure(report: Any) -> tuple[Any, str]:
                 name=label,
                 marker_color=colour,
                 text=[tables.fmt(values[i], ".2g") for i in sel],
-                textposition="outside",
+                textposition="inside",
                 error_y=_error_bars([values[i] for i in sel], [errors[i] for i in sel]),
                 hovertemplate="%{x}: %{y:.3g}<extra>" + label + "</extra>",
             )
@@ -185,7 +185,8 @@ def lead_figure(report: Any) -> tuple[Any, str]:
         fig.add_annotation(x=onset, y=1.0, yref="paper", text=f"onset: {onset}", showarrow=False,
                            yanchor="bottom", font={"color": "#d62728"})  # fmt: skip
     fig.update_layout(
-        height=340, template="plotly_white", yaxis_title=name, margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        height=340, template="plotly_white", yaxis_title=name, showlegend=True,
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
         legend={"orientation": "h", "x": 0, "y": 1.12, "yanchor": "bottom"},
         xaxis={"categoryorder": "array", "categoryarray": report.layer_names},
     )  # fmt: skip

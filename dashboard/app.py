@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-# Icons are emoji (drawn by the browser's own fonts): Material icon names would make the browser fetch an
-# icon font, and the dashboard must make no request beyond its own server.
-HOME = st.Page("views/0_Home.py", title="Home", icon="🏠", default=True)
+# No page icons: a Material icon name makes the browser fetch an icon font, and emoji need an emoji font
+# that a minimal system may lack (boxes instead); the dashboard makes no request beyond its own server.
+HOME = st.Page("views/0_Home.py", title="Home", default=True)
 PAGES = [
     HOME,
-    st.Page("views/1_Run.py", title="Run", icon="▶️", url_path="run"),
-    st.Page("views/2_Shift.py", title="Shift", icon="📈", url_path="shift"),
-    st.Page("views/3_Embeddings.py", title="Embeddings", icon="🗺️", url_path="embeddings"),
-    st.Page("views/4_Transfer.py", title="Transfer", icon="🔁", url_path="transfer"),
-    st.Page("views/5_Fine-tune.py", title="Fine-tune", icon="🎛️", url_path="fine-tune"),
-    st.Page("views/7_After.py", title="After", icon="🔬", url_path="after"),
-    st.Page("views/6_History.py", title="History", icon="🕒", url_path="history"),
+    st.Page("views/1_Run.py", title="Run", url_path="run"),
+    st.Page("views/2_Shift.py", title="Shift", url_path="shift"),
+    st.Page("views/3_Embeddings.py", title="Embeddings", url_path="embeddings"),
+    st.Page("views/4_Transfer.py", title="Transfer", url_path="transfer"),
+    st.Page("views/5_Fine-tune.py", title="Fine-tune", url_path="fine-tune"),
+    st.Page("views/6_History.py", title="History", url_path="history"),
 ]
 # The default page is served at "/": "/home" (a natural link) is the same page, unlisted.
-HOME_ALIAS = st.Page("views/0_Home.py", title="Home", icon="🏠", url_path="home", visibility="hidden")
+HOME_ALIAS = st.Page("views/0_Home.py", title="Home", url_path="home", visibility="hidden")
 
 st.navigation([*PAGES, HOME_ALIAS], position="sidebar").run()

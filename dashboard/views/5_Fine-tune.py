@@ -76,9 +76,8 @@ def apply_recommendation() -> None:
 
 if preselected:
     plan = f"freeze {default_freeze} of {n_blocks} blocks" + (", then LP-FT" if recommends_lp_ft else "")
-    c1, c2 = st.columns([3, 1])
-    c1.info(f"The report recommends: **{plan}**.")
-    c2.button("Apply the recommendation", key="ft_apply", on_click=apply_recommendation,
+    st.info(f"The report recommends: **{plan}**.")
+    st.button("Apply the recommendation", key="ft_apply", on_click=apply_recommendation,
               help=verdict.term_help("freeze depth", "LP-FT"))  # fmt: skip
 
 with st.form("ft_form"):
@@ -98,7 +97,7 @@ with st.form("ft_form"):
         "Image size (px; 0 = default)", min_value=0, max_value=1024, step=16, key="ft_image_size"
     )
     batch_size = c4.number_input("Batch size", min_value=1, max_value=4096, step=8, key="ft_batch")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3 = st.columns([1, 1, 1.3])
     lp_ft = c1.number_input(
         "LP-FT: head-only epochs first", min_value=0, max_value=499, step=1, key="ft_lp_ft",
         help=verdict.term_help("LP-FT") + "\n\n0 = off. Must be fewer than the epochs.",

@@ -1,9 +1,12 @@
 """The dashboard in a real browser: ``diag dashboard DIR`` served on 127.0.0.1, driven by headless Chromium
-over the Chrome DevTools protocol. Checks that the Shift and Embeddings pages render the verdict, the
-charts and the thumbnails, and saves screenshots.
+over the Chrome DevTools protocol. Checks that every page renders (at 1400 and 800 px wide) with no
+request leaving the machine (the browser's network log), that the Shift and Embeddings pages show the
+verdict, the charts and the thumbnails, and that a diagnosis started on the Run page survives a page
+change and a new browser session and ends with its report; saves screenshots of every page.
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``); skipped without it. Screenshots go to
-``$DIAG_TEST_ARTIFACTS`` when set, else to pytest's temporary folder; their paths are printed.
+``$DIAG_TEST_ARTIFACTS`` (or ``$DIAG_ARTIFACTS``) when set, else to ``tests/artifacts/dashboard``
+(git-ignored); their paths are printed.
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ def report(dashboard_report: Report) -> Report:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(os.environ.get("DIAG_TEST_ARTIFACTS") or tmp_path_factory.mktemp("artifacts"))
+def artifacts() -> Path:
+    default = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
+    folder = Path(os.environ.get("DIAG_TEST_ARTIFACTS") or os.environ.get("DIAG_ARTIFACTS") or default)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -116,6 +120,11 @@ class DevTools:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self.next_id = 0
+        self.requests: list[str] = []  # every URL the page asked for (Network.requestWillBeSent)
+
+    def _event(self, msg: dict[str, Any]) -> None:
+        if msg.get("method") == "Network.requestWillBeSent":
+            self.requests.append(str(msg["params"]["request"]["url"]))
 
     def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
         self.next_id += 1
@@ -124,6 +133,8 @@ class DevTools:
         deadline = time.monotonic() + timeout
         while True:
             reply = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if "method" in reply:
+                self._event(reply)
             if reply.get("id") == msg_id:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
@@ -168,6 +179,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
             cdp = DevTools(ws)
             cdp.send("Page.enable")
             cdp.send("Runtime.enable")
+            cdp.send("Network.enable")
             yield cdp
     finally:
         stop_process(proc)
@@ -226,3 +238,137 @@ def test_embeddings_page_in_a_browser(
     record_property("screenshot", str(path))
     print(f"\nscreenshot of the Embeddings page: {path}")
     assert path.stat().st_size > 20_000
+
+
+# ------------------------------------------------------------------------------------------------------
+# Every page, two widths, no external request; a diagnosis that survives page changes
+
+#: Each page's path and a text it shows once drawn.
+PAGES = {
+    "": "domain-adaptation diagnostics",
+    "home": "domain-adaptation diagnostics",
+    "run": "Run a diagnosis",
+    "shift": "Shift, layer by layer",
+    "embeddings": "Embeddings",
+    "transfer": "Negative-transfer risk",
+    "fine-tune": "Start fine-tuning",
+    "history": "Check history",
+}
+RUNNING = '!!document.querySelector(\'[data-testid="stStatusWidget"] button, [data-testid="stSpinner"]\')'
+
+
+def local(url: str, server: str) -> bool:
+    """Whether the browser's request stays on this machine: the dashboard itself or an inline resource."""
+    ws = server.replace("http://", "ws://")
+    return url.startswith(
+        (server, ws, "data:", "blob:", "about:", "chrome:", "chrome-extension:", "devtools:")
+    )
+
+
+def settle(cdp: DevTools, text: str, timeout: float = 180) -> None:
+    cdp.wait_until(f"({TEXT}).includes({json.dumps(text)})", timeout=timeout)
+    cdp.wait_until(f"!({RUNNING})", timeout=timeout)
+    time.sleep(1.0)  # charts draw after the script ends
+
+
+def set_width(cdp: DevTools, width: int) -> None:
+    cdp.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 1600, "deviceScaleFactor": 1, "mobile": False},
+    )
+
+
+def test_every_page_in_two_widths_with_no_external_request(
+    server: str, browser: DevTools, report: Report, artifacts: Path
+) -> None:
+    """Screenshots of every page at 1400 and 800 px; the network log holds no URL off this machine; the
+    page does not overflow sideways at 800 px; ``/home`` is the Home page."""
+    browser.requests.clear()
+    shots = []
+    try:
+        for width in (1400, 800):
+            set_width(browser, width)
+            for path, text in PAGES.items():
+                open_page(browser, f"{server}/{path}")
+                settle(browser, text)
+                body = browser.evaluate(TEXT)
+                assert "Page not found" not in body and "Traceback" not in body, path
+                if path in ("", "home"):
+                    assert "Negative-transfer risk" in body and "Freeze depth" in body
+                overflow = browser.evaluate(
+                    "(() => { const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
+                    " return m.scrollWidth - m.clientWidth; })()"
+                )
+                assert overflow <= 4, f"/{path} overflows by {overflow} px at {width} px"
+                name = path or "root"
+                shots.append(browser.screenshot(artifacts / f"page-{name}-{width}px.png"))
+    finally:
+        set_width(browser, 1400)
+    print("\nscreenshots:\n" + "\n".join(str(p) for p in shots))
+    assert all(p.stat().st_size > 10_000 for p in shots)
+    external = sorted({u for u in browser.requests if not local(u, server)})
+    assert browser.requests and external == [], external
+
+
+def _diagnose_has_progress_log() -> bool:
+    from diag.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return any("--progress-log" in a.option_strings for a in sub.choices["diagnose"]._actions)
+
+
+def click_button(cdp: DevTools, label: str, timeout: float = 120) -> None:
+    """Click the enabled button labelled ``label`` once it is on the page."""
+    cdp.wait_until(
+        "(() => { const b = Array.from(document.querySelectorAll('button'))"
+        f".find(b => b.innerText.trim() === {json.dumps(label)} && !b.disabled);"
+        " if (b) { b.click(); return true; } return false; })()",
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_a_diagnosis_started_on_run_survives_page_changes_and_ends_with_its_report(
+    server: str, browser: DevTools, artifacts: Path
+) -> None:
+    """Run page defaults (MNIST vs UCI digits, EfficientNet-Lite0, 112 px: embeddings cached by the session's
+    report) started in the background; the user goes to Shift in the same tab, then opens Run in a fresh
+    session (as after closing the browser); the stages show in pipeline order and the report opens."""
+    if not _diagnose_has_progress_log():
+        pytest.skip("this build's diag diagnose has no --progress-log yet")
+    from diag.progress import STAGE_LABELS, STAGES
+
+    open_page(browser, f"{server}/run")
+    settle(browser, "Background jobs")
+    click_button(browser, "Run diagnosis")
+    browser.wait_until(f"({TEXT}).includes('Started the diagnosis in the background')", timeout=60)
+    folder = browser.evaluate(
+        "(() => { const m = document.body.innerText.match(/Started the diagnosis in the background"
+        " \\(pid \\d+\\): (\\S+)\\./); return m ? m[1] : null; })()"
+    )
+    assert folder
+    # Leave the page within the session (the sidebar link), then come back in a new session.
+    assert browser.evaluate("(() => { const a = document.querySelector('a[href$=\"/shift\"]');"
+                            " if (a) { a.click(); return true; } return false; })()")  # fmt: skip
+    settle(browser, "Shift, layer by layer")
+    open_page(browser, f"{server}/run")
+    browser.wait_until(f"({TEXT}).includes('Diagnosis in the background')", timeout=60)
+    browser.screenshot(artifacts / "run-progress.png")
+    labels = {STAGE_LABELS[s]: s for s in STAGES}
+    seen: list[str] = []
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        body = browser.evaluate(TEXT)
+        if "The diagnosis finished" in body:
+            break
+        assert "The diagnosis failed" not in body, body[-2000:]
+        for line in body.splitlines():
+            for label, stage in labels.items():
+                if label in line and ("elapsed" in line or "/" in line) and stage not in seen:
+                    seen.append(stage)
+        time.sleep(1.0)
+    else:
+        raise AssertionError("the diagnosis did not finish within 15 minutes")
+    browser.screenshot(artifacts / "run-finished.png")
+    assert Path(folder.strip("`")).joinpath("report.json").is_file()
+    assert seen and seen == [s for s in STAGES if s in seen], seen  # shown in the pipeline's order
