@@ -104,7 +104,8 @@ def attribution_runs(tmp: Path, bb: Any, repeats: int) -> list[dict[str, Any]]:
                     "repeat": rep,
                     "scenario": scenario,
                     "layer": layer,
-                    "role": "onset" if layer == onset else "deepest" if layer == names[-1] else "middle",
+                    "role": "shown" if layer == onset else "deepest" if layer == names[-1] else "middle",
+                    "onset_found": prof.verdict.onset_layer is not None,
                     "n_target": len(tgt),
                     "n_injected": k,
                     "precision_at_k_domain": len(truth & set(a.ranked("domain_probability")[:k])) / k,
@@ -129,7 +130,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("precision_at_k_domain", "precision_at_k_witness", "top_cluster_purity", "top_cluster_recall")
     out: dict[str, Any] = {}
     for scenario in sorted({r["scenario"] for r in rows}):
-        for role in ("onset", "middle", "deepest"):
+        for role in ("shown", "middle", "deepest"):
             sel = [r for r in rows if r["scenario"] == scenario and r["role"] == role]
             if sel:
                 out[f"{scenario}/{role}"] = {
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 "uci": "UCI 8x8 digits upsampled",
             },
             "repeats": repeats,
-            "goal": "precision@k and top-cluster purity >= 0.8 at the onset layer",
+            "goal": "precision@k and top-cluster purity >= 0.8 at the layer the report shows first",
+            "roles": "shown = the onset layer (the deepest when no onset), as the report's attribution.layer",
         },
         "summary": summary(rows),
         "runs": rows,

@@ -13,7 +13,8 @@ Per target sample, at a layer (:func:`drift_attribution`):
   where the source is denser has a negative share.
 
 Clusters: k-means of the target at the layer, ``k`` by silhouette in 2..10
-(:func:`diag.stats.attribution.kmeans_clusters`), ranked by their share of the MMD².
+(:func:`diag.stats.attribution.kmeans_clusters`), ranked by their lift, the share of the MMD² per
+sample over the target's average (> 1: the cluster concentrates the drift).
 
 The report keeps the clusters in its ``attribution`` section (:meth:`Attribution.to_dict`) and the
 per-sample arrays in the sidecar ``attribution.safetensors`` (:meth:`Attribution.save`,
@@ -67,7 +68,7 @@ _MAX_IDS = 5000
 class LayerAttribution:
     """The attribution of the drift to the target samples at one layer (module docstring).
 
-    Arrays are in target order (``ids``). ``clusters`` are ranked by ``share`` (largest first).
+    Arrays are in target order (``ids``). ``clusters`` are ranked by ``lift`` (largest first).
     """
 
     layer: str
@@ -115,13 +116,17 @@ class LayerAttribution:
         return [self.ids[i] for i in order]
 
     def clusters(self) -> list[dict[str, Any]]:
-        """Each cluster with its ``size``, ``share`` of the MMD², mean scores and member ``ids``."""
+        """Each cluster with its ``size``, ``share`` of the MMD², ``lift``, mean scores and member ``ids``,
+        ranked by lift (the drift per sample), then by share."""
         out = []
         for c in np.unique(self.cluster):
             rows = np.flatnonzero(self.cluster == c)
             ids = [self.ids[i] for i in rows]
             out.append({"cluster": int(c), "size": len(rows), **self.selection(ids), "ids": ids[:_MAX_IDS]})
-        out.sort(key=lambda d: -d["share"])
+        # Concentration first: a cluster whose samples sit where the target has mass the source lacks
+        # (mean contribution per sample, the lift) ranks above a large cluster of ordinary samples whose
+        # summed share is large only because it is large (or because the MMD² is near 0).
+        out.sort(key=lambda d: (-(d["lift"] or 0.0), -d["share"]))
         for rank, d in enumerate(out, 1):
             d["rank"] = rank
             del d["n"]
