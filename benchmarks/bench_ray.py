@@ -6,7 +6,7 @@
     (a fresh Python per actor that imports torch and receives the backbone), which is part of its time,
     as it is for a user.
 (e) decoding in DataLoader worker processes against decoding in the main process (the CPU default),
-    on JPEG files (natural photos, 400-500 px, resized and cropped to the model's input) and on the
+    on JPEG files (natural photos, 320-420 px, resized and cropped to the model's input) and on the
     UCI digits (small PNG files).
 (f) ``torch.compile`` of the backbone's blocks against eager: the first call (compilation included)
     and the later calls.
@@ -69,14 +69,14 @@ def _summary(rates: dict[str, list[float]], baseline: str) -> dict[str, Any]:
 
 
 def _jpegs(folder: Path, n: int) -> DataSet:
-    """``n`` JPEG crops (400-500 px) of scikit-learn's two sample photos, in a flat folder."""
+    """``n`` JPEG crops (320-420 px) of scikit-learn's two sample photos, in a flat folder."""
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images().images
     rng = np.random.default_rng(0)
     for i in range(n):
         img = photos[i % len(photos)]
-        s = int(rng.integers(400, 500))
+        s = int(rng.integers(320, 420))  # the photos are 427 x 640
         y, x = int(rng.integers(0, img.shape[0] - s)), int(rng.integers(0, img.shape[1] - s))
         Image.fromarray(img[y : y + s, x : x + s]).save(folder / f"{i:04d}.jpg", quality=90)
     return open_data(str(folder))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from diag.cli.main import main
@@ -63,8 +64,9 @@ def test_ray_embeddings_equal_the_single_process_ones_under_the_same_cache_key(
     # share of the 2 CPUs); so does the local pass here: another thread count changes the order of float32
     # sums inside the convolutions (1.4e-6 of the largest value measured at 2 threads against 1).
     local = extract(backbone, digits, ExtractConfig(num_threads=1))
-    config = ExtractConfig(engine="ray", ray_concurrency=2, ray_batch_size=16)
-    remote = embed(digits, backbone, config, cache_dir=tmp_path)
+    parquet = tmp_path / "parquet"
+    config = ExtractConfig(engine="ray", ray_concurrency=2, ray_batch_size=16, ray_parquet=str(parquet))
+    remote = embed(digits, backbone, config, cache_dir=tmp_path / "cache")
     assert remote.ids == local.ids
     assert np.array_equal(remote.labels, local.labels)
     assert list(remote.features) == list(local.features)
@@ -78,8 +80,12 @@ def test_ray_embeddings_equal_the_single_process_ones_under_the_same_cache_key(
     assert engine["num_gpus"] == 0 and engine["cluster"]["cpus"] == 2
     assert remote.manifest["data"] == local.manifest["data"]
     # The cache key does not depend on the engine: the local path reads what the Ray path stored.
-    again = embed(digits, backbone, ExtractConfig(), cache_dir=tmp_path)
+    again = embed(digits, backbone, ExtractConfig(), cache_dir=tmp_path / "cache")
     assert not remote.from_cache and again.from_cache and again.cache_key == remote.cache_key
+    # Each shard's embeddings as Parquet: every row once, the same numbers.
+    table = pq.read_table(parquet).to_pandas().sort_values("index")
+    assert table["index"].tolist() == list(range(N)) and set(table["error"]) == {""}
+    assert _rel(np.stack(table["feature:pooled"].to_numpy()), local["pooled"]) <= 1e-6
 
 
 @pytest.mark.slow
