@@ -8,6 +8,7 @@ thinned for drawing; a lasso or box still selects every point of the full map it
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -216,7 +217,11 @@ if not ex.is_empty(sel_event) and sig != st.session_state.get(ex.EVENT_KEY):
 
 b1, b2, b3 = st.columns([2, 1.3, 3])
 what = "domain probability" if has_attr else "OOD score"
-if b1.button(f"Show the samples that drive the shift (top {TOP_DRIVERS} by {what})", key="emb_drivers"):
+if b1.button(
+    "Show the samples that drive the shift",
+    key="emb_drivers",
+    help=f"Selects the {TOP_DRIVERS} target samples with the highest {what} and colours the map by it.",
+):
     top, what = ex.top_driving(data, TOP_DRIVERS)
     view = ex.with_selection(view, [str(k) for k in data.keys[top]])
     view.colour = "attribution" if has_attr else "OOD score"
@@ -345,13 +350,22 @@ if clusters_ranked:
 # Selection: numbers, drift contribution, export
 
 
+@st.cache_data(show_spinner=False, max_entries=4096)
+def preview_png(spec: str, item_id: str) -> bytes | str | None:
+    """The gallery's preview of one item (PNG bytes, or a text), cached per server process."""
+    try:
+        item = ui.preview(spec, item_id)
+    except Exception:  # a missing or unreadable item: no preview
+        return None
+    if item is None or isinstance(item, str):
+        return item
+    buf = io.BytesIO()
+    item.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def show_item(container, spec: str | None, item_id: str, caption: str) -> None:
-    item = None
-    if spec:
-        try:
-            item = ui.preview(spec, item_id)
-        except Exception:  # a missing or unreadable item: no preview
-            item = None
+    item = preview_png(spec, item_id) if spec else None
     if item is None:
         container.caption(f"{caption} (no preview)")
     elif isinstance(item, str):
@@ -461,6 +475,6 @@ else:
     st.info("No selection yet. Meanwhile, the most out-of-distribution target samples at this layer:")
     tgt_pos = np.flatnonzero(data.is_target & mask)
     order = tgt_pos[np.argsort(-np.nan_to_num(data.ood[tgt_pos], nan=-np.inf), kind="stable")]
-    gallery(order, f"The {min(PAGE_SIZE, len(order))} most out-of-distribution target samples")
+    gallery(order, "Target samples, the most out-of-distribution first")
 
 ex.save_view(st.session_state, st.query_params, view)

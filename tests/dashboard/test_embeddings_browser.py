@@ -1,0 +1,147 @@
+"""The Embeddings explorer in headless Chromium: a lasso drawn with real mouse events selects samples, the
+view (with its selection) is in the URL and a fresh session opened at that URL shows it again, no
+resource comes from off this machine, and a screenshot is saved.
+
+Skipped without Debian's ``chromium``. Screenshots go to ``$DIAG_TEST_ARTIFACTS`` (or
+``$DIAG_ARTIFACTS``) when set, else to ``tests/artifacts/dashboard`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.dashboard.test_browser import (
+    CHROME_FLAGS,
+    CHROMIUM,
+    DevTools,
+    free_port,
+    stop_process,
+    wait_http,
+)
+from tests.dashboard.test_embeddings import small_report  # noqa: F401 - the fixture
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on PATH"),
+    pytest.mark.slow,
+]
+ws_client = pytest.importorskip("websockets.sync.client")
+
+TEXT = "document.body ? document.body.innerText : ''"
+RUNNING = '!!document.querySelector(\'[data-testid="stStatusWidget"] button, [data-testid="stSpinner"]\')'
+N_POINTS = (
+    "(() => { const p = document.querySelector('.js-plotly-plot');"
+    " return p && p.data ? p.data.reduce((n, t) => n + (t.customdata ? t.customdata.length : 0), 0) : 0; })()"
+)
+
+
+@pytest.fixture(scope="module")
+def served(small_report, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
+    port = free_port()
+    log = tmp_path_factory.mktemp("emb-server") / "server.log"
+    env = {**os.environ, "DIAG_RUNS_DIR": str(log.parent / "runs")}
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "diag.cli", "dashboard", str(small_report.folder), "--port", str(port)],
+            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_http(f"{base}/_stcore/health", 120, proc, log).strip() == "ok"
+        yield base
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def cdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
+    assert CHROMIUM is not None
+    profile = tmp_path_factory.mktemp("emb-chromium")
+    port = free_port()
+    log = profile.parent / "emb-chromium.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
+             "about:blank"],
+            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/json/version", 60, proc, log)
+        pages = json.loads(wait_http(f"http://127.0.0.1:{port}/json/list", 10, proc, log))
+        target = next(p for p in pages if p.get("type") == "page")
+        with ws_client.connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
+            tools = DevTools(ws)
+            tools.send("Page.enable")
+            tools.send("Runtime.enable")
+            yield tools
+    finally:
+        stop_process(proc)
+
+
+def settle(cdp: DevTools, done: str, timeout: float = 180) -> None:
+    cdp.wait_until(f"({done}) && !({RUNNING})", timeout=timeout)
+    time.sleep(1.0)
+    cdp.wait_until(f"({done}) && !({RUNNING})", timeout=timeout)
+
+
+def draw_lasso(cdp: DevTools) -> None:
+    """Trace a rectangle over the whole plot area with the left button down (the map's lasso mode)."""
+    cdp.evaluate("window.scrollTo(0, 0)")
+    time.sleep(0.3)
+    left, top, w, h = cdp.evaluate(
+        "(() => { const r = document.querySelector('.js-plotly-plot .nsewdrag').getBoundingClientRect();"
+        " return [r.left, r.top, r.width, r.height]; })()"
+    )
+    x0, y0, x1, y1 = left + 2, top + 2, left + w - 2, top + h - 2
+    path = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0 + 3)]
+    ev = "Input.dispatchMouseEvent"
+    cdp.send(ev, {"type": "mouseMoved", "x": x0, "y": y0})
+    cdp.send(ev, {"type": "mousePressed", "x": x0, "y": y0, "button": "left", "clickCount": 1})
+    for (ax, ay), (bx, by) in itertools.pairwise(path):
+        for k in range(1, 8):
+            t = k / 7
+            cdp.send(ev, {"type": "mouseMoved", "x": ax + t * (bx - ax), "y": ay + t * (by - ay),
+                          "button": "left", "buttons": 1})  # fmt: skip
+    cdp.send(ev, {"type": "mouseReleased", "x": x0, "y": y0 + 3, "button": "left", "clickCount": 1})
+
+
+def test_lasso_selection_is_in_the_url_and_reopens_with_no_external_request(
+    served: str,
+    cdp: DevTools,
+    small_report,  # noqa: F811 - the fixture
+    record_property,
+) -> None:
+    cdp.send("Page.navigate", {"url": f"{served}/embeddings?map=PCA"})
+    n = small_report.n_source + small_report.n_target
+    settle(cdp, f"({N_POINTS}) === {n} && ({TEXT}).includes('Selection')")
+    draw_lasso(cdp)
+    settle(cdp, f"({TEXT}).includes('Selected points')")
+    text = cdp.evaluate(TEXT)
+    assert f"Selected points\n\n{n}\n" in text  # the lasso went round every point
+    url = cdp.evaluate("location.href")
+    assert "map=PCA" in url and "sel=" in url
+    # A fresh session at that URL (as a shared link) shows the same view and selection.
+    cdp.send("Page.navigate", {"url": "about:blank"})
+    time.sleep(0.5)
+    cdp.send("Page.navigate", {"url": url})
+    settle(cdp, f"({N_POINTS}) > 0 && ({TEXT}).includes('Selected points')")
+    assert f"Selected points\n\n{n}\n" in cdp.evaluate(TEXT)
+    # Nothing the page loaded came from off this machine.
+    urls = cdp.evaluate("[location.href, ...performance.getEntriesByType('resource').map(e => e.name)]")
+    external = sorted({u for u in urls if not u.startswith((served, "data:", "blob:", "about:"))})
+    assert urls and external == [], external
+    default = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
+    folder = Path(os.environ.get("DIAG_TEST_ARTIFACTS") or os.environ.get("DIAG_ARTIFACTS") or default)
+    folder.mkdir(parents=True, exist_ok=True)
+    shot = cdp.screenshot(folder / "embeddings-selection.png")
+    record_property("screenshot", str(shot))
+    print(f"\nscreenshot of the Embeddings page with a selection: {shot}")
+    assert shot.stat().st_size > 20_000
