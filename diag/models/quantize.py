@@ -31,6 +31,7 @@ paths) with a sentence for users. :func:`quantize_backbone` is the one entry poi
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import logging
 import math
@@ -107,11 +108,15 @@ class QuantizationReport:
         return {**asdict(self), "size_ratio": round(self.size_ratio, 4)}
 
 
-def model_bytes(model: nn.Module) -> int:
-    """Size of ``torch.save(model.state_dict())`` in bytes (what a deployment ships)."""
+def _saved(model: nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
+    return buf.getvalue()
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Size of ``torch.save(model.state_dict())`` in bytes (what a deployment ships)."""
+    return len(_saved(model))
 
 
 def _engine() -> str:
@@ -189,6 +194,11 @@ def quantize_backbone(
     finally:
         torch.backends.quantized.engine = prev
     qbb.model = model.eval()
+    # An int8 state dict holds packed parameters (tuples, quantized tensors) that the float fingerprint
+    # cannot hash; the saved bytes identify the quantized weights instead.
+    saved = _saved(model)
+    qbb._fingerprint = "int8-" + hashlib.sha256(saved).hexdigest()
+    qbb.weights = f"{backbone.weights} (int8 {method})"
     left = _float_modules(model, quantized)
     n_left = sum(len(v) for v in left.values())
     listing = "; ".join(
@@ -213,7 +223,7 @@ def quantize_backbone(
         n_calibration=n_cal,
         input_size=size,
         fp32_bytes=fp32_bytes,
-        int8_bytes=model_bytes(model),
+        int8_bytes=len(saved),
         message=message,
         notes=notes,
     )

@@ -42,6 +42,7 @@ def test_dynamic_minilm_quantizes_every_linear_and_names_what_stays_float(minilm
     saved = 3 * sum(mods[n].weight.numel() for n in rep.quantized)
     assert rep.fp32_bytes - rep.int8_bytes == pytest.approx(saved, rel=0.02)
     assert minilm.model.encoder.layer[0].attention.self.query.weight.dtype == torch.float32  # untouched
+    assert q.weights_fingerprint().startswith("int8-") and q.describe()["weights"].endswith("(int8 dynamic)")
     (b,) = batches(minilm, texts, 32)
     a, z = captured(minilm, b), captured(q, b)
     assert set(a) == set(z)
