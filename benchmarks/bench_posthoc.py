@@ -17,7 +17,7 @@ The runs come from (about 10 minutes on 2 CPU cores)::
 
     diag sweep -t samples:uci-digits -b efficientnet_lite0 --preset small --image-size 32 --epochs 4 \\
         --depths 0,3,5,7,9 --seeds 0 --no-scratch --save-best -o runs/posthoc/lite0-uci
-    diag finetune -t samples:speeches -b minilm --preset small --freeze 4 --epochs 3 \\
+    diag finetune -t samples:speeches -b minilm --preset small --freeze all --epochs 5 --lr 0.01 \\
         -o runs/posthoc/minilm-speeches
 
 Usage::
@@ -112,10 +112,11 @@ def main() -> int:
     ap.add_argument("--max-items", type=int, default=300)
     ap.add_argument("--permutations", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--deploy-items", type=int, default=744, help="test items of each deploy check")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/posthoc.json")
     args = ap.parse_args()
     heldout = held_out_uci(ROOT / "runs/posthoc/uci-heldout")
-    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results: dict[str, Any] = {}
     results.update(
         machine={
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -127,8 +128,9 @@ def main() -> int:
         versions=versions(), anchors=ANCHORS,
     )  # fmt: skip
 
-    def save() -> None:
-        atomic_write_bytes(args.out, (json.dumps(results, indent=1) + "\n").encode())
+    def save() -> None:  # merged with what another part wrote meanwhile (parts may run at once)
+        now = json.loads(args.out.read_text()) if args.out.exists() else {}
+        atomic_write_bytes(args.out, (json.dumps({**now, **results}, indent=1) + "\n").encode())
 
     if args.part in ("all", "compare"):
         results["compare"] = part_compare(args.sweep, heldout, args.max_items, args.permutations)
@@ -141,11 +143,12 @@ def main() -> int:
             )
     if args.part in ("all", "deploy"):
         lite = args.sweep / "runs" / args.lite0_run
-        results["deploy_lite0_static"] = part_deploy(lite, heldout, args.rounds, args.permutations, 744)
+        results["deploy_lite0_static"] = part_deploy(lite, heldout, args.rounds, args.permutations,
+                                                     args.deploy_items)  # fmt: skip
         save()
         debates = open_data("samples:debates")
         results["deploy_minilm_dynamic"] = part_deploy(args.minilm_run, debates, args.rounds,
-                                                       args.permutations, 1000)  # fmt: skip
+                                                       args.permutations, args.deploy_items)  # fmt: skip
         save()
         for key in ("deploy_lite0_static", "deploy_minilm_dynamic"):
             d = results[key]
