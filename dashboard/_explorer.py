@@ -27,6 +27,7 @@ COLOURS = ("domain", "label", "OOD score", "attribution", "cluster")
 METHODS = ("UMAP", "PCA")
 DISPLAY_BUDGET = 15_000  # points drawn at most; the rest stay selectable through the lasso/box geometry
 HIGHLIGHT_BUDGET = 3_000  # selected points drawn as rings at most
+HOVER_THUMBS = 600  # drawn image points that get a hover thumbnail at most (the page's payload)
 URL_SELECTION_CHARS = 6_000  # a selection longer than this (encoded) stays out of the URL
 
 
@@ -429,3 +430,43 @@ def thumbnail_uri(image: Any, size: int = 48) -> str:
 
 def with_selection(view: View, keys: Sequence[str]) -> View:
     return replace(view, selection=list(keys), page=0)
+
+
+#: Hover thumbnails: a script-only Streamlit component (components v2 run in the page, not an iframe)
+#: that listens to the map's ``plotly_hover`` and shows the hovered item's thumbnail (``data.thumbs``,
+#: keyed by the point's ``customdata``) beside the cursor. It re-attaches when the chart is redrawn.
+HOVER_JS = """
+export default function(component) {
+  const thumbs = (component.data && component.data.thumbs) || {};
+  let tip = document.getElementById('diag-hover-thumb');
+  if (!tip) {
+    tip = document.createElement('img');
+    tip.id = 'diag-hover-thumb';
+    Object.assign(tip.style, {position: 'fixed', zIndex: 100000, pointerEvents: 'none', display: 'none',
+      width: '72px', height: '72px', imageRendering: 'pixelated', border: '1px solid #888',
+      background: '#fff', boxShadow: '0 1px 4px rgba(0,0,0,.3)'});
+    document.body.appendChild(tip);
+  }
+  const attach = () => {
+    document.querySelectorAll('.js-plotly-plot').forEach((gd) => {
+      gd.__diagThumbs = thumbs;
+      if (gd.__diagHooked || !gd.on) return;
+      gd.__diagHooked = true;
+      gd.on('plotly_hover', (ev) => {
+        const p = ev.points && ev.points[0];
+        const src = p && gd.__diagThumbs && gd.__diagThumbs[String(p.customdata)];
+        if (!src) { tip.style.display = 'none'; return; }
+        tip.src = src;
+        const e = ev.event || {};
+        tip.style.left = ((e.clientX || 0) + 18) + 'px';
+        tip.style.top = ((e.clientY || 0) - 90) + 'px';
+        tip.style.display = 'block';
+      });
+      gd.on('plotly_unhover', () => { tip.style.display = 'none'; });
+    });
+  };
+  attach();
+  const timer = setInterval(attach, 400);
+  return () => { clearInterval(timer); tip.style.display = 'none'; };
+}
+"""

@@ -297,6 +297,37 @@ fig, _ = figures.embedding_figure(
     highlight=ring,
     title=f"{method} of source ({data.n_source:,}) and target ({len(data) - data.n_source:,}) at {layer}",
 )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def hover_thumbs(
+    spec_src: str | None, spec_tgt: str | None, keys: tuple[str, ...], rows: tuple[int, ...]
+) -> dict:
+    """Thumbnails (data URIs) of image items, keyed by their map position, for the hover overlay."""
+    out = {}
+    for k, r in zip(keys, rows, strict=True):
+        spec = spec_tgt if k.startswith("t:") else spec_src
+        uri = thumb(spec, k[2:]) if spec else None
+        if uri and uri.startswith("data:image"):
+            out[str(r)] = uri
+    return out
+
+
+if not snippets and (spec_src or spec_tgt):
+    near = (
+        draw[np.linspace(0, len(draw) - 1, ex.HOVER_THUMBS).astype(int)]
+        if len(draw) > ex.HOVER_THUMBS
+        else draw
+    )
+    try:
+        overlay = st.components.v2.component("diag_hover_thumbs", js=ex.HOVER_JS)
+        overlay(
+            data={"thumbs": hover_thumbs(spec_src, spec_tgt, tuple(str(k) for k in data.keys[near]),
+                                         tuple(int(p) for p in near))},
+            key="emb_hover",
+        )  # fmt: skip
+    except (AttributeError, TypeError) as exc:  # a Streamlit without components v2: text hover only
+        st.caption(f"(No hover thumbnails: {exc})")
 st.plotly_chart(
     fig, key=ex.CHART_KEY, on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch"
 )

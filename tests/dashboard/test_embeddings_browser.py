@@ -122,6 +122,21 @@ def test_lasso_selection_is_in_the_url_and_reopens_with_no_external_request(
     cdp.send("Page.navigate", {"url": f"{served}/embeddings?map=PCA"})
     n = small_report.n_source + small_report.n_target
     settle(cdp, f"({N_POINTS}) === {n} && ({TEXT}).includes('Selection')")
+    # Hovering a point shows its thumbnail (the hover overlay, a data: URI made on the server).
+    x, y = cdp.evaluate(
+        "(() => { const gd = document.querySelector('.js-plotly-plot'), fl = gd._fullLayout;"
+        " const t = gd._fullData[gd._fullData.length - 1];"
+        " const r = gd.querySelector('.nsewdrag').getBoundingClientRect();"
+        " return [r.left + fl.xaxis.d2p(t.x[0]), r.top + fl.yaxis.d2p(t.y[0])]; })()"
+    )
+    cdp.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x - 4, "y": y - 4})
+    cdp.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+    tip = cdp.wait_until(
+        "(() => { const t = document.getElementById('diag-hover-thumb');"
+        " return t && t.style.display === 'block' ? t.src : ''; })()",
+        timeout=30,
+    )
+    assert tip.startswith("data:image/png;base64,")
     draw_lasso(cdp)
     settle(cdp, f"({TEXT}).includes('Selected points')")
     text = cdp.evaluate(TEXT)
