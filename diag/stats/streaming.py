@@ -200,7 +200,8 @@ def weighted_chi2_sf(x: float, weights: ArrayLike) -> tuple[float, str]:
     ``1/2 + (1/π) ∫₀^∞ sin θ(u) / (u ρ(u)) du``, ``θ(u) = ½ Σ atan(λ_k u) − ½ x u``,
     ``ρ(u) = Π (1 + λ_k² u²)^¼``, on weights scaled to sum 1 (equal weights: the χ²_k law). Where that
     falls below 1e-6 (a few times the integral's error) or above the Chernoff bound
-    ``min_t E[e^{tQ}] e^{−tx}``, that bound is returned instead (an upper bound, so the test stays valid).
+    ``min_t E[e^{tQ}] e^{−tx}``, that bound is returned instead (an upper bound, so the test stays valid;
+    never below the smallest positive float).
     """
     lam = np.asarray(weights, np.float64).ravel()
     lam = lam[lam > 0]
@@ -245,7 +246,8 @@ def weighted_chi2_sf(x: float, weights: ArrayLike) -> tuple[float, str]:
     bound = math.exp(min(0.0, best.fun))
     if p >= _IMHOF_FLOOR and p <= bound:
         return float(min(1.0, p)), "imhof"
-    return float(min(1.0, bound)), "chernoff"
+    # Far in the tail the bound underflows: the smallest positive float stands for "below 1e-308".
+    return float(min(1.0, max(bound, np.finfo(np.float64).tiny))), "chernoff"
 
 
 def _pieces(a: float, b: float, period: float, most: int = 200) -> Iterator[tuple[float, float]]:

@@ -47,6 +47,7 @@ def test_weighted_chi2_matches_monte_carlo_and_its_tail_is_bounded() -> None:
         chernoff = np.min((1 - 2 * t) ** -0.5 * (1 - t) ** -0.5 * np.exp(-t * x))
         assert stats.chi2.sf(x, 1) * (1 - 1e-6) <= p <= min(stats.chi2.sf(x, 2), chernoff) * (1 + 1e-3) + 2e-6
     assert weighted_chi2_sf(-1.0, [1.0, 0.5])[0] == 1.0
+    assert weighted_chi2_sf(1e5, [1.0, 0.5]) == (np.finfo(float).tiny, "chernoff")  # no p-value of 0
 
 
 def test_fourier_map_has_unit_rows_and_approximates_the_width_averaged_kernel() -> None:
