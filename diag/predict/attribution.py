@@ -13,8 +13,9 @@ Per target sample, at a layer (:func:`drift_attribution`):
   where the source is denser has a negative share.
 
 Clusters: k-means of the target at the layer, ``k`` by silhouette in 2..10
-(:func:`diag.stats.attribution.kmeans_clusters`), ranked by their lift, the share of the MMD² per
-sample over the target's average (> 1: the cluster concentrates the drift).
+(:func:`diag.stats.attribution.kmeans_clusters`), ranked by their mean excess witness (the drift per
+sample; equivalently by lift, the share of the MMD² per sample over the target's average, when the MMD²
+is positive).
 
 The report keeps the clusters in its ``attribution`` section (:meth:`Attribution.to_dict`) and the
 per-sample arrays in the sidecar ``attribution.safetensors`` (:meth:`Attribution.save`,
@@ -68,7 +69,7 @@ _MAX_IDS = 5000
 class LayerAttribution:
     """The attribution of the drift to the target samples at one layer (module docstring).
 
-    Arrays are in target order (``ids``). ``clusters`` are ranked by ``lift`` (largest first).
+    Arrays are in target order (``ids``). ``clusters`` are ranked by ``excess_witness`` (largest first).
     """
 
     layer: str
@@ -99,11 +100,14 @@ class LayerAttribution:
         n = len(rows)
         share = float(self.contribution[rows].sum()) if n else 0.0
         frac = n / len(self.ids)
+        # contribution_j · n · MMD² = w(y_j) - mean_i w(x_i): the excess witness, whatever the MMD²'s sign
+        excess = float(self.contribution[rows].mean() * len(self.ids) * self.mmd2) if n else None
         return {
             "n": n,
             "fraction": frac,
             "share": share,
             "lift": share / frac if n else None,
+            "excess_witness": excess,
             "mean_domain_probability": float(self.domain_probability[rows].mean()) if n else None,
             "mean_witness": float(self.witness[rows].mean()) if n else None,
         }
@@ -117,16 +121,18 @@ class LayerAttribution:
 
     def clusters(self) -> list[dict[str, Any]]:
         """Each cluster with its ``size``, ``share`` of the MMD², ``lift``, mean scores and member ``ids``,
-        ranked by lift (the drift per sample), then by share."""
+        ranked by ``excess_witness`` (the drift per sample: mean witness minus the source's mean; the lift
+        times the MMD²), then by share."""
         out = []
         for c in np.unique(self.cluster):
             rows = np.flatnonzero(self.cluster == c)
             ids = [self.ids[i] for i in rows]
             out.append({"cluster": int(c), "size": len(rows), **self.selection(ids), "ids": ids[:_MAX_IDS]})
         # Concentration first: a cluster whose samples sit where the target has mass the source lacks
-        # (mean contribution per sample, the lift) ranks above a large cluster of ordinary samples whose
-        # summed share is large only because it is large (or because the MMD² is near 0).
-        out.sort(key=lambda d: (-(d["lift"] or 0.0), -d["share"]))
+        # (the mean excess witness, the lift times the MMD²) ranks above a large cluster of ordinary
+        # samples whose summed share is large only because it is large, or because the MMD² is near 0
+        # (or negative, where the shares change sign).
+        out.sort(key=lambda d: (-(d["excess_witness"] or 0.0), -d["share"]))
         for rank, d in enumerate(out, 1):
             d["rank"] = rank
             del d["n"]

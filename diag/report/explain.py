@@ -97,14 +97,18 @@ def cluster_rows(report: Report, layer: str | None = None) -> list[dict[str, Any
     """The ranked target clusters at ``layer`` (default: the section's first layer), without member ids.
 
     Each row: ``rank``, ``cluster``, ``size``, ``fraction`` (of the target), ``share`` (of the MMD²),
-    ``lift`` (share / fraction), ``mean_domain_probability``, ``mean_witness``.
+    ``lift`` (share / fraction), ``excess_witness`` (the ranking key: mean witness minus the source's),
+    ``mean_domain_probability``, ``mean_witness``.
     """
     a = attribution_section(report)
     if a is None:
         return []
     layer = layer or a.get("layer")
     entry = a["layers"].get(layer) or {}
-    keys = ("rank", "cluster", "size", "fraction", "share", "lift", "mean_domain_probability", "mean_witness")
+    keys = (
+        "rank", "cluster", "size", "fraction", "share", "lift", "excess_witness", "mean_domain_probability",
+        "mean_witness",
+    )  # fmt: skip
     return [{k: c.get(k) for k in keys} for c in entry.get("clusters") or []]
 
 
