@@ -21,7 +21,6 @@ from diag.config import DiagnoseConfig, help_text
 from diag.data.samples import list_samples
 from diag.models import BUNDLED
 from diag.pipeline import jobs as diag_jobs
-from diag.progress import STAGE_LABELS, STAGES
 
 CUSTOM = "Other (path or name)…"
 JOB_KEY = "run_job"  # the report folder of the diagnosis this session follows (a plain key: it persists)
@@ -148,7 +147,13 @@ def fmt_s(seconds: object) -> str:
 def stage_line(rec: dict[str, object]) -> None:
     """One stage: its label, a bar with the count (when it has one), elapsed time and ETA."""
     status = str(rec.get("status") or "waiting")
-    icon = {"done": "✅", "running": "⏳", "failed": "❌"}.get(status, "·")
+    # Coloured words, not emoji: a machine without an emoji font would draw boxes.
+    badges = {
+        "done": ":green-badge[done]",
+        "running": ":orange-badge[running]",
+        "failed": ":red-badge[failed]",
+    }
+    badge = badges.get(status, ":gray-badge[to come]")
     done, total, unit = rec.get("done"), rec.get("total"), rec.get("unit") or "item"
     count = f"{done} / {total} {unit}s" if isinstance(total, int) and total > 0 else ""
     times = ", ".join(
@@ -160,16 +165,11 @@ def stage_line(rec: dict[str, object]) -> None:
         )
         if x
     )
-    text = (
-        f"{icon} **{rec.get('label')}**" + (f": {count}" if count else "") + (f" ({times})" if times else "")
-    )
+    text = f"**{rec.get('label')}**" + (f": {count}" if count else "") + (f" ({times})" if times else "")
     if status == "running" and isinstance(total, int) and total > 0 and isinstance(done, int):
-        st.progress(min(1.0, done / total), text=text)
+        st.progress(min(1.0, done / total), text=f"running: {text}")
     else:
-        st.markdown(
-            text if status != "waiting" else f"<span style='opacity:0.5'>{text}</span>",
-            unsafe_allow_html=True,
-        )
+        st.markdown(f"{badge} {text}")
 
 
 def show_job(out: Path) -> diag_jobs.DiagnosisStatus:
@@ -180,17 +180,12 @@ def show_job(out: Path) -> diag_jobs.DiagnosisStatus:
         + (f" (pid {status.pid})" if status.alive else "")
     )
     st.caption(f"`{out}`")
-    seen = diag_jobs.stage_rows(status.stages)
-    logged = {str(r.get("stage")) for r in seen}
-    for rec in seen:
+    # The stages in the order they ran; while it runs, those still to come (greyed) after them.
+    for rec in diag_jobs.stage_rows(status.stages, pending=status.alive):
         stage_line(rec)
-    if status.alive:  # the stages still to come (those that do not apply are skipped by the run)
-        for name in STAGES:
-            if name not in logged:
-                stage_line({"stage": name, "label": STAGE_LABELS.get(name, name), "status": "waiting"})
     if status.state == "failed":
         st.error(f"The diagnosis failed: {status.error}")
-    if status.alive and st.button("Stop this diagnosis", key="run_stop"):
+    if status.alive and not status.finished and st.button("Stop this diagnosis", key="run_stop"):
         diag_jobs.stop_diagnosis(out)
         st.rerun()
     with st.expander("Log", expanded=status.state == "failed"):
@@ -202,6 +197,8 @@ followed = st.session_state.get(JOB_KEY)
 if not followed:  # a new session (another tab, a reopened browser): follow a diagnosis still running
     alive = [j for j in diag_jobs.list_jobs(runs_dir) if j.kind == "diagnosis" and j.alive]
     followed = str(alive[0].out) if alive else None
+    if followed:
+        st.session_state[JOB_KEY] = followed  # kept after it ends, to show how it ended
 alive_at_start = bool(followed) and diag_jobs.diagnosis_status(str(followed)).alive
 
 

@@ -225,13 +225,19 @@ def diagnosis_status(out: str | Path) -> DiagnosisStatus:
     )
 
 
-def stage_rows(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The stage records in the order of :data:`diag.progress.STAGES` (unknown ones last), with labels."""
-    order = {name: i for i, name in enumerate(STAGES)}
-    rows = sorted(stages, key=lambda s: order.get(str(s.get("stage")), len(order)))
-    return [
-        {**s, "label": s.get("label") or STAGE_LABELS.get(str(s.get("stage")), s.get("stage"))} for s in rows
-    ]
+def stage_rows(stages: list[dict[str, Any]], *, pending: bool = False) -> list[dict[str, Any]]:
+    """The stage records in the order they ran, each with a label; with ``pending``, the stages of
+    :data:`diag.progress.STAGES` not begun yet follow with ``status="waiting"`` (a run skips those that
+    do not apply, such as transferability without labels)."""
+    rows = [{**s, "label": s.get("label") or STAGE_LABELS.get(str(s["stage"]), s["stage"])} for s in stages]
+    if pending:
+        begun = {str(s.get("stage")) for s in stages}
+        rows += [
+            {"stage": name, "label": STAGE_LABELS.get(name, name), "status": "waiting"}
+            for name in STAGES
+            if name not in begun
+        ]
+    return rows
 
 
 def stop_diagnosis(out: str | Path, *, wait_s: float = 5.0) -> DiagnosisStatus:

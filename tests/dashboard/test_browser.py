@@ -336,7 +336,7 @@ def test_a_diagnosis_started_on_run_survives_page_changes_and_ends_with_its_repo
     session (as after closing the browser); the stages show in pipeline order and the report opens."""
     if not _diagnose_has_progress_log():
         pytest.skip("this build's diag diagnose has no --progress-log yet")
-    from diag.progress import STAGE_LABELS, STAGES
+    from diag.progress import read_stage_log
 
     open_page(browser, f"{server}/run")
     settle(browser, "Background jobs")
@@ -354,21 +354,30 @@ def test_a_diagnosis_started_on_run_survives_page_changes_and_ends_with_its_repo
     open_page(browser, f"{server}/run")
     browser.wait_until(f"({TEXT}).includes('Diagnosis in the background')", timeout=60)
     browser.screenshot(artifacts / "run-progress.png")
-    labels = {STAGE_LABELS[s]: s for s in STAGES}
-    seen: list[str] = []
+    log_path = Path(folder) / "progress.jsonl"
+    seen: list[str] = []  # stages in the order the page first showed them running or done
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         body = browser.evaluate(TEXT)
         if "The diagnosis finished" in body:
             break
         assert "The diagnosis failed" not in body, body[-2000:]
-        for line in body.splitlines():
-            for label, stage in labels.items():
-                if label in line and ("elapsed" in line or "/" in line) and stage not in seen:
-                    seen.append(stage)
+        lines = body.splitlines()
+        for rec in read_stage_log(log_path):
+            shown = any(rec["label"] in ln and ("elapsed" in ln or " / " in ln) for ln in lines)
+            if shown and rec["stage"] not in seen:
+                seen.append(rec["stage"])
         time.sleep(1.0)
     else:
         raise AssertionError("the diagnosis did not finish within 15 minutes")
     browser.screenshot(artifacts / "run-finished.png")
-    assert Path(folder.strip("`")).joinpath("report.json").is_file()
-    assert seen and seen == [s for s in STAGES if s in seen], seen  # shown in the pipeline's order
+    assert (Path(folder) / "report.json").is_file()
+    ran = read_stage_log(log_path)
+    assert [r["status"] for r in ran] == ["done"] * len(ran)
+    order = [r["stage"] for r in ran]
+    assert {"embed-source", "embed-target", "shift", "write"} <= set(order)
+    assert len(seen) >= 3 and seen == [s for s in order if s in seen], (seen, order)
+    # Finished, the page lists every stage in the order it ran.
+    body = browser.evaluate(TEXT)
+    where = [body.find(r["label"]) for r in ran]
+    assert min(where) >= 0 and where == sorted(where), where

@@ -526,9 +526,9 @@ def test_run_page_follows_a_background_diagnosis_and_opens_its_report(report: Re
         (out / f"GO{i}").touch()
     wait_for(lambda: len(diag_jobs.diagnosis_status(out).stages) == 2)
     at.run()
-    lines = [t for t in texts(at, "markdown") if t.startswith(("✅", "⏳"))]
+    lines = [t for t in texts(at, "markdown") if t.startswith((":green-badge[done]", ":orange-badge"))]
     assert [t.split("**")[1] for t in lines] == ["embed-source", "embed-target"]
-    waiting = [t for t in texts(at, "markdown") if "opacity" in t]
+    waiting = [t for t in texts(at, "markdown") if t.startswith(":gray-badge[to come]")]
     assert len(waiting) >= 1  # stages still to come are listed, greyed
     for i in range(2, len(stages) + 1):
         (out / f"GO{i}").touch()

@@ -85,7 +85,7 @@ def test_a_background_diagnosis_goes_through_its_stages_in_order_and_completes(t
         if i < len(stages):
             wait_for(lambda i=i: len(diag_jobs.diagnosis_status(out).stages) == i + 1)
             st = diag_jobs.diagnosis_status(out)
-            assert [r["stage"] for r in diag_jobs.stage_rows(st.stages)] == stages[: i + 1]
+            assert [r["stage"] for r in diag_jobs.stage_rows(st.stages)] == stages[: i + 1]  # as they ran
             assert st.stages[-1]["done"] == 10
             states.append(st.state)
     assert set(states) == {"running"}
@@ -126,11 +126,14 @@ def test_an_old_report_in_the_folder_is_not_taken_for_the_new_one(tmp_path: Path
     assert diag_jobs.diagnosis_status(out).state == "failed"
 
 
-def test_stage_rows_follow_the_pipeline_order_and_label_each_stage() -> None:
-    recs = [{"stage": s} for s in reversed(STAGES)] + [{"stage": "extra", "label": "more"}]
-    rows = diag_jobs.stage_rows(recs)
-    assert [r["stage"] for r in rows] == [*STAGES, "extra"]
+def test_stage_rows_keep_the_order_the_stages_ran_then_list_those_to_come() -> None:
+    ran = [{"stage": "transfer"}, {"stage": "shift"}, {"stage": "extra", "label": "more"}]
+    rows = diag_jobs.stage_rows(ran)
+    assert [r["stage"] for r in rows] == ["transfer", "shift", "extra"]
     assert all(r["label"] for r in rows) and rows[-1]["label"] == "more"
+    rows = diag_jobs.stage_rows(ran, pending=True)
+    waiting = [r["stage"] for r in rows if r.get("status") == "waiting"]
+    assert waiting == [s for s in STAGES if s not in ("transfer", "shift")]
 
 
 def test_diagnose_command_is_the_cli_with_a_stage_log(tmp_path: Path) -> None:
