@@ -24,7 +24,7 @@ st.title("Shift, layer by layer")
 st.caption(tables.report_title(report))
 
 verdict.verdict_cards(report)
-(st.warning if shift.is_shift else st.success)(shift.summary, icon="⚠️" if shift.is_shift else "✅")
+(st.warning if shift.is_shift else st.success)(shift.summary)
 
 ui.show_key_metrics(report)
 onset = shift.onset_layer
