@@ -101,7 +101,9 @@ def test_a_plain_report_keeps_four_metrics_and_its_table(reports: dict[str, Path
     d.pop("reference")
     d["source"] = {"name": "mnist"}
     plain = Report.from_dict(d)
-    assert len(t.key_metrics(plain)) == 4 and t.shift_table(plain)[0] == list(t.LAYER_TABLE_HEAD)
+    labels = [m.label for m in t.key_metrics(plain)]  # no "Compared with"; the graded effect beside the AUC
+    assert len(labels) == 5 and labels[2].startswith("Graded effect: relative energy at ")
+    assert t.shift_table(plain)[0] == list(t.LAYER_TABLE_HEAD)
     assert t.report_title(plain).startswith(f"mnist ({plain.n_source}) vs ")
 
 
