@@ -63,15 +63,18 @@ def held_out_uci(out: Path) -> Path:
     return out
 
 
-def part_compare(sweep: Path, heldout: Path, max_items: int, permutations: int) -> dict[str, Any]:
+def part_compare(
+    sweep: Path, heldout: Path, max_items: int, permutations: int, depths: list[int] | None
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rep = compare(open_runs([sweep]), data=heldout, reference="samples:mnist", max_items=max_items,
-                  n_permutations=permutations)  # fmt: skip
-    runs = []
+    runs = [r for r in open_runs([sweep]) if depths is None or int(r.name.split("-")[1]) in depths]
+    rep = compare(runs, data=heldout, reference="samples:mnist", max_items=max_items,
+                  n_permutations=permutations, shift=permutations > 0)  # fmt: skip
+    out = []
     for r in sorted(rep.runs, key=lambda r: r.freeze):
         f = r.forgetting
         assert f is not None
-        runs.append(
+        out.append(
             {
                 "freeze": r.freeze,
                 "target_val_accuracy": r.target_accuracy,
@@ -89,7 +92,8 @@ def part_compare(sweep: Path, heldout: Path, max_items: int, permutations: int) 
             }
         )
     return {"sweep": str(sweep), "data": str(heldout), "reference": "samples:mnist", "max_items": max_items,
-            "runs": runs, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            "n_permutations": permutations, "runs": out,
+            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
 def part_deploy(run: Path, data: Any, rounds: int, permutations: int, max_items: int) -> dict[str, Any]:
@@ -105,7 +109,8 @@ def part_deploy(run: Path, data: Any, rounds: int, permutations: int, max_items:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("all", "compare", "deploy"), default="all")
+    ap.add_argument("--part", choices=("all", "compare", "deploy", "lite0", "minilm"), default="all")
+    ap.add_argument("--depths", help="comma-separated freeze depths of the sweep to compare (default all)")
     ap.add_argument("--sweep", type=Path, default=ROOT / "runs/posthoc/lite0-uci")
     ap.add_argument("--lite0-run", default="freeze-0-seed-0", help="the sweep run to quantize")
     ap.add_argument("--minilm-run", type=Path, default=ROOT / "runs/posthoc/minilm-speeches")
@@ -133,7 +138,8 @@ def main() -> int:
         atomic_write_bytes(args.out, (json.dumps({**now, **results}, indent=1) + "\n").encode())
 
     if args.part in ("all", "compare"):
-        results["compare"] = part_compare(args.sweep, heldout, args.max_items, args.permutations)
+        depths = [int(k) for k in args.depths.split(",")] if args.depths else None
+        results["compare"] = part_compare(args.sweep, heldout, args.max_items, args.permutations, depths)
         save()
         for r in results["compare"]["runs"]:
             print(
@@ -141,24 +147,27 @@ def main() -> int:
                 f"{r['forgetting_linear']:+.3f} k-NN {r['forgetting_knn']:+.3f}, ImageNet top-1 agreement "
                 f"{r['source_top1_agreement']:.3f}, mean tuned CKA {r['mean_tuned_cka']}"
             )
-    if args.part in ("all", "deploy"):
+    if args.part in ("all", "deploy", "lite0"):
         lite = args.sweep / "runs" / args.lite0_run
         results["deploy_lite0_static"] = part_deploy(lite, heldout, args.rounds, args.permutations,
                                                      args.deploy_items)  # fmt: skip
         save()
+    if args.part in ("all", "deploy", "minilm"):
         debates = open_data("samples:debates")
         results["deploy_minilm_dynamic"] = part_deploy(args.minilm_run, debates, args.rounds,
                                                        args.permutations, args.deploy_items)  # fmt: skip
         save()
-        for key in ("deploy_lite0_static", "deploy_minilm_dynamic"):
-            d = results[key]
-            lo, hi = d["accuracy_drop_ci"]
-            print(
-                f"{key}: acc {d['accuracy_fp32']:.3f} -> {d['accuracy_int8']:.3f} "
-                f"(drop {100 * d['accuracy_drop']:+.1f} pt, CI {100 * lo:+.1f}..{100 * hi:+.1f}), "
-                f"size x{d['size_ratio']:.2f}, latency b1 "
-                f"x{d['latency']['batch_1']['ratio']:.2f} b32 x{d['latency']['batch_32']['ratio']:.2f}"
-            )
+    for key in ("deploy_lite0_static", "deploy_minilm_dynamic"):
+        if key not in results:
+            continue
+        d = results[key]
+        lo, hi = d["accuracy_drop_ci"]
+        print(
+            f"{key}: acc {d['accuracy_fp32']:.3f} -> {d['accuracy_int8']:.3f} "
+            f"(drop {100 * d['accuracy_drop']:+.1f} pt, CI {100 * lo:+.1f}..{100 * hi:+.1f}), "
+            f"size x{d['size_ratio']:.2f}, latency b1 "
+            f"x{d['latency']['batch_1']['ratio']:.2f} b32 x{d['latency']['batch_32']['ratio']:.2f}"
+        )
     print(f"wrote {args.out}")
     return 0
 
