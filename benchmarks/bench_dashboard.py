@@ -267,6 +267,7 @@ def measure(report: Path, query: str, rounds: int, cdp: DevTools, log_dir: Path)
         "selection_median_s": statistics.median(out["selection"]),
     }
     summary["embeddings_over_home"] = summary["embeddings_open_median_s"] / summary["home_open_median_s"]
+    summary["load_average_1min_after"] = os.getloadavg()[0]
     return {**summary, "rounds": {k: out[k] for k in ("home", "embeddings", "colour", "selection")},
             "n_drawn": out.get("n_drawn"), "selected": out.get("selected_text"),
             "screenshot": out.get("screenshot")}  # fmt: skip

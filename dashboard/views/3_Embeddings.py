@@ -126,7 +126,10 @@ def thumb(spec: str, item_id: str) -> str | None:
 
 view = ex.load_view(st.session_state, st.query_params)
 if view.report != folder:  # another report: keep the look, drop what belongs to the old one
-    view = ex.View(method=view.method, colour=view.colour, report=folder) if view.report else view
+    if view.report:
+        view = ex.View(method=view.method, colour=view.colour, report=folder)
+        for key in ("emb_layer", "emb_labels", "emb_clusters", "emb_ood", "emb_page", "emb_domains"):
+            st.session_state.pop(key, None)
     view.report = folder
 names = report.layer_names
 onset = report.shift.onset_layer
