@@ -107,6 +107,47 @@ def part_deploy(run: Path, data: Any, rounds: int, permutations: int, max_items:
     return d
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The tables of benchmarks/README.md from a results file."""
+    lines = []
+    c = results.get("compare")
+    if c:
+        lines += [
+            "| K frozen | target val acc | mean CKA, tuned blocks | CKA at pooled "
+            "| linear probe on MNIST pre → ft | k-NN pre → ft | ImageNet top-1 unchanged "
+            "| frozen-block check |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in c["runs"]:
+            cka = "–" if r["mean_tuned_cka"] is None else f"{r['mean_tuned_cka']:.3f}"
+            lp, kn = r["linear_probe"], r["knn"]
+            lines.append(
+                f"| {r['freeze']} | {r['target_val_accuracy']:.3f} | {cka} | "
+                f"{r['cka'].get('pooled', 1.0):.3f} | "
+                f"{lp[0]:.3f} → {lp[1]:.3f} ({-r['forgetting_linear']:+.3f}) | {kn[0]:.3f} → {kn[1]:.3f} "
+                f"({-r['forgetting_knn']:+.3f}) | {r['source_top1_agreement']:.1%} | "
+                f"{'passed' if r['frozen_check_ok'] else 'FAILED'} |"
+            )
+        lines.append("")
+    rows = [(k, results[k]) for k in ("deploy_lite0_static", "deploy_minilm_dynamic") if k in results]
+    if rows:
+        lines += [
+            "| model | method | test items | fp32 acc | int8 acc | drop (points) [95% CI] | agree "
+            "| size ratio | latency ratio b1 | latency ratio b32 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for _, d in rows:
+            lo, hi = d["accuracy_drop_ci"]
+            lines.append(
+                f"| {d['backbone']} | {d['quantization']['method']} | {d['n_items']} | "
+                f"{d['accuracy_fp32']:.3f} | {d['accuracy_int8']:.3f} | "
+                f"{100 * d['accuracy_drop']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                f"{d['agreement']:.1%} | {d['size_ratio']:.3f} | {d['latency']['batch_1']['ratio']:.2f} | "
+                f"{d['latency']['batch_32']['ratio']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("all", "compare", "deploy", "lite0", "minilm"), default="all")
@@ -119,7 +160,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--deploy-items", type=int, default=744, help="test items of each deploy check")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/posthoc.json")
+    ap.add_argument("--markdown", action="store_true", help="print the README tables of --out and stop")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
     heldout = held_out_uci(ROOT / "runs/posthoc/uci-heldout")
     results: dict[str, Any] = {}
     results.update(
