@@ -443,8 +443,15 @@ def main() -> int:
     ap.add_argument("--run-missing", action="store_true", help="fine-tune recommended depths not yet swept")
     ap.add_argument("--only", action="append", help="evaluate only this scenario (repeat for several)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.json")
+    ap.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="recompute the summary and leave-one-family-out figures from --out's rows (no model is run)",
+    )
     args = ap.parse_args()
     chosen = [sc for sc in SCENARIOS if not args.only or sc["name"] in args.only]
+    if args.summary_only:
+        chosen, args.only = [], ["none"]
     rows = [evaluate(sc, args.sweeps, args.run_missing, args.reports) for sc in chosen]
     for sc in chosen:  # the truth tables next to the figures (sweep.json only; checkpoints stay in runs/)
         src = args.sweeps / sc["sweep"] / "sweep.json"

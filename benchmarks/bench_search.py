@@ -156,11 +156,11 @@ def main() -> int:
     data = json.loads((ROOT / "benchmarks" / "results" / "predict.json").read_text())
     if len(sys.argv) > 2 and sys.argv[1] == "--real":  # --real NAME [NAME ...]: run it on these tables
         dst = ROOT / "benchmarks" / "results" / "search.json"
-        saved = json.loads(dst.read_text()) if dst.is_file() else {}
-        saved.setdefault("real", {})
         for name in sys.argv[2:]:
-            saved["real"][name] = real(name, [0, 1])
-            print(name, json.dumps(saved["real"][name]))
+            found = real(name, [0, 1])
+            saved = json.loads(dst.read_text()) if dst.is_file() else {}
+            saved.setdefault("real", {})[name] = found
+            print(name, json.dumps(found))
             dst.write_text(json.dumps(saved, indent=1) + "\n")
         return 0
     CURVES.mkdir(parents=True, exist_ok=True)
