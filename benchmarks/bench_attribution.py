@@ -5,7 +5,8 @@
     ``uci`` - digits from another source (UCI 8x8 digits, upsampled). Every set goes through
     EfficientNet-Lite0 at 32 px (real pretrained weights). The diagnosis' rules then run as
     ``diag.diagnose`` runs them: the shift profile (for the onset layer and the kernel widths), then
-    :func:`diag.predict.attribution.drift_attribution` at the onset, a middle and the deepest layer.
+    :func:`diag.predict.attribution.drift_attribution` at the onset (without one, the layer where the
+    AUC peaks), a middle and the deepest layer.
     Reported per layer and scenario, over ``--repeats`` random draws of which digits are in each role:
     precision@k of the top-k target samples (k = number injected) ranked by the out-of-fold domain
     probability and by the MMD witness, and the top-ranked cluster's purity (share of injected among its
@@ -89,7 +90,7 @@ def attribution_runs(tmp: Path, bb: Any, repeats: int) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             prof = shift_profile(src, tgt, n_permutations=200, random_state=rep, device="cpu")
             names = [x.name for x in prof.layers]
-            onset = prof.verdict.onset_layer or names[-1]
+            onset = prof.verdict.onset_layer or prof.verdict.peak["layer"]  # as diagnose's map layers
             layers = list(dict.fromkeys([onset, names[len(names) // 2], names[-1]]))
             bw = {x.name: x.bandwidths for x in prof.layers}
             t1 = time.perf_counter()
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "repeats": repeats,
             "goal": "precision@k and top-cluster purity >= 0.8 at the layer the report shows first",
-            "roles": "shown = the onset layer (the deepest when no onset), as the report's attribution.layer",
+            "roles": "shown = the onset layer (else the AUC peak layer): the report's attribution.layer",
         },
         "summary": summary(rows),
         "runs": rows,

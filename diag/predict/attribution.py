@@ -13,9 +13,10 @@ Per target sample, at a layer (:func:`drift_attribution`):
   where the source is denser has a negative share.
 
 Clusters: k-means of the target at the layer, ``k`` by silhouette in 2..10
-(:func:`diag.stats.attribution.kmeans_clusters`), ranked by their mean excess witness (the drift per
-sample; equivalently by lift, the share of the MMD² per sample over the target's average, when the MMD²
-is positive).
+(:func:`diag.stats.attribution.kmeans_clusters`), the cluster with the most drift per sample split
+again while that concentrates the drift (bisecting toward the drift); clusters ranked by their mean
+excess witness (the drift per sample; equivalently by lift, the share of the MMD² per sample over the
+target's average, when the MMD² is positive).
 
 The report keeps the clusters in its ``attribution`` section (:meth:`Attribution.to_dict`) and the
 per-sample arrays in the sidecar ``attribution.safetensors`` (:meth:`Attribution.save`,
@@ -294,6 +295,7 @@ def drift_attribution(
             raw = (wy - wx.mean()) / len(wy)
             contribution = raw / mmd2 if abs(mmd2) > 1e-12 else np.zeros_like(raw)
             labels, k, sil = kmeans_clusters(y, k_range=k_range, random_state=seed)
+            labels = _refine_top(y, labels, wy - wx.mean(), k_range, seed)
             out[name] = LayerAttribution(
                 name, ids, dom.target, wy, contribution, labels, mmd2, dom.auc, k, sil
             )  # fmt: skip
@@ -304,6 +306,36 @@ def drift_attribution(
     return Attribution(
         layer=next(iter(out)), layers=out, config=config, seconds=round(time.perf_counter() - t0, 3)
     )
+
+
+def _refine_top(
+    y: np.ndarray, labels: np.ndarray, excess: np.ndarray, k_range: tuple[int, int], seed: int
+) -> np.ndarray:
+    """Split the cluster that carries most drift per sample while a split concentrates it further.
+
+    Bisecting toward the drift (after bisecting k-means, Steinbach, Karypis & Kumar, KDD Workshop on
+    Text Mining 2000): the silhouette picks the coarsest clear structure (often k = 2: on MNIST with
+    10% noisy digits the top cluster held all 15 of them and 34 clean digits), so the top cluster
+    (largest mean excess witness) is clustered again, and its best part replaces it when that part's
+    mean excess is at least 1.5 times the whole's and it keeps at least 5 samples. At most 3 splits.
+    """
+    labels = labels.copy()
+    for _ in range(3):
+        ids = np.unique(labels)
+        means = np.array([excess[labels == c].mean() for c in ids])
+        top = ids[int(np.argmax(means))]
+        rows = np.flatnonzero(labels == top)
+        if len(rows) < 10 or means.max() <= 0:
+            break
+        sub, _, _ = kmeans_clusters(y[rows], k_range=k_range, random_state=seed)
+        parts = np.unique(sub)
+        sub_means = np.array([excess[rows[sub == c]].mean() for c in parts])
+        best = parts[int(np.argmax(sub_means))]
+        if sub_means.max() < 1.5 * means.max() or np.sum(sub == best) < 5:
+            break
+        labels[rows] = labels.max() + 1 + sub
+    _, labels = np.unique(labels, return_inverse=True)  # clusters numbered 0..k-1 again
+    return labels.astype(np.int64)
 
 
 def selection_bytes(rows: Sequence[Mapping[str, Any]], fmt: str = "csv") -> bytes:

@@ -38,7 +38,7 @@ def test_stages_in_order_attribution_effect_and_maps(tmp_path: Path, tiny_image_
     # attribution: section with ranked clusters, sidecar with every target sample
     sec = rep.sections["attribution"]
     layer = sec["layer"]
-    assert layer == rep.shift.onset_layer or layer == rep.layer_names[-1]
+    assert layer == (rep.shift.onset_layer or rep.shift.peak["layer"])
     back = load_attribution(out)
     assert len(back[layer].ids) == 24
     assert abs(float(back[layer].contribution.sum()) - 1.0) < 1e-4
