@@ -134,6 +134,10 @@ def child_profile(n: int) -> dict[str, Any]:
     tgt = embeddings(layers(n, 2, SHIFT), "target")
     data_mb = sum(v.nbytes for e in (src, tgt) for v in e.features.values()) / 2**20
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Resident now (the embeddings and the libraries), so that peak - this = the profile's own memory,
+    # if the profile's peak exceeds the data generation's.
+    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
+    rss_now = next((int(x.split()[1]) / 1024 for x in status.splitlines() if x.startswith("VmRSS:")), None)
     t0 = time.perf_counter()
     prof = shift_profile(src, tgt, streaming_above=0, device="cpu")
     wall = time.perf_counter() - t0
@@ -142,6 +146,7 @@ def child_profile(n: int) -> dict[str, Any]:
         "seconds": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_before_profile_mb": rss_before,
+        "rss_resident_before_profile_mb": rss_now,
         "embeddings_mb": data_mb,
         "layer_seconds": {x.name: x.seconds for x in prof.layers},
         "p_values": {x.name: x.p_value for x in prof.layers},
