@@ -370,6 +370,8 @@ def test_a_diagnosis_started_on_run_survives_page_changes_and_ends_with_its_repo
         time.sleep(1.0)
     else:
         raise AssertionError("the diagnosis did not finish within 15 minutes")
+    browser.wait_until(f"!({RUNNING})", timeout=60)  # the rerun that opens the report has drawn
+    time.sleep(1.0)
     browser.screenshot(artifacts / "run-finished.png")
     assert (Path(folder) / "report.json").is_file()
     ran = read_stage_log(log_path)
