@@ -147,7 +147,18 @@ def seed(key: str, value: object) -> None:
 
 c1, c2, c3 = st.columns([2, 4, 1.4])
 seed("emb_layer", view.layer)
-layer = str(c1.selectbox("Layer", names, key="emb_layer"))
+maps = report.sections.get("maps") if isinstance(report.sections.get("maps"), dict) else {}
+ready = {k for k, v in (maps.get("layers") or {}).items() if isinstance(v, dict) and "error" not in v}
+layer = str(
+    c1.selectbox(
+        "Layer",
+        names,
+        key="emb_layer",
+        format_func=lambda n: f"{n} (map ready)" if n in ready else n,
+        help="Layers marked 'map ready' had their UMAP map computed by `diag diagnose`: they open at once. "
+        "Others are fitted when chosen (then cached in the report folder).",
+    )
+)
 seed("emb_method", view.method if view.method in ex.METHODS else "UMAP")
 method = str(c3.radio("Map", list(ex.METHODS), horizontal=True, key="emb_method"))
 with st.expander("Map settings"):

@@ -156,6 +156,11 @@ def test_a_box_or_lasso_on_the_thinned_map_reaches_every_point_it_covers() -> No
 def test_view_survives_a_colour_change_and_a_page_switch(small_report: Report) -> None:
     at = ok(page(small_report).run())
     assert at.radio(key="emb_method").value == "PCA"  # from the URL
+    # The layers whose map diag diagnose precomputed are marked (they open at once).
+    maps = small_report.sections["maps"]["layers"]
+    assert {
+        o.removesuffix(" (map ready)") for o in at.selectbox(key="emb_layer").options if "ready" in o
+    } == set(maps)
     spec = chart_spec(at)
     assert sorted(i for t in spec["data"] for i in t["customdata"]) == list(range(24))
     at.radio(key="emb_colour").set_value("OOD score").run()
