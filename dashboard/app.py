@@ -22,6 +22,7 @@ PAGES = [
     st.Page("views/3_Embeddings.py", title="Embeddings", url_path="embeddings"),
     st.Page("views/4_Transfer.py", title="Transfer", url_path="transfer"),
     st.Page("views/5_Fine-tune.py", title="Fine-tune", url_path="fine-tune"),
+    st.Page("views/7_After.py", title="After", url_path="after"),
     st.Page("views/6_History.py", title="History", url_path="history"),
 ]
 # The default page is served at "/": "/home" (a natural link) is the same page, unlisted.
