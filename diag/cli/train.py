@@ -200,7 +200,8 @@ def _recommendation(args: argparse.Namespace) -> Any:
     bb = load(args.backbone, image_size=image_size, max_length=max_length)
     rec = recommend_for_target(_open(args, args.target), bb, report=report)
     if not args.quiet and not args.json:
-        print(f"--freeze auto: K = {rec.depth} of {rec.n_blocks} (tune {', '.join(rec.tune) or 'head only'})")
+        tuned = ", ".join(rec.tune) or "head only"
+        print(f"--freeze {args.freeze}: K = {rec.depth} of {rec.n_blocks} (tune {tuned})")
         for line in rec.rationale:
             print(f"  {line}")
     return rec
