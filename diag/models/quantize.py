@@ -197,7 +197,10 @@ def quantize_backbone(
     # An int8 state dict holds packed parameters (tuples, quantized tensors) that the float fingerprint
     # cannot hash; the saved bytes identify the quantized weights instead.
     saved = _saved(model)
-    qbb._fingerprint = "int8-" + hashlib.sha256(saved).hexdigest()
+    digest = "int8-" + hashlib.sha256(saved).hexdigest()
+    qbb.__class__ = type(
+        f"Int8{type(qbb).__name__}", (type(qbb),), {"weights_fingerprint": lambda self: digest}
+    )
     qbb.weights = f"{backbone.weights} (int8 {method})"
     left = _float_modules(model, quantized)
     n_left = sum(len(v) for v in left.values())
