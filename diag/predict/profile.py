@@ -36,6 +36,7 @@ import numpy as np
 
 from diag.engine.embeddings import Embeddings, check_finite
 from diag.errors import ConfigError, DataError, param_error
+from diag.predict.classes import ClassShift, class_conditional_shift, class_view, holm
 from diag.predict.streaming import STREAMING_ABOVE, streaming_layer, streaming_sizes
 from diag.progress import ProgressCallback
 from diag.stats.shift import (
@@ -44,7 +45,6 @@ from diag.stats.shift import (
     coral_distance,
     frechet_distance,
     knn_shift_scores,
-    label_shift,
     mmd_test,
 )
 
@@ -122,21 +122,6 @@ class LayerShift:
         d = asdict(self)
         head = {k: d.pop(k) for k in ("name", "index", "dim", "kind")}
         return {**head, "shift": d}
-
-
-@dataclass(frozen=True)
-class ClassShift:
-    """Shift within one class (both sides restricted to that label) at one layer."""
-
-    label: str
-    n_source: int
-    n_target: int
-    mmd2: float
-    p_value: float
-    p_adjusted: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -254,19 +239,6 @@ def check_compatible(source: Embeddings, target: Embeddings) -> None:
 def _short(v: object) -> str:
     s = str(v)
     return s if len(s) <= 40 else s[:12] + "…"
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (Holm 1979), in the input order; monotone and at most 1."""
-    p = np.asarray(p_values, dtype=float)
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    adj = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adj[i] = running
-    return adj.tolist()
 
 
 def _finite_or_none(v: Any) -> float | None:
@@ -418,7 +390,9 @@ def shift_profile(
 
     lab = cond = None
     if class_conditional and source.labels is not None and target.labels is not None:
-        lab, cond = _class_view(source, target, verdict, names, n_permutations, random_state, device)
+        lab, cond = class_view(
+            source, target, verdict.onset_layer, names, n_permutations, random_state, device, streaming_above
+        )
     config = {
         "layers": names,
         "n_permutations": n_permutations,
@@ -535,65 +509,3 @@ def _summary(
         f"Shift detected (p = {_fmt_p(p)} over {len(layers)} layers; {auc}): it appears at {onset.name} "
         f"(AUC {onset.c2st_auc:.2f}){grows} — {article} {level} shift ({why})."
     )
-
-
-def _class_view(
-    source: Embeddings,
-    target: Embeddings,
-    verdict: ShiftVerdict,
-    names: list[str],
-    n_permutations: int,
-    random_state: int,
-    device: str,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    cs, ct = list(source.classes), list(target.classes)
-    common = [c for c in cs if c in ct]
-    if not common:
-        log.info("no class names in common between source and target: no class-conditional view")
-        return None, {"skipped": "source and target share no class names", "layers": {}}
-    assert source.labels is not None and target.labels is not None
-    # Labels index each side's own class list: map both onto the union, in source order.
-    union = cs + [c for c in ct if c not in cs]
-    ys = np.asarray([union.index(cs[i]) for i in source.labels])
-    yt = np.asarray([union.index(ct[i]) for i in target.labels])
-    lab = label_shift(ys, yt, union)
-    wanted = [names[-1]]
-    if verdict.onset_layer and verdict.onset_layer not in wanted:
-        wanted.insert(0, verdict.onset_layer)
-    out: dict[str, Any] = {"layers": {}, "n_permutations": min(n_permutations, 1000)}
-    for layer in wanted:
-        out["layers"][layer] = [c.to_dict() for c in class_conditional_shift(
-            source[layer], ys, target[layer], yt, union,
-            n_permutations=min(n_permutations, 1000), random_state=random_state, device=device,
-        )]  # fmt: skip
-    return lab, out
-
-
-def class_conditional_shift(
-    x: np.ndarray,
-    y_source: np.ndarray,
-    z: np.ndarray,
-    y_target: np.ndarray,
-    classes: Sequence[str],
-    *,
-    n_permutations: int = 1000,
-    random_state: int = 0,
-    device: str = "auto",
-) -> list[ClassShift]:
-    """MMD² test within each class present on both sides with at least ``MIN_SAMPLES`` items each.
-
-    Separates "the classes moved" from "the class mix changed" (label shift). Holm-adjusted over the
-    classes tested. Classes with too few items on a side are left out (and so not in the list).
-    """
-    tested: list[tuple[str, int, int, Any]] = []
-    for c_idx, c in enumerate(classes):
-        xs, zs = x[y_source == c_idx], z[y_target == c_idx]
-        if len(xs) < MIN_SAMPLES or len(zs) < MIN_SAMPLES:
-            continue
-        r = mmd_test(xs, zs, n_permutations=n_permutations, random_state=random_state + c_idx, device=device)
-        tested.append((str(c), len(xs), len(zs), r))
-    adj = holm([t[3].p_value for t in tested]) if tested else []
-    return [
-        ClassShift(c, ns, nt, float(r.mmd2), float(r.p_value), float(a))
-        for (c, ns, nt, r), a in zip(tested, adj, strict=True)
-    ]
