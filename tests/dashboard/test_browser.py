@@ -252,6 +252,7 @@ PAGES = {
     "embeddings": "Embeddings",
     "transfer": "Negative-transfer risk",
     "fine-tune": "Start fine-tuning",
+    "after": "After fine-tuning",
     "history": "Check history",
 }
 RUNNING = '!!document.querySelector(\'[data-testid="stStatusWidget"] button, [data-testid="stSpinner"]\')'
