@@ -50,7 +50,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache" / "peers"
-RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
+RESULTS = Path(os.environ.get("DIAG_PEERS_RESULTS", ROOT / "benchmarks" / "results" / "peers.json"))
 PEER_PYTHON = Path("/work/scratch/peers/bin/python")
 LOGME_DIR = Path("/work/scratch/LogME")
 TLLIB_DIR = Path("/work/scratch/TLlib")
@@ -151,7 +151,7 @@ def _task(task: str, inputs: dict[str, np.ndarray], opts: dict) -> Any:
             elif name == "leep":
                 v = transfer.leep_score(inputs["logits"][:k], labels[:k], from_logits=True)
             elif name == "nce":
-                v = transfer.nce_score(inputs["logits"][:k].argmax(axis=1), labels[:k])
+                v = transfer.nce_score(inputs["logits"][:k], labels[:k])
             else:
                 raise ValueError(task)
             return {"value": float(v)}
