@@ -205,7 +205,7 @@ def test_c2st_calibrated_and_interval_covers_half_on_same_distribution_splits() 
         p.append(res.p_value)
         covers.append(res.auc_ci[0] <= 0.5 <= res.auc_ci[1])
     p_arr = np.array(p)
-    assert 0.03 <= np.mean(p_arr <= 0.05) <= 0.08
+    assert 0.03 <= np.mean(p_arr <= 0.05) <= 0.07  # 300 splits; measured 0.063
     assert stats.kstest(p_arr, "uniform").pvalue > 0.01
     assert 0.91 <= np.mean(covers) <= 0.99
 
