@@ -30,7 +30,10 @@ def test_stages_in_order_attribution_effect_and_maps(tmp_path: Path, tiny_image_
     assert all(s["status"] == "done" for s in stages)
     shift = stages[2]
     assert shift["total"] == len(rep.layers) and shift["done"] == shift["total"]
-    assert stages[1]["total"] == 24 and stages[0]["total"] == 300
+    assert stages[1]["total"] == 24  # the target folder is new: embedded here
+    # the MNIST sample may already be in the cache (an earlier test embedded it with this backbone)
+    src = stages[0]
+    assert src["total"] == 300 or (src["total"] is None and src["message"] == "from cache")
 
     # graded effect: one value per layer, the headline at the deepest
     g = rep.sections["graded_effect"]
