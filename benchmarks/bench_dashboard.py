@@ -280,6 +280,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sizes", default="600,10k,200k")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dashboard.json")
+    ap.add_argument(
+        "--note", default="idle machine", help="what else ran on the machine (recorded with the results)"
+    )
     args = ap.parse_args()
     if CHROMIUM is None:
         sys.exit("no chromium on PATH")
@@ -326,8 +329,7 @@ def main() -> None:
         stop_process(chrome)
     results["machine"] = {
         "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "note": "2 cores shared with ~7 other jobs; server and browser run with nice -n 10; headless "
-        "Chromium with software WebGL (SwiftShader)",
+        "note": args.note + "; headless Chromium with software WebGL (SwiftShader)",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }  # fmt: skip
     args.out.write_text(json.dumps(results, indent=1) + "\n")
