@@ -37,7 +37,7 @@ import numpy as np
 from diag.engine.embeddings import Embeddings, check_finite
 from diag.errors import ConfigError, DataError, param_error
 from diag.predict.classes import ClassShift, class_conditional_shift, class_view, holm
-from diag.predict.streaming import STREAMING_ABOVE, streaming_layer, streaming_sizes
+from diag.predict.streaming import OOD_FAR, STREAMING_ABOVE, streaming_layer, streaming_sizes
 from diag.progress import ProgressCallback
 from diag.stats.shift import (
     MIN_SAMPLES,
@@ -54,9 +54,6 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-#: A target sample whose k-NN distance to the source is this many times the typical source one is "far".
-OOD_FAR = 2.0
 
 #: Where along the depth a shift's onset falls (fraction of the probes up to it) names its level.
 LEVELS = (

@@ -44,6 +44,7 @@ from diag.stats.streaming import (
 __all__ = [
     "C2ST_PER_SIDE",
     "COVARIANCE_ROWS",
+    "OOD_FAR",
     "OOD_INDEX",
     "STREAMING_ABOVE",
     "streaming_layer",
@@ -63,8 +64,9 @@ COVARIANCE_ROWS = 4_096
 N_FREQUENCIES = 512
 # Pooled items the median heuristic looks at (as in the exact test).
 _MEDIAN_POINTS = 1000
-# A target item this many times as far from the source as a typical source item is "far" (profile's).
-_OOD_FAR = 2.0
+#: A target sample whose k-NN distance to the source is this many times the typical source one is "far"
+#: (both paths; :mod:`diag.predict.profile` re-exports it).
+OOD_FAR = 2.0
 
 
 def streaming_layer(
@@ -117,7 +119,7 @@ def streaming_layer(
         **distances,
         "ood_median": float(np.median(scores)) if finite else None,
         "ood_p90": float(np.quantile(scores, 0.9)) if finite else None,
-        "ood_far": float(np.mean(scores > _OOD_FAR)) if finite else None,
+        "ood_far": float(np.mean(scores > OOD_FAR)) if finite else None,
         "bandwidths": widths,
         "method": "streaming",
         "seconds": round(time.perf_counter() - t0, 4),
