@@ -95,15 +95,15 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def server(report: Report, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``diag dashboard REPORT --port P`` on 127.0.0.1, until the module's tests are done."""
+@contextlib.contextmanager
+def serve_dashboard(folder: Path, workdir: Path) -> Iterator[str]:
+    """``diag dashboard FOLDER --port P`` on 127.0.0.1 (log and runs under ``workdir``); yields its URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "DIAG_RUNS_DIR": str(log.parent / "runs")}
+    log = workdir / "server.log"
+    env = {**os.environ, "DIAG_RUNS_DIR": str(workdir / "runs")}
     with log.open("wb") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "diag.cli", "dashboard", str(report.folder), "--port", str(port)],
+            [sys.executable, "-m", "diag.cli", "dashboard", str(folder), "--port", str(port)],
             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )  # fmt: skip
     try:
@@ -112,6 +112,13 @@ def server(report: Report, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield base
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def server(report: Report, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The dashboard on the module's report, until the module's tests are done."""
+    with serve_dashboard(report.folder, tmp_path_factory.mktemp("server")) as base:
+        yield base
 
 
 class DevTools:
@@ -159,11 +166,12 @@ class DevTools:
         return path
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
+@contextlib.contextmanager
+def open_chromium(profile: Path, *, network: bool) -> Iterator[DevTools]:
+    """Headless Chromium with its profile in ``profile`` (log beside it), driven over DevTools; the
+    ``Network`` domain on when ``network``."""
     assert CHROMIUM is not None
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    log = profile.parent / "chromium.log"
+    log = profile.parent / f"{profile.name}.log"
     port = free_port()
     with log.open("wb") as f:
         proc = subprocess.Popen(
@@ -179,10 +187,17 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
             cdp = DevTools(ws)
             cdp.send("Page.enable")
             cdp.send("Runtime.enable")
-            cdp.send("Network.enable")
+            if network:
+                cdp.send("Network.enable")
             yield cdp
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
+    with open_chromium(tmp_path_factory.mktemp("chromium-profile"), network=True) as cdp:
+        yield cdp
 
 
 def open_page(cdp: DevTools, url: str) -> None:

@@ -9,10 +9,7 @@ Skipped without Debian's ``chromium``. Screenshots go to ``$DIAG_TEST_ARTIFACTS`
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.dashboard.test_browser import (
-    CHROME_FLAGS,
     CHROMIUM,
     DevTools,
-    free_port,
-    stop_process,
-    wait_http,
+    open_chromium,
+    serve_dashboard,
 )
 from tests.dashboard.test_embeddings import small_report  # noqa: F401 - the fixture
 
@@ -45,45 +40,14 @@ N_POINTS = (
 
 @pytest.fixture(scope="module")
 def served(small_report, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
-    port = free_port()
-    log = tmp_path_factory.mktemp("emb-server") / "server.log"
-    env = {**os.environ, "DIAG_RUNS_DIR": str(log.parent / "runs")}
-    with log.open("wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "diag.cli", "dashboard", str(small_report.folder), "--port", str(port)],
-            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-        )  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        assert wait_http(f"{base}/_stcore/health", 120, proc, log).strip() == "ok"
+    with serve_dashboard(small_report.folder, tmp_path_factory.mktemp("emb-server")) as base:
         yield base
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
 def cdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
-    assert CHROMIUM is not None
-    profile = tmp_path_factory.mktemp("emb-chromium")
-    port = free_port()
-    log = profile.parent / "emb-chromium.log"
-    with log.open("wb") as f:
-        proc = subprocess.Popen(
-            [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
-             "about:blank"],
-            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_http(f"http://127.0.0.1:{port}/json/version", 60, proc, log)
-        pages = json.loads(wait_http(f"http://127.0.0.1:{port}/json/list", 10, proc, log))
-        target = next(p for p in pages if p.get("type") == "page")
-        with ws_client.connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
-            tools = DevTools(ws)
-            tools.send("Page.enable")
-            tools.send("Runtime.enable")
-            yield tools
-    finally:
-        stop_process(proc)
+    with open_chromium(tmp_path_factory.mktemp("emb-chromium"), network=False) as tools:
+        yield tools
 
 
 def settle(cdp: DevTools, done: str, timeout: float = 180) -> None:
