@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ __all__ = [
     "diagnose_source_free",
     "reference_backbone",
 ]
+
+log = logging.getLogger(__name__)
 
 #: What one line of a check history holds (besides the per-layer effects).
 HISTORY_FIELDS = ("time", "data", "n", "reference", "is_shift", "p_value", "onset_layer", "level", "report")
@@ -207,9 +210,20 @@ def diagnose_source_free(
     progress: ProgressCallback | None = None,
 ) -> Report:
     """Per-block shift of ``target`` from the pretraining data, read off the backbone's BatchNorm
-    statistics (:func:`diag.reference.batchnorm_profile`), in the report format of :func:`diagnose`."""
+    statistics (:func:`diag.reference.batchnorm_profile`), in the report format of :func:`diagnose`.
+
+    The BatchNorm statistics are gathered by hooks in this process: ``engine="ray"`` is not supported
+    here; it logs a warning, runs locally and the report records ``engine: local``.
+    """
     t0 = time.perf_counter()
     cfg = config or ExtractConfig()
+    if cfg.engine != "local":
+        log.warning(
+            "--engine %s: the source-free diagnosis runs in this process (its BatchNorm statistics are "
+            "gathered by forward hooks, which the Ray path does not run); using --engine local",
+            cfg.engine,
+        )
+        cfg = replace(cfg, engine="local")
     if not 0 < alpha < 1:
         raise param_error("alpha", "must be in (0, 1)", alpha)
     ds = _checked_inputs(out, target, data_options)

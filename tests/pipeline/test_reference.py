@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from diag.data import open_data
+from diag.engine.extract import ExtractConfig
 from diag.errors import DataError
 from diag.models import load
 from diag.pipeline import build_reference, check, diagnose, diagnose_source_free
@@ -78,3 +79,17 @@ def test_the_source_free_report_has_the_report_format(tmp_path: Path, digit_fold
         assert s["method"] == "batchnorm" and s["bn_w2"] >= 0 and 0 < s["p_value"] <= s["p_adjusted"] <= 1
     assert set(back.shift) >= {"is_shift", "p_value", "onset_layer", "level", "summary"}
     assert back.shift["effect"]["name"] == "bn_w2"
+
+
+def test_source_free_with_the_ray_engine_runs_locally_and_says_so(
+    tmp_path: Path, digit_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bb = load("timm:test_efficientnet", pretrained=False, image_size=32)
+    with caplog.at_level("WARNING", logger="diag.pipeline.reference"):
+        report = diagnose_source_free(digit_folder, bb, ExtractConfig(engine="ray"), n_buckets=4, n_splits=50)
+    assert any("--engine ray" in r.getMessage() and "engine local" in r.getMessage() for r in caplog.records)
+    assert report.meta["config"]["extract"]["engine"] == "local"
+    local = diagnose_source_free(digit_folder, bb, n_buckets=4, n_splits=50)
+    assert [layer["shift"]["p_value"] for layer in report.layers] == [
+        layer["shift"]["p_value"] for layer in local.layers
+    ]
