@@ -37,7 +37,7 @@ import numpy as np
 from diag.engine.embeddings import Embeddings, check_finite
 from diag.errors import ConfigError, DataError, param_error
 from diag.predict.classes import ClassShift, class_conditional_shift, class_view, holm
-from diag.predict.streaming import OOD_FAR, STREAMING_ABOVE, streaming_layer, streaming_sizes
+from diag.predict.streaming import OOD_FAR, STREAMING_ABOVE, layer_fields, streaming_layer, streaming_sizes
 from diag.progress import ProgressCallback
 from diag.stats.shift import (
     MIN_SAMPLES,
@@ -87,8 +87,9 @@ class LayerShift:
     coral : CORAL distance ``||C_s - C_t||²_F / (4 d²)``.
     ood_median, ood_p90, ood_far : median and 90th percentile of the target's per-sample OOD scores
         (:func:`~diag.stats.shift.knn_shift_scores`, ~1 = typical of the source) and the share
-        above ``OOD_FAR``; None at a degenerate layer (most source rows identical, e.g. dead units),
-        where they are undefined.
+        above ``OOD_FAR``; None when a score is not finite (a degenerate layer: most source rows
+        identical, e.g. dead units), where they are undefined. Both paths build these fields with
+        :func:`diag.predict.streaming.layer_fields`.
     bandwidths, method : the MMD kernel widths and ``exact``/``rff``.
     seconds : time spent on this layer.
     """
@@ -238,10 +239,6 @@ def _short(v: object) -> str:
     return s if len(s) <= 40 else s[:12] + "…"
 
 
-def _finite_or_none(v: Any) -> float | None:
-    return float(v) if np.isfinite(v) else None
-
-
 def min_permutations(n_layers: int, alpha: float) -> int:
     """The fewest MMD permutations per layer with which a shift over ``n_layers`` layers can be found.
 
@@ -351,28 +348,20 @@ def shift_profile(
             ood[name] = scores.astype(np.float32)
             fr = frechet_distance(x, y)
             scale = float(np.var(x, axis=0, ddof=1).sum() + np.var(y, axis=0, ddof=1).sum())
+            distances = {
+                "frechet": float(fr),
+                "frechet_relative": float(fr / scale) if scale > 0 else 0.0,
+                "coral": float(coral_distance(x, y)),
+            }
+            fields = layer_fields(mmd.mmd2, mmd.p_value, mmd.bandwidths, mmd.method, clf, distances, scores)
+            p = probes[name]
             rows.append(
                 {
                     "name": name,
-                    "index": probes[name].index,
-                    "dim": probes[name].dim,
-                    "kind": probes[name].kind,
-                    "mmd2": float(mmd.mmd2),
-                    "p_value": float(mmd.p_value),
-                    "c2st_auc": float(clf.auc),
-                    "c2st_auc_ci": [float(v) for v in clf.auc_ci],
-                    "c2st_p_value": float(clf.p_value),
-                    "proxy_a_distance": float(clf.proxy_a_distance),
-                    "frechet": float(fr),
-                    "frechet_relative": float(fr / scale) if scale > 0 else 0.0,
-                    "coral": float(coral_distance(x, y)),
-                    "ood_median": _finite_or_none(np.median(scores)),
-                    "ood_p90": _finite_or_none(np.quantile(scores, 0.9)),
-                    "ood_far": _finite_or_none(np.mean(scores > OOD_FAR))
-                    if np.isfinite(scores).all()
-                    else None,
-                    "bandwidths": [float(b) for b in mmd.bandwidths],
-                    "method": mmd.method,
+                    "index": p.index,
+                    "dim": p.dim,
+                    "kind": p.kind,
+                    **fields,
                     "seconds": round(time.perf_counter() - t0, 4),
                 }
             )

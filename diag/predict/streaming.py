@@ -23,13 +23,14 @@ is recorded in the profile's ``config["streaming"]`` (:func:`streaming_sizes`):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from diag.errors import DataError
-from diag.stats.shift import c2st, knn_shift_scores, median_distance
+from diag.stats.shift import C2STResult, c2st, knn_shift_scores, median_distance
 from diag.stats.streaming import (
     BLOCK_ROWS,
     FourierMap,
@@ -47,6 +48,7 @@ __all__ = [
     "OOD_FAR",
     "OOD_INDEX",
     "STREAMING_ABOVE",
+    "layer_fields",
     "streaming_layer",
     "streaming_mmd",
     "streaming_sizes",
@@ -108,23 +110,40 @@ def streaming_layer(
     except DataError:  # a degenerate layer (most source rows the same): no scores, as on the exact path
         scores = np.full(n, np.nan)
     scores = scores.astype(np.float32)
+    stats = layer_fields(mmd.mmd2, mmd.p_value, widths, "streaming", clf, distances, scores)
+    return {**stats, "seconds": round(time.perf_counter() - t0, 4)}, scores
+
+
+def layer_fields(
+    mmd2: float,
+    p_value: float,
+    bandwidths: Sequence[float],
+    method: str,
+    clf: C2STResult,
+    distances: dict[str, float],
+    scores: np.ndarray,
+) -> dict[str, Any]:
+    """The statistics of one layer's record, as both paths of the profile write them.
+
+    ``distances``: ``frechet``, ``frechet_relative`` and ``coral``. The OOD summaries are None when a
+    score is not finite (a degenerate layer gives NaN scores; a target item at a positive distance
+    from a source whose items coincide gives ``inf``): a median or share over such scores would mislead.
+    """
     finite = bool(np.isfinite(scores).all())
-    stats = {
-        "mmd2": float(mmd.mmd2),
-        "p_value": float(mmd.p_value),
+    return {
+        "mmd2": float(mmd2),
+        "p_value": float(p_value),
         "c2st_auc": float(clf.auc),
         "c2st_auc_ci": [float(v) for v in clf.auc_ci],
         "c2st_p_value": float(clf.p_value),
         "proxy_a_distance": float(clf.proxy_a_distance),
-        **distances,
+        **{key: float(distances[key]) for key in ("frechet", "frechet_relative", "coral")},
         "ood_median": float(np.median(scores)) if finite else None,
         "ood_p90": float(np.quantile(scores, 0.9)) if finite else None,
         "ood_far": float(np.mean(scores > OOD_FAR)) if finite else None,
-        "bandwidths": widths,
-        "method": "streaming",
-        "seconds": round(time.perf_counter() - t0, 4),
+        "bandwidths": [float(b) for b in bandwidths],
+        "method": method,
     }
-    return stats, scores
 
 
 def streaming_mmd(

@@ -15,12 +15,13 @@ from diag.predict.streaming import (
     C2ST_PER_SIDE,
     OOD_INDEX,
     STREAMING_ABOVE,
+    layer_fields,
     streaming_layer,
     streaming_sizes,
 )
 from diag.report.schema import Report, load_report
 from diag.report.tables import shift_table_note
-from diag.stats.shift import mmd_test
+from diag.stats.shift import c2st, mmd_test
 from tests.predict.test_profile import gaussian_layers, make_embeddings
 
 
@@ -106,3 +107,19 @@ def test_streaming_mmd_decides_like_the_exact_test_at_2k_per_side() -> None:
 def test_streaming_mmd_decides_like_the_exact_test_at_10k_per_side() -> None:
     """The exact test holds the 20k x 20k kernel matrix here (1.6 GB)."""
     assert _decisions(10_000, 200, 0.12) == [(False, False), (True, True)]
+
+
+def test_layer_fields_summarise_finite_ood_scores_and_refuse_to_summarise_others() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((60, 3)), rng.standard_normal((60, 3)) + 1.0
+    clf = c2st(x, y, n_permutations=20, random_state=0)
+    distances = {"frechet": 3.0, "frechet_relative": 0.5, "coral": 0.25}
+    scores = np.array([0.5, 1.0, 1.5, 2.5, 4.0], dtype=np.float32)
+    fields = layer_fields(0.1, 0.01, [1.0, 2.0], "exact", clf, distances, scores)
+    assert fields["ood_median"] == 1.5 and fields["ood_far"] == 0.4  # 2 of 5 above OOD_FAR = 2
+    assert fields["ood_p90"] == pytest.approx(4.0 - 0.4 * 1.5)  # linear interpolation between 2.5 and 4
+    assert fields["c2st_auc"] == clf.auc and fields["frechet_relative"] == 0.5
+    assert fields["bandwidths"] == [1.0, 2.0] and fields["method"] == "exact"
+    for bad in (np.inf, np.nan):
+        broken = layer_fields(0.1, 0.01, [1.0], "exact", clf, distances, np.append(scores, bad))
+        assert broken["ood_median"] is None and broken["ood_p90"] is None and broken["ood_far"] is None
