@@ -73,6 +73,7 @@ from diag.stats.transfer import (
     linear_probe_accuracy,
     logme_score,
     nce_score,
+    sfda_score,
     transferability,
     transrate_score,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "require_finite",
     "require_per_class",
     "rff_mmd_test",
+    "sfda_score",
     "to_tensor",
     "transferability",
     "transrate_score",

@@ -16,6 +16,7 @@ function                       what it measures                                 
 :func:`h_score`                tr(cov(f)⁻¹ cov(E[f | y])), optionally shrunk      [0, C - 1]
 :func:`gbc_score`              overlap of per-class Gaussians (Bhattacharyya)     [-C(C-1), 0]
 :func:`transrate_score`        coding rate of all minus mean within-class         any real
+:func:`sfda_score`             log-likelihood after a self-challenging reg. FDA   (-inf, 0]
 :func:`knn_accuracy`           k-NN accuracy, stratified k-fold                   [0, 1]
 :func:`linear_probe_accuracy`  logistic-regression accuracy, stratified k-fold    [0, 1]
 =============================  ================================================  ====================
@@ -69,6 +70,7 @@ __all__ = [
     "linear_probe_accuracy",
     "logme_score",
     "nce_score",
+    "sfda_score",
     "transferability",
     "transrate_score",
 ]
@@ -84,6 +86,7 @@ SCORES: tuple[str, ...] = (
     "h_score_shrinkage",
     "gbc",
     "transrate",
+    "sfda",
     "knn_accuracy",
     "linear_probe_accuracy",
 )
@@ -851,7 +854,7 @@ def transferability(
         The source head's logits (or probabilities) for LEEP and NCE.
     scores : sequence of str, default all of :data:`SCORES`
         ``"logme"``, ``"leep"``, ``"nce"``, ``"h_score"``, ``"h_score_shrinkage"``, ``"gbc"``,
-        ``"transrate"``, ``"knn_accuracy"``, ``"linear_probe_accuracy"``.
+        ``"transrate"``, ``"sfda"``, ``"knn_accuracy"``, ``"linear_probe_accuracy"``.
     random_state : int, numpy Generator or None, default 0
         Seeds the folds of the two probes (both use the same folds).
     device : str or torch.device, default "auto"
@@ -886,6 +889,8 @@ def transferability(
             return gbc_score(x, y)
         if name == "transrate":
             return transrate_score(x, y, device=dev)
+        if name == "sfda":
+            return sfda_score(x, y, device=dev)
         if name == "knn_accuracy":
             return knn_accuracy(x, y, random_state=seed, device=dev).accuracy
         return linear_probe_accuracy(x, y, random_state=seed).accuracy
@@ -908,6 +913,115 @@ def transferability(
         n_features=int(x.shape[1]),
         n_classes=int(counts.size),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# SFDA
+
+
+def sfda_score(
+    features: ArrayLike,
+    labels: ArrayLike,
+    *,
+    a: float = 5.0,
+    soften: bool = True,
+    device: Device = "auto",
+) -> float:
+    """SFDA: the mean log-likelihood of the true class after a self-challenging regularised FDA.
+
+    Shao, Zhao, Ge, Zhang, Yang, Wang, Shan & Luo, "Not All Models Are Equal: Predicting Model
+    Transferability in a Self-challenging Fisher Space", ECCV 2022. With class means ``μ_c``, priors
+    ``π_c = n_c / n``, the within-class scatter ``S_W = Σ_c π_c cov_c`` (``ddof=0``) and the between-class
+    scatter ``S_B = Σ_c π_c (μ_c - μ)(μ_c - μ)ᵀ``:
+
+    1. **Regularised FDA.** ``S_W^λ = (1 - λ) S_W + λ (tr S_W / d) I`` with the adaptive strength
+       ``λ = max(exp(-a σ(S_W)), 1e-10)``, ``σ`` the largest eigenvalue of ``S_W``. ``U`` holds the
+       leading ``C - 1`` generalised eigenvectors of ``S_B u = ρ S_W^λ u`` (``Uᵀ S_W^λ U = I``); in that
+       Fisher space ``x̃ = Uᵀ x`` each class is a Gaussian with the identity covariance, so
+       ``p(c | x) = softmax_c(x̃ᵀ μ̃_c - ½ ‖μ̃_c‖² + log π_c)`` with ``μ̃_c = Uᵀ μ_c``.
+    2. **Self-challenge (ConfMix).** Each sample is pulled towards the mean of the *other* class means,
+       ``m̄_y = (Σ_c μ_c - μ_y) / (C - 1)``, by how unsure the first pass is of its true class:
+       ``x̂_i = p_i x_i + (1 - p_i) m̄_{y_i}``. With ``soften`` (as in the authors' release,
+       TencentARC/SFDA) ``p_i`` is the true class's entry of ``softmax_c(p(c | x_i))``, a second
+       softmax over the probabilities, so that even certain samples are challenged
+       (``p_i <= e / (e + C - 1)``); without it ``p_i = p(y_i | x_i)``.
+    3. **Score.** The regularised FDA is refitted on ``x̂`` with the same ``λ`` and
+       ``SFDA = 1/n Σ_i log p(y_i | x̂_i)``, the paper's mean log-likelihood (the authors' release averages
+       ``p(y_i | x̂_i)`` without the log).
+
+    The ``C - 1`` discriminant directions carry every difference between the class logits (Hastie,
+    Tibshirani & Friedman, *The Elements of Statistical Learning*, 2nd ed., §4.3.3), so the posterior is
+    computed in its equivalent full-rank form ``xᵀ (S_W^λ)⁻¹ μ_c - ½ μ_cᵀ (S_W^λ)⁻¹ μ_c + log π_c``, with
+    ``(S_W^λ)⁻¹`` from the eigen-decomposition of the within-class residuals' Gram on the smaller side
+    (``d x d`` matrices are never formed when ``d > n``). The score is invariant to translating or
+    rotating the features and to renaming the classes, but not to rescaling them: ``λ`` reads the scale
+    of ``S_W``. When ``d >= n - C`` and ``λ`` is small the classes are linearly separable in the Fisher
+    space and the score nears its maximum 0 for any features.
+
+    Parameters
+    ----------
+    features : array-like of shape (n, d)
+    labels : array-like of shape (n,)
+        Integer class ids.
+    a : float, default 5.0
+        The positive constant of ``λ = exp(-a σ(S_W))`` (5 in the authors' release).
+    soften : bool, default True
+        Soften the ConfMix weight with a second softmax, as the authors' release does.
+    device : str or torch.device, default "auto"
+
+    Returns
+    -------
+    float
+        In ``(-inf, 0]``; higher is better.
+    """
+    x, codes, counts, _ = _check_xy(features, labels)
+    _check_positive("a", a)
+    if not isinstance(soften, (bool, np.bool_)):
+        raise param_error("soften", "must be True or False", soften)
+    dev = resolve_device(device)
+    f = _to_tensor(x, dev)
+    f = f - f.mean(dim=0, keepdim=True)  # the posterior is translation-invariant; centring keeps it accurate
+    y = torch.as_tensor(codes, dtype=torch.int64, device=dev)
+    onehot = _one_hot(codes, counts.size, dev)
+    n_c = torch.as_tensor(counts, dtype=torch.float64, device=dev)
+    rows = torch.arange(codes.size, device=dev)
+    log_p, lam = _reg_fda_log_posterior(f, y, onehot, n_c, lam=None, a=float(a))
+    p = torch.softmax(log_p.exp(), dim=1)[rows, y] if soften else log_p[rows, y].exp()
+    means = (onehot.T @ f) / n_c[:, None]
+    others = (means.sum(dim=0, keepdim=True) - means) / (counts.size - 1)
+    mixed = p[:, None] * f + (1.0 - p[:, None]) * others[y]
+    log_p2, _ = _reg_fda_log_posterior(mixed, y, onehot, n_c, lam=lam, a=float(a))
+    return float(log_p2[rows, y].mean())
+
+
+def _reg_fda_log_posterior(
+    f: torch.Tensor, y: torch.Tensor, onehot: torch.Tensor, n_c: torch.Tensor, *, lam: float | None, a: float
+) -> tuple[torch.Tensor, float]:
+    """``(log p(c | x) of shape (n, C), λ)`` of the regularised FDA of :func:`sfda_score`."""
+    n, d = f.shape
+    means = (onehot.T @ f) / n_c[:, None]
+    z = f - means[y]  # within-class residuals: S_W = zᵀz / n
+    if d <= n:
+        s, v = torch.linalg.eigh(z.T @ z / n)
+    else:
+        s_small, u = torch.linalg.eigh(z @ z.T / n)
+        keep = s_small > n * torch.finfo(torch.float64).eps * s_small.max().clamp_min(0.0)
+        s = s_small[keep]
+        v = z.T @ u[:, keep] / torch.sqrt(n * s)[None, :]  # orthonormal eigenvectors of S_W
+    s = s.clamp_min(0.0)
+    mu = float(s.sum()) / d  # tr S_W / d
+    if not mu > 0.0:
+        raise DataError(
+            "features are constant within every class (zero within-class scatter), so SFDA's regularised "
+            "FDA is undefined; check that the backbone's features vary."
+        )
+    if lam is None:
+        lam = max(math.exp(-a * float(s.max())), 1e-10)
+    # (S_W^λ)⁻¹ = (I - V diag(w) Vᵀ) / (λ μ) with w = (1 - λ) s / ((1 - λ) s + λ μ), V the eigenvectors.
+    w = (1.0 - lam) * s / ((1.0 - lam) * s + lam * mu)
+    inv_means = (means.T - v @ (w[:, None] * (v.T @ means.T))) / (lam * mu)  # (d, C)
+    logits = f @ inv_means - 0.5 * (means * inv_means.T).sum(dim=1) + torch.log(n_c / n)
+    return torch.log_softmax(logits, dim=1), lam
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from diag.stats.transfer import (
     linear_probe_accuracy,
     logme_score,
     nce_score,
+    sfda_score,
     transferability,
     transrate_score,
 )
@@ -524,7 +525,7 @@ def test_transferability_records_what_it_cannot_compute() -> None:
     assert set(res.skipped) == {"leep", "nce", "gbc", "knn_accuracy", "linear_probe_accuracy"}
     assert "logits" in res.skipped["leep"]
     assert "9: 1" in res.skipped["gbc"] and "n_splits=5" in res.skipped["knn_accuracy"]
-    assert set(res.scores) == {"logme", "h_score", "h_score_shrinkage", "transrate"}
+    assert set(res.scores) == {"logme", "h_score", "h_score_shrinkage", "transrate", "sfda"}
     only = transferability(x, y, scores=["logme"], device="cpu")
     assert list(only.scores) == ["logme"] and only.skipped == {}
 
@@ -627,3 +628,124 @@ def test_pretrained_features_transfer_better_than_random_init() -> None:
     for name in names:
         assert pre[name] > rnd[name], (name, pre[name], rnd[name])
     assert pre["knn_accuracy"] > 0.5 and pre["linear_probe_accuracy"] > 0.5  # chance is 0.1
+
+
+# --------------------------------------------------------------------------------------------------
+# SFDA (Shao et al., ECCV 2022)
+
+
+def ref_sfda(f: np.ndarray, labels: np.ndarray, *, a: float = 5.0, soften: bool = True) -> float:
+    """SFDA written out: scatters by loops, the Fisher space from scipy's generalised symmetric eigensolver
+    (the leading C - 1 directions), Gaussian posteriors there, ConfMix per sample, the mean log-likelihood."""
+    import scipy.linalg
+
+    classes = sorted(set(labels.tolist()))
+    n, d = f.shape
+    n_cls = len(classes)
+
+    def fit(x: np.ndarray, lam: float | None) -> tuple[np.ndarray, float, dict[int, np.ndarray]]:
+        mu = x.mean(axis=0)
+        means = {c: x[labels == c].mean(axis=0) for c in classes}
+        prior = {c: float(np.mean(labels == c)) for c in classes}
+        sw = np.zeros((d, d))
+        sb = np.zeros((d, d))
+        for i in range(n):
+            r = x[i] - means[int(labels[i])]
+            sw += np.outer(r, r) / n
+        for c in classes:
+            sb += prior[c] * np.outer(means[c] - mu, means[c] - mu)
+        if lam is None:
+            lam = max(math.exp(-a * float(np.linalg.eigvalsh(sw).max())), 1e-10)
+        sw_lam = (1 - lam) * sw + lam * np.trace(sw) / d * np.eye(d)
+        rho, u = scipy.linalg.eigh(sb, sw_lam)  # uᵀ sw_lam u = I
+        u = u[:, np.argsort(rho)[::-1][: n_cls - 1]]
+        post = np.zeros((n, n_cls))
+        for i in range(n):
+            xt = u.T @ x[i]
+            mt = {c: u.T @ means[c] for c in classes}
+            delta = [xt @ mt[c] - 0.5 * np.sum(mt[c] ** 2) + math.log(prior[c]) for c in classes]
+            post[i] = softmax(np.array([delta]))[0]
+        return post, lam, means
+
+    post, lam, means = fit(f, None)
+    mixed = f.copy()
+    for i in range(n):
+        k = classes.index(int(labels[i]))
+        p = softmax(post[i : i + 1])[0] if soften else post[i]
+        other = sum(means[c] for c in classes if c != labels[i]) / (n_cls - 1)
+        mixed[i] = p[k] * f[i] + (1 - p[k]) * other
+    post2, _, _ = fit(mixed, lam)
+    return float(np.mean([math.log(post2[i, classes.index(int(labels[i]))]) for i in range(n)]))
+
+
+@pytest.mark.parametrize("soften", [True, False])
+@pytest.mark.parametrize(
+    ("per_class", "d", "scale"), [(20, 5, 1.0), (20, 5, 0.05), (6, 30, 0.1)], ids=["n>d", "n>d-shrunk", "d>n"]
+)
+def test_sfda_equals_reference_fisher_space(per_class: int, d: int, scale: float, soften: bool) -> None:
+    # scale 0.05 / 0.1: σ(S_W) is small, so λ = exp(-5 σ) is far from 0 and the shrinkage matters.
+    x, y = blobs(per_class, d, 3, sep=2.5, seed=21)
+    x = scale * x + 3.0  # off-centre, too
+    got = sfda_score(x, y, soften=soften, device="cpu")
+    assert got == pytest.approx(ref_sfda(x, y, soften=soften), rel=1e-7, abs=1e-10)
+    assert -math.log(3) * 5 < got < 0
+
+
+def test_sfda_closed_form_in_one_dimension() -> None:
+    # d = 1: S_W^λ = (1 - λ) s + λ s = s whatever λ, and the posterior is a logistic in x.
+    x = np.array([[0.0], [2.0], [4.0], [6.0]])
+    y = np.array([0, 0, 1, 1])
+    sig = lambda t: 1.0 / (1.0 + math.exp(-t))  # noqa: E731
+
+    def p_true(xs: list[float]) -> list[float]:
+        m0, m1 = (xs[0] + xs[1]) / 2, (xs[2] + xs[3]) / 2
+        s = sum((v - m) ** 2 for v, m in zip(xs, (m0, m0, m1, m1), strict=True)) / 4
+        diff = [(v * (m1 - m0) - (m1**2 - m0**2) / 2) / s for v in xs]  # logit of class 1 minus class 0
+        return [sig(-diff[0]), sig(-diff[1]), sig(diff[2]), sig(diff[3])]
+
+    p = p_true([0.0, 2.0, 4.0, 6.0])  # σ(12), σ(4), σ(4), σ(12)
+    q = [sig(2 * v - 1) for v in p]  # softmax over (p, 1 - p): the true entry
+    other = [5.0, 5.0, 1.0, 1.0]  # the other class's mean
+    mixed = [qi * v + (1 - qi) * o for qi, v, o in zip(q, [0.0, 2.0, 4.0, 6.0], other, strict=True)]
+    expected = float(np.mean(np.log(p_true(mixed))))
+    assert sfda_score(x, y, device="cpu") == pytest.approx(expected, rel=1e-10)
+
+
+def test_sfda_invariant_to_translation_rotation_order_and_label_names() -> None:
+    for per_class, d in ((15, 6), (5, 24)):
+        x, y = blobs(per_class, d, 3, sep=2.0, seed=22)
+        x = 0.2 * x
+        rng = np.random.default_rng(22)
+        q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+        perm = rng.permutation(len(y))
+        base = sfda_score(x, y, device="cpu")
+        assert sfda_score(x @ q + 7.0, y, device="cpu") == pytest.approx(base, rel=1e-8)
+        assert sfda_score(x[perm], y[perm], device="cpu") == pytest.approx(base, rel=1e-8)
+        assert sfda_score(x, np.array([8, -1, 3])[y], device="cpu") == pytest.approx(base, rel=1e-8)
+
+
+def test_sfda_orders_features_and_saturates_when_separable() -> None:
+    x, y = blobs(30, 8, 3, sep=4.0, seed=23)
+    noise = np.random.default_rng(23).normal(size=x.shape)
+    assert sfda_score(0.3 * x, y, device="cpu") > sfda_score(0.3 * noise, y, device="cpu") + 0.1
+    # d > n with unit-scale features: λ hits its floor and the Fisher space separates any labels.
+    wide = np.random.default_rng(24).normal(size=(30, 100))
+    assert sfda_score(wide, np.repeat(np.arange(3), 10), device="cpu") > -1e-6
+    assert sfda_score(x, y, soften=False, device="cpu") >= sfda_score(x, y, device="cpu")
+
+
+def test_sfda_rejects_bad_input() -> None:
+    x, y = blobs(5, 4, 2, sep=2.0)
+    for bad in (0.0, -1.0, float("nan"), True, "5"):
+        with pytest.raises(ConfigError, match="a must be a positive finite number"):
+            sfda_score(x, y, a=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="soften must be True or False"):
+        sfda_score(x, y, soften="yes")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="zero within-class scatter"):
+        sfda_score(np.repeat(np.eye(2), 5, axis=0), np.repeat([0, 1], 5))
+    with pytest.raises(DataError, match="at least 2 classes"):
+        sfda_score(x, np.zeros(len(y), dtype=int))
+    with pytest.raises(DataError, match="finite"):
+        sfda_score(np.where(x > 1, np.nan, x), y)
+    with pytest.raises(DataError, match="must match"):
+        sfda_score(x, y[:-1])
