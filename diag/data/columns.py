@@ -18,7 +18,7 @@ from diag.data.dataset import DataSet, EncodedImages, Modality
 from diag.data.labels import encode_labels, is_missing, row_list
 from diag.errors import DataError
 
-__all__ = ["CellImages", "build_dataset", "image_cells", "text_cells"]
+__all__ = ["CellImages", "build_dataset", "image_cells", "item_column", "text_cells"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,39 @@ class CellImages:
 
     def take(self, indices: Sequence[int]) -> CellImages:
         return CellImages([self.cells[i] for i in indices])
+
+
+def item_column(
+    columns: Sequence[str],
+    *,
+    text_column: str,
+    image_column: str | None,
+    where: str,
+    image_typed: Sequence[str] = (),
+) -> tuple[Modality, str]:
+    """Which column holds the items, and whether they are texts or images; one rule for every source.
+
+    An explicit ``image_column`` must exist. Otherwise ``text_column`` if present; else the first column
+    whose declared type is an image (``image_typed``, in column order: Hugging Face ``Image`` features),
+    else a column named ``image``. A clear error names the columns seen and the flag to pass.
+    """
+    shown = ", ".join(map(str, list(columns)[:10]))
+    if image_column is not None:
+        if image_column not in columns:
+            raise DataError(
+                f"{where}: no column {image_column!r} (columns: {shown}). Pass the column of images "
+                "(paths or encoded bytes) with --image-column NAME."
+            )
+        return "image", image_column
+    if text_column in columns:
+        return "text", text_column
+    found = next((c for c in columns if c in image_typed), "image" if "image" in columns else None)
+    if found is not None:
+        return "image", found
+    raise DataError(
+        f"{where}: no column {text_column!r} (columns: {shown}) and no image column. Rename the text "
+        "column to 'text' or pass --text-column NAME (or --image-column NAME for a column of images)."
+    )
 
 
 def text_cells(values: Sequence[object], *, where: str, flag: str) -> tuple[list[int], list[str], Skipped]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from diag.data.columns import build_dataset, image_cells, text_cells
+from diag.data.columns import build_dataset, image_cells, item_column, text_cells
 from diag.data.dataset import DataSet
 from diag.errors import DataError, require
 
@@ -190,31 +190,23 @@ def _from_hf(
     datasets = _hf(where)
     features = ds.features
     columns = list(features)
-    shown = ", ".join(columns[:10])
     if len(ds) == 0:
         raise DataError(f"{where}: the dataset holds no rows. An empty set cannot be embedded.")
-    if image_column is None and text_column not in features:
-        image_column = next((c for c in columns if isinstance(features[c], datasets.Image)), None)
-        if image_column is None and "image" in features:
-            image_column = "image"
+    kind, column = item_column(
+        columns,
+        text_column=text_column,
+        image_column=image_column,
+        where=where,
+        image_typed=[c for c in columns if isinstance(features[c], datasets.Image)],
+    )
     texts: list[str] | None = None
     encoded: HFImages | None = None
-    if image_column is not None:
-        if image_column not in features:
-            raise DataError(
-                f"{where}: no column {image_column!r} (columns: {shown}). Pass the column of images "
-                "with --image-column NAME."
-            )
-        kept, skipped = _image_rows(ds, image_column, base=base, where=f"{where} column {image_column!r}")
-        encoded = HFImages(ds, image_column, kept, base)
-    elif text_column in features:
-        kept, texts, skipped = text_cells(
-            list(ds[text_column]), where=f"{where} column {text_column!r}", flag="--text-column"
-        )
+    if kind == "image":
+        kept, skipped = _image_rows(ds, column, base=base, where=f"{where} column {column!r}")
+        encoded = HFImages(ds, column, kept, base)
     else:
-        raise DataError(
-            f"{where}: no column {text_column!r} and no image column (columns: {shown}). Pass "
-            "--text-column NAME or --image-column NAME."
+        kept, texts, skipped = text_cells(
+            list(ds[column]), where=f"{where} column {column!r}", flag="--text-column"
         )
     raw_labels: list[object] | None = None
     if label_column in features:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from diag.data.columns import CellImages, build_dataset, image_cells, text_cells
+from diag.data.columns import CellImages, build_dataset, image_cells, item_column, text_cells
 from diag.data.dataset import DataSet
 from diag.errors import DataError
 
@@ -73,35 +73,21 @@ def open_text_table(
     rows = _read_table(path)
     if not rows:
         raise DataError(f"{path}: the file holds no rows. An empty set cannot be embedded.")
-    columns = list(rows[0].keys())
-    shown = ", ".join(map(str, columns[:10]))
-    if image_column is None and text_column not in columns and "image" in columns:
-        image_column = "image"
-    kept: list[int]
-    skipped: list[tuple[int, str]]
+    columns = [str(c) for c in rows[0]]
+    kind, column = item_column(columns, text_column=text_column, image_column=image_column, where=str(path))
     texts: list[str] | None = None
     encoded: CellImages | None = None
-    if image_column is not None:
-        if image_column not in columns:
-            raise DataError(
-                f"{path}: no column {image_column!r} (columns: {shown}). "
-                "Pass the column of image paths or bytes with --image-column NAME."
-            )
+    if kind == "image":
         kept, cells, skipped = image_cells(
-            [r.get(image_column) for r in rows],
+            [r.get(column) for r in rows],
             base=path.parent,
-            where=f"{path} column {image_column!r}",
+            where=f"{path} column {column!r}",
             flag="--image-column",
         )
         encoded = CellImages(cells)
-    elif text_column in columns:
-        kept, texts, skipped = text_cells(
-            [r.get(text_column) for r in rows], where=f"{path} column {text_column!r}", flag="--text-column"
-        )
     else:
-        raise DataError(
-            f"{path}: no column {text_column!r} (columns: {shown}). Rename the text column to 'text' "
-            "or pass --text-column NAME (or --image-column NAME for a column of images)."
+        kept, texts, skipped = text_cells(
+            [r.get(column) for r in rows], where=f"{path} column {column!r}", flag="--text-column"
         )
     return build_dataset(
         name or str(path),
