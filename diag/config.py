@@ -157,7 +157,9 @@ class RankConfig:
     )
     by: str = field(
         default="logme",
-        metadata={"help": "score to rank by: logme, h_score_shrinkage, linear_probe_accuracy, knn_accuracy"},
+        metadata={
+            "help": "score to rank by: logme, h_score_shrinkage, sfda, linear_probe_accuracy, knn_accuracy"
+        },
     )
     n_bootstrap: int = field(default=200, metadata={"help": "resamples for the rank stability"})
     image_size: int | None = field(

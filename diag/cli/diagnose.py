@@ -86,8 +86,8 @@ def register(sub: Any) -> None:
         help="rank backbones by transferability to a labelled target (writes DIR/rank.json)",
         description=(
             "Embed the labelled TARGET with each backbone and its random-init twin, score them (LogME, LEEP, "
-            "NCE, H-score, GBC, TransRate, k-NN and linear-probe accuracy) and rank them, with the bootstrap "
-            "stability of the top pick and the parameter-count baseline beside it."
+            "NCE, H-score, GBC, TransRate, SFDA, k-NN and linear-probe accuracy) and rank them, with the "
+            "bootstrap stability of the top pick and the parameter-count baseline beside it."
         ),
     )
     p.add_argument("--target", "-t", required=True, metavar="DATA", help="labelled target data")

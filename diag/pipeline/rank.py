@@ -61,8 +61,8 @@ def rank_backbones(
         Each replaces the field of the same name of ``config`` when given (not None).
         ``include_random_init`` adds each backbone's random-init twin as a candidate
         (``NAME (random-init)``): a backbone that does not beat its own twin brings nothing to transfer.
-        ``by`` is the score to rank by (bootstrap stability is computed for LogME and the shrinkage
-        H-score; for the probes, which are cross-validated and costly, the fold spread is shown instead).
+        ``by`` is the score to rank by (bootstrap stability is computed for LogME, the shrinkage H-score
+        and SFDA; for the probes, which are cross-validated and costly, the fold spread is shown instead).
     progress : ProgressCallback, optional
 
     Returns
@@ -111,7 +111,11 @@ def rank_backbones(
         # layer_transfer already scored the last layer (LogME, probes, and LEEP/NCE from the head):
         # only the remaining scores are computed here.
         extra = transferability(
-            emb[last], y, random_state=seed, scores=("h_score_shrinkage", "gbc", "transrate"), device=device
+            emb[last],
+            y,
+            random_state=seed,
+            scores=("h_score_shrinkage", "gbc", "transrate", "sfda"),
+            device=device,
         ).scores
         scores = {**extra, **per_layer[last]["scores"]}
         pooled[label] = emb[last]

@@ -3,7 +3,8 @@
 Each candidate backbone (and, optionally, its random-init twin) embeds the labelled target once
 (:func:`diag.pipeline.rank_backbones` orchestrates that); the transferability scores of
 :mod:`diag.stats.transfer` are computed at the deepest probe and the per-layer linear probe finds each
-backbone's best layer. The ranking uses LogME (You et al., ICML 2021) by default. Transferability
+backbone's best layer. The ranking uses LogME (You et al., ICML 2021) by default; SFDA (Shao et al., ECCV
+2022), the shrinkage H-score and the k-NN and linear-probe accuracies can rank too. Transferability
 rankings are unstable (Agostinelli et al., "How stable are Transferability Metrics evaluations?", ECCV
 2022), so the ranking comes with its bootstrap stability — how often the top pick stays on top when the
 target samples are resampled — and beside a static baseline that needs no data: the parameter count.
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from diag.errors import param_error
 from diag.fileio import atomic_write_bytes, json_safe
-from diag.stats.transfer import h_score, logme_score
+from diag.stats.transfer import h_score, logme_score, sfda_score
 
 __all__ = [
     "RANK_SCORES",
@@ -35,9 +37,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The scores a ranking can use; bootstrap stability is computed for the first two.
-RANK_SCORES = ("logme", "h_score_shrinkage", "linear_probe_accuracy", "knn_accuracy")
-_BOOTSTRAP_SCORES = RANK_SCORES[:2]
+#: The scores a ranking can use; bootstrap stability is computed for the first three.
+RANK_SCORES = ("logme", "h_score_shrinkage", "sfda", "linear_probe_accuracy", "knn_accuracy")
+_BOOTSTRAP_SCORES = RANK_SCORES[:3]
+
+
+def _bootstrap_score(by: str, features: ArrayLike, labels: ArrayLike) -> float:
+    if by == "logme":
+        return logme_score(features, labels)
+    if by == "sfda":
+        return sfda_score(features, labels)
+    return h_score(features, labels, shrinkage=True)
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,7 @@ def bootstrap_top_frequency(
     features : dict of str to ndarray of shape (n_samples, n_features)
         Each candidate's features of the same target samples.
     labels : ndarray of shape (n_samples,)
-    by : {"logme", "h_score_shrinkage"}
+    by : {"logme", "h_score_shrinkage", "sfda"}
     n_bootstrap : int
         Resamples; 0 returns ``{}``.
     seed : int
@@ -161,7 +171,7 @@ def bootstrap_top_frequency(
         vals = {}
         for k, f in features.items():
             try:
-                vals[k] = logme_score(f[idx], y) if by == "logme" else h_score(f[idx], y, shrinkage=True)
+                vals[k] = _bootstrap_score(by, f[idx], y)
             except Exception as exc:  # a degenerate resample: skip it for every candidate
                 log.debug("bootstrap resample skipped: %s", exc)
                 break
