@@ -69,6 +69,13 @@ def _tex(name: str, backbone: str, target: str = f"{SC}/tex") -> dict:
     return {**_digits(name, backbone, target, f"{target}-val", held_out=True), "source": f"{SC}/tex-src"}
 
 
+def _rescaled(name: str) -> dict:
+    """A re-scaled Lite0 on UCI (make_scenarios.py): negative transfer only (two depths swept), the
+    from-scratch runs are mnist-uci's (same architecture, seeds, budget and validation set)."""
+    backbone = f"efficientnet_lite0@{SC}/{name}-lite0.safetensors"
+    return _digits(f"{name}-uci", backbone, held_out=True, nt_only=True, scratch_from="mnist-uci")
+
+
 LITE0 = "efficientnet_lite0"
 SHUFFLED = f"efficientnet_lite0@{SC}/shuffled-lite0.safetensors"
 LADDER = ("noise1", "noise3", "noise5", "blur3", "contrast3", "jpeg3")
@@ -109,6 +116,9 @@ SCENARIOS = [
     *[_tex(f"tex-{c}", LITE0, f"{SC}/tex-{c}") for c in LADDER],
     _digits("shuffled-uci", SHUFFLED, held_out=True),
     _tex("shuffled-tex", SHUFFLED),
+    # Re-scaled checkpoints (make_scenarios.py; negative transfer only: tune-all and the linear probe,
+    # scratch from mnist-uci's runs): conv weights x 0.001 / 0.01 (collapse) and x 100 (lost plasticity).
+    *[_rescaled(n) for n in ("tiny001", "tiny01", "big-shuffled", "big")],
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",
@@ -213,7 +223,7 @@ def auroc(scores: list[float], positive: list[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
-def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path) -> dict:
+def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path, rule_only: bool = False) -> dict:
     import diag
 
     sweep_dir = sweep_root / sc["sweep"]
@@ -239,10 +249,14 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path) -> di
     acc, scratch = by_depth(sweep)
     if scratch is None and sc.get("scratch_from"):  # the same from-scratch runs, made by another sweep
         other = next(x for x in SCENARIOS if x["name"] == sc["scratch_from"])
-        scratch = json.loads((sweep_root / other["sweep"] / "sweep.json").read_text()).get("scratch_mean")
+        where = sweep_root / other["sweep"] / "sweep.json"
+        if not where.is_file():  # the committed copy (bench_predict.py writes it below)
+            where = ROOT / "benchmarks" / "results" / "sweeps" / f"{other['name']}.json"
+        scratch = json.loads(where.read_text()).get("scratch_mean")
     alt = {name: rule(fr["evidence"], blocks) for name, rule in ALT_RULES.items()}
     if run_missing and not sc.get("nt_only"):
-        missing = sorted({k for k in [k_rec, *alt.values()] if k is not None} - set(acc))
+        wanted = [k_rec] if rule_only else [k_rec, *alt.values()]
+        missing = sorted({k for k in wanted if k is not None} - set(acc))
         if missing:
             run_depth(sc, sweep_dir, sorted({*acc, *missing}))
             sweep = json.loads(path.read_text())
@@ -441,6 +455,7 @@ def main() -> int:
     ap.add_argument("--sweeps", type=Path, default=ROOT / "runs" / "sweeps")
     ap.add_argument("--reports", type=Path, default=ROOT / "runs" / "bench_predict")
     ap.add_argument("--run-missing", action="store_true", help="fine-tune recommended depths not yet swept")
+    ap.add_argument("--rule-only", action="store_true", help="with --run-missing: diag's depth only")
     ap.add_argument("--only", action="append", help="evaluate only this scenario (repeat for several)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.json")
     ap.add_argument(
@@ -452,7 +467,7 @@ def main() -> int:
     chosen = [sc for sc in SCENARIOS if not args.only or sc["name"] in args.only]
     if args.summary_only:
         chosen, args.only = [], ["none"]
-    rows = [evaluate(sc, args.sweeps, args.run_missing, args.reports) for sc in chosen]
+    rows = [evaluate(sc, args.sweeps, args.run_missing, args.reports, args.rule_only) for sc in chosen]
     for sc in chosen:  # the truth tables next to the figures (sweep.json only; checkpoints stay in runs/)
         src = args.sweeps / sc["sweep"] / "sweep.json"
         if src.is_file():

@@ -44,6 +44,29 @@ reported apart, as an out-of-sample check of rules chosen on the tables above):
 ``dead40-lite0.safetensors``
     40 % of the ReLU6 channels dead (see above): between the calibrated 60 % (scratch won) and intact.
 
+Issue 15's negative-transfer causes other than dead units (weights re-scaled, no training; every Conv2d
+weight of the checkpoint multiplied by a factor, each BatchNorm's running mean and variance by the factor
+and its square, so the checkpoint's statistics describe the network it holds):
+
+``tiny01-lite0.safetensors``, ``tiny001-lite0.safetensors``
+    Lite0's ImageNet weights x 0.01 / x 0.001: the pre-activations' variance (x 1e-4 / 1e-6) falls to or
+    below BatchNorm's eps (1e-3), which then swamps it (the signal collapses towards the BatchNorm
+    biases), and AdamW's step (about lr) is 10-100 times the weights' size, so the first updates
+    overwrite the features.
+``big-lite0.safetensors``, ``big-shuffled-lite0.safetensors``
+    Lite0's ImageNet / shuffled weights x 100: the forward pass is unchanged (BatchNorm removes the
+    scale), but AdamW's step is 100 times smaller relative to every weight, so fine-tuning cannot move
+    the body (lost plasticity: a large weight norm is a small effective learning rate, van Laarhoven
+    2017; Lyle et al. 2023): the features stay what they were, good (ImageNet) or useless (shuffled).
+``gamma0-lite0.safetensors``
+    Lite0's ImageNet weights with every BatchNorm scale (gamma) set to 0: each layer outputs its bias
+    whatever the input, and no gradient reaches a convolution until the scales above it have grown back
+    (top-down, one layer per few steps); a cousin of the dead units (the units are alive, not dead).
+``gratings``
+    1,000 synthetic images (100 per class), a far synthetic pre-training domain: sinusoidal gratings at
+    10 orientations (the class; random frequency 1.5-6 cycles per image, phase and contrast, Gaussian
+    noise sd 20); ``run_sweeps.sh`` trains Lite0 on it from random init (real labels) as a backbone.
+
 Usage::
 
     .venv/bin/python benchmarks/make_scenarios.py [--out runs/scenarios]
@@ -101,6 +124,7 @@ def main() -> int:
     _dead_units(out / "dead60-lite0.safetensors", fraction=0.6)
     _held_out(out, uci, uci_y, sample_idx, val_idx, sheet, sheet_y, args.seed)
     _new_families(out, args.seed)
+    _rescaled_family(out)
     print(f"wrote the scenario folders under {out}")
     return 0
 
@@ -279,6 +303,79 @@ def _new_families(out: Path, seed: int) -> None:
                 out / f"{name}-val", _ladder(val, kind, level, 21 + sev), labels50, np.arange(len(val))
             )
     _shuffled_weights(out / "shuffled-lite0.safetensors")
+
+
+def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0") -> None:
+    """``base``'s weights with every Conv2d weight x ``factor`` and each BatchNorm's running mean x
+    ``factor`` and running variance x ``factor``**2 (a deterministic transform: no randomness)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from diag.models import load
+
+    model = load(base).model
+    n_conv = 0
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                mod.weight.mul_(factor)
+                n_conv += 1
+            elif isinstance(mod, torch.nn.BatchNorm2d) and mod.running_mean is not None:
+                assert mod.running_var is not None
+                mod.running_mean.mul_(factor)
+                mod.running_var.mul_(factor * factor)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(path))
+    print(f"{path.name}: {n_conv} conv weights x {factor:g} ({base})")
+
+
+def _rescaled_family(out: Path) -> None:
+    """The re-scaled checkpoints (see the module docstring): too small (collapse) and too large (lost
+    plasticity), on ImageNet Lite0 and on the weight-shuffled one (built first by ``_new_families``)."""
+    _rescaled(out / "tiny01-lite0.safetensors", 0.01)
+    _rescaled(out / "tiny001-lite0.safetensors", 0.001)
+    _rescaled(out / "big-lite0.safetensors", 100.0)
+    shuffled = f"efficientnet_lite0@{out / 'shuffled-lite0.safetensors'}"
+    _rescaled(out / "big-shuffled-lite0.safetensors", 100.0, base=shuffled)
+    _gamma0(out / "gamma0-lite0.safetensors")
+    _gratings(out / "gratings")
+
+
+def _gamma0(path: Path) -> None:
+    """Lite0's ImageNet weights with every BatchNorm's scale set to 0 (deterministic)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from diag.models import load
+
+    model = load("efficientnet_lite0").model
+    n = 0
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.zero_()
+                n += 1
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    print(f"{path.name}: {n} BatchNorm scales set to 0")
+
+
+def _gratings(out: Path, per_class: int = 100, size: int = 32) -> None:
+    """Sinusoidal gratings, the class is the orientation (10 steps of 18 degrees), RGB (grey)."""
+    rng = np.random.default_rng(4242)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    images, labels = [], []
+    for c in range(10):
+        theta = np.pi * c / 10
+        for _ in range(per_class):
+            freq = rng.uniform(1.5, 6.0)
+            phase = rng.uniform(0, 2 * np.pi)
+            contrast = rng.uniform(40, 110)
+            wave = np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase)
+            img = 128 + contrast * wave + rng.normal(0, 20, size=wave.shape)
+            images.append(np.repeat(np.clip(np.rint(img), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2))
+            labels.append(c)
+    S.write_digits(out, np.stack(images), np.array(labels), np.arange(len(labels)))
+    print(f"{out.name}: {len(labels)} gratings")
 
 
 if __name__ == "__main__":

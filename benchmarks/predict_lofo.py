@@ -70,6 +70,10 @@ FAMILY = {
     "tex-jpeg3": "input corruption",
     "shuffled-uci": "shuffled weights",
     "shuffled-tex": "shuffled weights",
+    "tiny001-uci": "collapsed weights",
+    "tiny01-uci": "collapsed weights",
+    "big-uci": "large weights",
+    "big-shuffled-uci": "large weights",
 }
 
 #: The freeze rule's constants and the values the grid tries (diag's default among them).

@@ -77,3 +77,10 @@ new_families() {  # in the order they were run (about 25 min per 16-run sweep on
   sweep shuffled-tex $S/tex $S/tex-val efficientnet_lite0@$S/shuffled-lite0.safetensors 0,1,3,5,9
 }
 new_families
+
+# Re-scaled checkpoints (make_scenarios.py: conv weights x 0.001 / 0.01 / 100; running statistics scaled
+# with them): negative transfer only, tune-all and the linear probe; the from-scratch runs are mnist-uci's.
+rescaled() { $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/$1-lite0.safetensors" \
+  --preset small --image-size 32 --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint \
+  --no-save-best -q -o "runs/sweeps/v2/$1-uci"; }
+for w in tiny001 big-shuffled tiny01 big; do rescaled $w; done
