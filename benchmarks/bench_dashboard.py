@@ -164,6 +164,76 @@ def settle(cdp: DevTools, done: str, timeout: float = 300) -> float:
     raise TimeoutError(f"timed out waiting for {done}")
 
 
+#: Before an interaction: a long-task observer (main-thread work over 50 ms) and a tag on the map's plot
+#: element, with a counter of its redraws (``plotly_afterplot``); read back by :data:`PROBE_AFTER`.
+PROBE_BEFORE = """(() => {
+  window.__lt = window.__lt || [];
+  if (!window.__ltObs) {
+    window.__ltObs = new PerformanceObserver(
+      l => l.getEntries().forEach(e => window.__lt.push([e.startTime, e.duration])));
+    window.__ltObs.observe({type: 'longtask', buffered: false});
+  }
+  const gd = document.querySelector('.js-plotly-plot');
+  if (gd) {
+    gd.__benchTag = true; gd.__benchPlots = 0;
+    if (!gd.__benchHooked && gd.on) {
+      gd.__benchHooked = true; gd.on('plotly_afterplot', () => { gd.__benchPlots += 1; });
+    }
+  }
+  window.__res0 = performance.getEntriesByType('resource').length;
+  window.__tAct = null;
+  return performance.now();
+})()"""
+PROBE_AFTER = """((t0) => {
+  const gd = document.querySelector('.js-plotly-plot');
+  const tA = window.__tAct || t0;  // the click or the mouse release: long tasks' time after it
+  const lt = (window.__lt || []).filter(e => e[0] + e[1] > tA);
+  return {long_tasks_ms: lt.reduce((a, e) => a + e[0] + e[1] - Math.max(e[0], tA), 0),
+          n_long_tasks: lt.length,
+          plot_replaced: !(gd && gd.__benchTag), plot_redraws: gd && gd.__benchTag ? gd.__benchPlots : null,
+          requests: performance.getEntriesByType('resource').length - (window.__res0 || 0)};
+})"""
+
+
+def split(timings: Path, t_action: float, t_done: float, page: str = "Embeddings") -> dict[str, Any]:
+    """The server's share of an interaction: the page's script runs that started after ``t_action`` (wall
+    clock), from the server's timing log (``$DIAG_DASHBOARD_TIMINGS``); the rest is the browser's (sending
+    the event, drawing the result) and the websocket's."""
+    runs = []
+    if timings.is_file():
+        for line in timings.read_text().splitlines():
+            rec = json.loads(line)
+            if rec["page"] == page and t_action - 0.05 <= rec["start"] <= t_done:
+                runs.append(rec)
+    if not runs:
+        return {"server_runs": 0}
+    server = sum(r["end"] - r["start"] for r in runs)
+    last = runs[-1]
+    marks, prev = {}, last["start"]
+    for name, t in last["marks"]:
+        marks[name] = round(t - prev, 4)
+        prev = t
+    return {
+        "server_runs": len(runs),
+        "server_s": server,
+        "to_first_run_s": runs[0]["start"] - t_action,
+        "after_last_run_s": t_done - last["end"],
+        "last_run_parts_s": marks,
+    }
+
+
+def interact(cdp: DevTools, act: Any, done: str, timings: Path) -> tuple[float, dict[str, Any]]:
+    """Run ``act`` (which returns the perf_counter time the interaction happened), wait for ``done``, and
+    split the latency into server and browser (:func:`split`, long tasks, plot redraws)."""
+    p0 = cdp.evaluate(PROBE_BEFORE)
+    wall0, perf0 = time.time(), time.perf_counter()
+    t_act = act()
+    t_done = settle(cdp, done)
+    info = split(timings, wall0 + (t_act - perf0), wall0 + (t_done - perf0))
+    info.update(cdp.evaluate(f"({PROBE_AFTER})({json.dumps(p0)})") or {})
+    return t_done - t_act, info
+
+
 def first_render(cdp: DevTools, url: str, done: str) -> float:
     cdp.send("Page.navigate", {"url": "about:blank"})
     time.sleep(0.3)
@@ -177,22 +247,26 @@ def click_radio(cdp: DevTools, label: str) -> float:
     t0 = time.perf_counter()
     ok = cdp.evaluate(
         "(() => { const l = Array.from(document.querySelectorAll('[data-testid=\"stRadio\"] label'))"
-        f".find(e => e.innerText.trim() === {json.dumps(label)}); if (l) {{ l.click(); return true; }}"
+        f".find(e => e.innerText.trim() === {json.dumps(label)});"
+        " if (l) { window.__tAct = performance.now(); l.click(); return true; }"
         " return false; })()"
     )
     if not ok:
         raise RuntimeError(f"no radio option {label!r}")
     time.sleep(0.15)
-    done = (
+    return t0
+
+
+def colour_done(label: str) -> str:
+    return (
         "(() => { const p = document.querySelector('.js-plotly-plot');"
         f" return !!(p && p.data && p.data.some(t => (t.name || '').includes({json.dumps(label)}))); }})()"
     )
-    return settle(cdp, done) - t0
 
 
 def lasso(cdp: DevTools, frac: tuple[float, float, float, float]) -> float:
     """Draw a lasso (a rectangle traced with the mouse) over the plot area's fraction ``frac``
-    (x0, y0, x1, y1) and time until the selection panel shows."""
+    (x0, y0, x1, y1); the perf_counter time of the mouse release."""
     cdp.evaluate("window.scrollTo(0, 0)")
     time.sleep(0.2)
     rect = cdp.evaluate(
@@ -209,10 +283,14 @@ def lasso(cdp: DevTools, frac: tuple[float, float, float, float]) -> float:
         for t in np.linspace(0, 1, 8)[1:]:
             cdp.send(mouse, {"type": "mouseMoved", "x": ax + t * (bx - ax), "y": ay + t * (by - ay),
                              "button": "left", "buttons": 1})  # fmt: skip
+    cdp.evaluate("window.__tAct = performance.now()")
     t0 = time.perf_counter()
     cdp.send(mouse, {"type": "mouseReleased", "x": x0, "y": y0 + 2, "button": "left", "clickCount": 1})
     time.sleep(0.15)
-    return settle(cdp, f"({TEXT}).includes('Selected points')") - t0
+    return t0
+
+
+SELECTED = f"({TEXT}).includes('Selected points')"
 
 
 def webgpu(cdp: DevTools) -> dict[str, Any]:
@@ -228,49 +306,115 @@ def webgpu(cdp: DevTools) -> dict[str, Any]:
     return {"navigator_gpu": has, "adapter": adapter}
 
 
-def measure(report: Path, query: str, rounds: int, cdp: DevTools, log_dir: Path) -> dict[str, Any]:
+@dataclasses.dataclass
+class Server:
+    """One ``diag dashboard`` process (the app under test, or a baseline copy of the app)."""
+
+    tag: str
+    proc: subprocess.Popen[bytes]
+    base: str
+    timings: Path
+    log: Path
+
+
+def start_server(report: Path, tag: str, app: Path | None, log_dir: Path, nice: int) -> Server:
     port = free_port()
-    log = log_dir / f"server-{report.name}.log"
-    env = {**os.environ, "DIAG_RUNS_DIR": str(log_dir / "runs")}
+    log = log_dir / f"server-{report.name}-{tag}.log"
+    timings = log_dir / f"timings-{report.name}-{tag}.jsonl"
+    timings.unlink(missing_ok=True)
+    env = {**os.environ, "DIAG_RUNS_DIR": str(log_dir / "runs"), "DIAG_DASHBOARD_TIMINGS": str(timings)}
+    if app is not None:
+        env["DIAG_DASHBOARD_APP"] = str(app)
     with log.open("wb") as f:
         proc = subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, "-m", "diag.cli", "dashboard", str(report),
+            ["nice", "-n", str(nice), sys.executable, "-m", "diag.cli", "dashboard", str(report),
              "--port", str(port)],
             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    out: dict[str, Any] = {"home": [], "embeddings": [], "colour": [], "selection": []}
-    try:
-        wait_http(f"{base}/_stcore/health", 180, proc, log)
-        map_ready = f"({N_POINTS}) > 0 && ({TEXT}).includes('Selection')"
-        home_ready = "document.querySelectorAll('[data-testid=\"stMetric\"]').length > 0"
-        for r in range(rounds):
-            out["home"].append(first_render(cdp, f"{base}/home", home_ready))
-            out["embeddings"].append(first_render(cdp, f"{base}/embeddings{query}", map_ready))
-            out["n_drawn"] = cdp.evaluate(N_POINTS)
-            out["colour"].append(click_radio(cdp, "OOD score"))
-            out["selection"].append(lasso(cdp, (0.02, 0.02, 0.55, 0.98)))
-            text = cdp.evaluate(TEXT)
-            out["selected_text"] = text[text.find("Selected points") : text.find("Selected points") + 40]
-            done = ", ".join(f"{k} {v[-1]:.2f} s" for k, v in out.items() if isinstance(v, list))
-            print(f"    round {r}: {done}", flush=True)
-        shot = log_dir / f"embeddings-{report.name}.png"
-        cdp.screenshot(shot)
-        out["screenshot"] = str(shot)
-    finally:
-        stop_process(proc)
-    summary = {
+    wait_http(f"{base}/_stcore/health", 180, proc, log)
+    return Server(tag, proc, base, timings, log)
+
+
+def one_round(cdp: DevTools, srv: Server, query: str, out: dict[str, Any]) -> None:
+    map_ready = f"({N_POINTS}) > 0 && ({TEXT}).includes('Selection')"
+    home_ready = "document.querySelectorAll('[data-testid=\"stMetric\"]').length > 0"
+    out["home"].append(first_render(cdp, f"{srv.base}/home", home_ready))
+    out["embeddings"].append(first_render(cdp, f"{srv.base}/embeddings{query}", map_ready))
+    out["n_drawn"] = cdp.evaluate(N_POINTS)
+    secs, info = interact(cdp, lambda: click_radio(cdp, "OOD score"), colour_done("OOD score"), srv.timings)
+    out["colour"].append(secs)
+    out["colour_split"].append(info)
+    secs, info = interact(cdp, lambda: lasso(cdp, (0.02, 0.02, 0.55, 0.98)), SELECTED, srv.timings)
+    out["selection"].append(secs)
+    out["selection_split"].append(info)
+    text = cdp.evaluate(TEXT)
+    out["selected_text"] = text[text.find("Selected points") : text.find("Selected points") + 40]
+
+
+def summarise(out: dict[str, Any]) -> dict[str, Any]:
+    def med_split(rows: list[dict[str, Any]], key: str) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    summary: dict[str, Any] = {
         "embeddings_first_open_cold_s": out["embeddings"][0],
         "embeddings_open_median_s": statistics.median(out["embeddings"][1:] or out["embeddings"]),
         "home_open_median_s": statistics.median(out["home"]),
         "colour_change_median_s": statistics.median(out["colour"]),
         "selection_median_s": statistics.median(out["selection"]),
     }
+    for what in ("colour", "selection"):
+        rows = out[f"{what}_split"]
+        summary[f"{what}_server_median_s"] = med_split(rows, "server_s")
+        summary[f"{what}_after_server_median_s"] = med_split(rows, "after_last_run_s")
+        summary[f"{what}_to_server_median_s"] = med_split(rows, "to_first_run_s")
+        summary[f"{what}_long_tasks_median_ms"] = med_split(rows, "long_tasks_ms")
     summary["embeddings_over_home"] = summary["embeddings_open_median_s"] / summary["home_open_median_s"]
-    summary["load_average_1min_after"] = os.getloadavg()[0]
-    return {**summary, "rounds": {k: out[k] for k in ("home", "embeddings", "colour", "selection")},
-            "n_drawn": out.get("n_drawn"), "selected": out.get("selected_text"),
-            "screenshot": out.get("screenshot")}  # fmt: skip
+    return {**summary, "rounds": {k: out[k] for k in ROUND_KEYS}, "n_drawn": out.get("n_drawn"),
+            "selected": out.get("selected_text")}  # fmt: skip
+
+
+ROUND_KEYS = ("home", "embeddings", "colour", "selection", "colour_split", "selection_split")
+
+
+def measure(
+    report: Path, query: str, rounds: int, cdp: DevTools, log_dir: Path, baseline_app: Path | None, nice: int
+) -> dict[str, Any]:
+    """Rounds on the app under test and, with ``baseline_app``, on a baseline copy of the app served by a
+    second process, interleaved (the order alternates by round)."""
+    servers = [start_server(report, "app", None, log_dir, nice)]
+    if baseline_app is not None:
+        servers.append(start_server(report, "baseline", baseline_app, log_dir, nice))
+    outs: dict[str, dict[str, Any]] = {s.tag: {k: [] for k in ROUND_KEYS} for s in servers}
+    try:
+        for r in range(rounds):
+            for srv in servers if r % 2 == 0 else servers[::-1]:
+                out = outs[srv.tag]
+                one_round(cdp, srv, query, out)
+                done = ", ".join(f"{k} {v[-1]:.2f} s" for k, v in out.items() if k in ROUND_KEYS[:4])
+                sp = out["selection_split"][-1]
+                print(f"    round {r} {srv.tag}: {done}; selection: server {sp.get('server_s', 0):.2f} s, "
+                      f"after it {sp.get('after_last_run_s', 0):.2f} s, long tasks "
+                      f"{sp.get('long_tasks_ms', 0):.0f} ms, plot replaced {sp.get('plot_replaced')}",
+                      flush=True)  # fmt: skip
+        shot = log_dir / f"embeddings-{report.name}.png"
+        cdp.screenshot(shot)
+    finally:
+        for srv in servers:
+            stop_process(srv.proc)
+    result = summarise(outs["app"])
+    result["screenshot"] = str(shot)
+    result["load_average_1min_after"] = os.getloadavg()[0]
+    if baseline_app is not None:
+        base = summarise(outs["baseline"])
+        result["baseline"] = base
+        result["ratio_to_baseline"] = {
+            k: result[k] / base[k]
+            for k in ("embeddings_open_median_s", "colour_change_median_s", "selection_median_s")
+            if base[k]
+        }
+    return result
 
 
 def main() -> None:
@@ -283,7 +427,14 @@ def main() -> None:
     ap.add_argument(
         "--note", default="idle machine", help="what else ran on the machine (recorded with the results)"
     )
+    ap.add_argument(
+        "--baseline-app", type=Path, default=None,
+        help="dashboard/app.py of a baseline copy of the dashboard (e.g. `git archive` of an older commit), "
+        "served by a second process and measured in the same rounds, interleaved",
+    )  # fmt: skip
+    ap.add_argument("--nice", type=int, default=0, help="niceness of the servers and the browser")
     args = ap.parse_args()
+    load_before = os.getloadavg()
     if CHROMIUM is None:
         sys.exit("no chromium on PATH")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -300,7 +451,7 @@ def main() -> None:
     profile = args.work / "chromium-profile"
     port = free_port()
     chrome = subprocess.Popen(
-        ["nice", "-n", "10", CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}",
+        ["nice", "-n", str(args.nice), CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}",
          f"--remote-debugging-port={port}", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
         start_new_session=True,
@@ -322,7 +473,9 @@ def main() -> None:
                 if name not in sizes:
                     continue
                 print(f"measuring {name}: {folder}", flush=True)
-                results[name] = measure(Path(folder), query, args.rounds, cdp, args.work)
+                results[name] = measure(
+                    Path(folder), query, args.rounds, cdp, args.work, args.baseline_app, args.nice
+                )
                 results[name]["points"] = {"600": 600, "10k": 10_000, "200k": 200_000}[name]
                 results[name]["map"] = "PCA (every point)" if query else "UMAP (precomputed)"
     finally:
@@ -330,7 +483,8 @@ def main() -> None:
     results["machine"] = {
         "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
         "note": args.note + "; headless Chromium with software WebGL (SwiftShader)",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nice": args.nice,
+        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
     }  # fmt: skip
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1))

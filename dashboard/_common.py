@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,36 @@ def init_state() -> None:
         st.session_state[REPORT_KEY] = os.environ.get(REPORT_ENV) or None
     if RUNS_KEY not in st.session_state:
         st.session_state[RUNS_KEY] = os.environ.get(RUNS_ENV) or "runs"
+
+
+TIMINGS_ENV = "DIAG_DASHBOARD_TIMINGS"  # a file: each script run appends one JSON line (benchmarks)
+MARKS_KEY = "timing_marks"
+
+
+@contextlib.contextmanager
+def timed_run(page: Any) -> Iterator[None]:
+    """Append one JSON line per script run (page, wall-clock start and end, the page's marks) to
+    the file ``$DIAG_DASHBOARD_TIMINGS`` names; nothing without it. The browser benchmark splits an
+    interaction's latency into the server's script time and the browser's with it."""
+    path = os.environ.get(TIMINGS_ENV)
+    if not path:
+        yield
+        return
+    st.session_state[MARKS_KEY] = []
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        marks = st.session_state.get(MARKS_KEY) or []
+        rec = {"page": getattr(page, "title", str(page)), "start": t0, "end": time.time(), "marks": marks}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def mark(name: str) -> None:
+    """Note when a part of the page script ended (wall clock; only under ``$DIAG_DASHBOARD_TIMINGS``)."""
+    if os.environ.get(TIMINGS_ENV):
+        st.session_state.setdefault(MARKS_KEY, []).append([name, time.time()])
 
 
 KEPT_KEY = "kept_widgets"  # a plain (non-widget) key: it survives page switches

@@ -10,6 +10,12 @@ this router runs.)
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the pages' shared helpers (_common.py)
+
+import _common as ui
 import streamlit as st
 
 # No page icons: a Material icon name makes the browser fetch an icon font, and emoji need an emoji font
@@ -28,4 +34,6 @@ PAGES = [
 # The default page is served at "/": "/home" (a natural link) is the same page, unlisted.
 HOME_ALIAS = st.Page("views/0_Home.py", title="Home", url_path="home", visibility="hidden")
 
-st.navigation([*PAGES, HOME_ALIAS], position="sidebar").run()
+page = st.navigation([*PAGES, HOME_ALIAS], position="sidebar")
+with ui.timed_run(page):
+    page.run()

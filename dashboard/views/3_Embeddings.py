@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from diag.stats import projection
 K_NEIGHBOURS = 3
 PAGE_SIZE = 12
 TOP_DRIVERS = 50
+DRAWN_KEY = "emb_drawn"  # what the chart shows: its view, and whether it shows the selection itself
+REV_KEY = "emb_chart_rev"
 
 ui.page_setup("Embeddings")
 report = ui.require_report()
@@ -184,6 +187,7 @@ with ui.shown_errors("Could not compute the map") as outcome, st.spinner(why):
     data = map_data(folder, mtime, layer, method.lower(), int(n_neighbors), float(min_dist))
 if not outcome.ok:
     st.stop()
+ui.mark("map")
 
 has_attr = bool(np.isfinite(data.attribution[data.is_target]).any())
 has_clusters = any(c is not None for c in data.cluster)
@@ -226,7 +230,8 @@ mask = ex.visible(data, view)
 event = st.session_state.get(ex.CHART_KEY)
 sel_event = dict(event.get("selection") or {}) if event else {}
 sig = ex.event_signature(sel_event)
-if not ex.is_empty(sel_event) and sig != st.session_state.get(ex.EVENT_KEY):
+from_chart = not ex.is_empty(sel_event) and sig != st.session_state.get(ex.EVENT_KEY)
+if from_chart:
     st.session_state[ex.EVENT_KEY] = sig
     view = ex.with_selection(view, [str(k) for k in data.keys[ex.event_positions(data, sel_event, mask)]])
 
@@ -255,63 +260,115 @@ if clusters_ranked:
         view = ex.with_selection(view, [str(k) for k in data.keys[members]])
 if b2.button("Clear selection", key="emb_clear", disabled=not view.selection):
     view = ex.with_selection(view, [])
+ui.mark("widgets and selection")
 sel_pos = data.positions(view.selection)
-sel_pos_vis = sel_pos[mask[sel_pos]] if len(sel_pos) else sel_pos
 
 # ------------------------------------------------------------------------------------------------------
 # The map
 
-shown = ex.thin(data.coords, mask, data.is_target, ex.DISPLAY_BUDGET)
 spec_src, spec_tgt = report.source.get("spec"), report.target.get("spec")
-snippets = ui.dataset(spec_tgt).modality == "text" if spec_tgt and len(shown) <= 3000 else False
+COLOUR_KEY = {"domain": "domain", "label": "label", "OOD score": "ood", "attribution": "score",
+              "cluster": "cluster"}  # fmt: skip
 
 
-def hover_text(p: int) -> str:
-    side = "target" if data.is_target[p] else "source"
-    bits = [f"{side} {str(data.keys[p])[2:]}"]
-    if data.labels[p] is not None:
-        bits.append(str(data.labels[p]))
-    if data.is_target[p]:
-        bits.append(f"OOD {data.ood[p]:.2f}")
-        if has_attr:
-            bits.append(f"p(target) {data.attribution[p]:.2f}")
-        if data.cluster[p] is not None:
-            bits.append(str(data.cluster[p]))
-    text = " · ".join(bits)
-    if snippets:
-        spec = spec_tgt if data.is_target[p] else spec_src
-        snip = thumb(spec, str(data.keys[p])[2:]) if spec else None
-        if snip:
-            text += "<br>" + snip[:80].replace("<", "&lt;")
-    return text
+@st.cache_resource(show_spinner=False, max_entries=12)
+def map_figure(
+    folder: str,
+    mtime: int,
+    map_args: tuple[str, str, int, float],
+    colour: str,
+    filters: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[float, float] | None],
+    ring: tuple[str, ...],
+    rev: int,
+    budget: int,
+) -> dict:
+    """The map's figure for one view (``ring``: the item keys drawn as rings, a selection the chart does not
+    show itself), with its numbers of drawn and visible points, whether hover shows text snippets, and the
+    drawn positions that get a hover thumbnail. Cached: a rerun that changes none of
+    these (a selection made on the chart, a gallery page) sends the same figure, which the browser keeps
+    as it is instead of drawing 10k points again; ``rev`` forces a fresh chart (a selection cleared);
+    ``budget``: the most points drawn."""
+    data = map_data(folder, mtime, *map_args)
+    domains, labels, clusters, ood = filters
+    look = ex.View(domains=list(domains), labels=list(labels), clusters=list(clusters), ood=ood)
+    mask = ex.visible(data, look)
+    shown = ex.thin(data.coords, mask, data.is_target, budget)
+    snippets = ui.dataset(spec_tgt).modality == "text" if spec_tgt and len(shown) <= 3000 else False
+    has_attr = bool(np.isfinite(data.attribution[data.is_target]).any())
+
+    def hover_text(p: int) -> str:
+        side = "target" if data.is_target[p] else "source"
+        bits = [f"{side} {str(data.keys[p])[2:]}"]
+        if data.labels[p] is not None:
+            bits.append(str(data.labels[p]))
+        if data.is_target[p]:
+            bits.append(f"OOD {data.ood[p]:.2f}")
+            if has_attr:
+                bits.append(f"p(target) {data.attribution[p]:.2f}")
+            if data.cluster[p] is not None:
+                bits.append(str(data.cluster[p]))
+        text = " · ".join(bits)
+        if snippets:
+            spec = spec_tgt if data.is_target[p] else spec_src
+            snip = thumb(spec, str(data.keys[p])[2:]) if spec else None
+            if snip:
+                text += "<br>" + snip[:80].replace("<", "&lt;")
+        return text
+
+    ring_pos = data.positions(ring)
+    ring_pos = ring_pos[mask[ring_pos]] if len(ring_pos) else ring_pos
+    extra = np.setdiff1d(ring_pos, shown)[: ex.HIGHLIGHT_BUDGET]  # selected points the thinning left out
+    draw = np.r_[shown, extra] if len(extra) else shown
+    order = np.argsort(data.is_target[draw], kind="stable")  # source rows first, as embedding_figure expects
+    draw = draw[order]
+    fig, _ = figures.embedding_figure(
+        data.coords[draw],
+        int((~data.is_target[draw]).sum()),
+        colour_by=COLOUR_KEY[colour],
+        labels=list(data.cluster[draw] if colour == "cluster" else data.labels[draw]),
+        target_scores=data.ood[draw][data.is_target[draw]],
+        scores=data.attribution[draw],
+        score_name="domain probability",
+        hover=[hover_text(int(p)) for p in draw],
+        rows=draw,
+        highlight=np.flatnonzero(np.isin(draw, ring_pos))[: ex.HIGHLIGHT_BUDGET],
+        title=f"{map_args[1].upper()} of source ({data.n_source:,}) and target "
+        f"({len(data) - data.n_source:,}) at {map_args[0]}",
+    )
+    fig.update_layout(meta={"rev": rev})
+    near = draw[np.linspace(0, len(draw) - 1, min(len(draw), ex.HOVER_THUMBS)).astype(int)]
+    return {"fig": fig, "n_shown": len(shown), "n_visible": int(mask.sum()), "snippets": snippets,
+            "near": tuple(int(p) for p in near)}  # fmt: skip
 
 
-n_src_shown = int((~data.is_target[shown]).sum())
-colour_key = {
-    "domain": "domain",
-    "label": "label",
-    "OOD score": "ood",
-    "attribution": "score",
-    "cluster": "cluster",
-}
-extra = np.setdiff1d(sel_pos_vis, shown)[: ex.HIGHLIGHT_BUDGET]  # selected points the thinning left out
-draw = np.r_[shown, extra] if len(extra) else shown
-order = np.argsort(data.is_target[draw], kind="stable")  # source rows first, as embedding_figure expects
-draw = draw[order]
-ring = np.flatnonzero(np.isin(draw, sel_pos_vis))[: ex.HIGHLIGHT_BUDGET]
-fig, _ = figures.embedding_figure(
-    data.coords[draw],
-    int((~data.is_target[draw]).sum()),
-    colour_by=colour_key[colour],
-    labels=list(data.cluster[draw] if colour == "cluster" else data.labels[draw]),
-    target_scores=data.ood[draw][data.is_target[draw]],
-    scores=data.attribution[draw],
-    score_name="domain probability",
-    hover=[hover_text(int(p)) for p in draw],
-    rows=draw,
-    highlight=ring,
-    title=f"{method} of source ({data.n_source:,}) and target ({len(data) - data.n_source:,}) at {layer}",
-)
+# Whether the chart shows the selection itself (Plotly's own selected/dimmed points, after a lasso or a
+# click on this very chart) or the figure must draw it as rings (a selection from a button, the URL, or
+# kept through a colour, layer or filter change). When the chart shows it, the figure stays unchanged.
+map_args = (layer, method.lower(), int(n_neighbors), float(min_dist))
+filters = (tuple(domains), tuple(labels_f), tuple(clusters_f), ood_f)
+fig_key = repr((map_args, colour, filters))
+drawn = st.session_state.get(DRAWN_KEY) or {}
+rev = int(st.session_state.get(REV_KEY, 0))
+sel_sig = zlib.crc32("\n".join(view.selection).encode())
+same_chart = drawn.get("key") == fig_key and drawn.get("rev") == rev
+if from_chart:
+    native = same_chart and not drawn.get("ring")
+elif drawn.get("native") and drawn.get("sel") == sel_sig:
+    native = same_chart
+else:
+    native = False
+    if drawn.get("native") and same_chart:  # the chart shows a selection that is no longer wanted
+        rev += 1
+        st.session_state[REV_KEY] = rev
+ring = () if native else tuple(view.selection)
+drawing = map_figure(folder, mtime, map_args, colour, filters, ring, rev, ex.DISPLAY_BUDGET)
+chart = [fig_key, rev, zlib.crc32("\n".join(ring).encode())]
+if chart != drawn.get("chart"):  # a new chart: it starts without a selection of its own
+    st.session_state[ex.EVENT_KEY] = ""
+st.session_state[DRAWN_KEY] = {
+    "key": fig_key, "rev": rev, "ring": bool(ring), "native": native, "sel": sel_sig, "chart": chart,
+}  # fmt: skip
+ui.mark("figure")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -328,12 +385,8 @@ def hover_thumbs(
     return out
 
 
-if not snippets and (spec_src or spec_tgt):
-    near = (
-        draw[np.linspace(0, len(draw) - 1, ex.HOVER_THUMBS).astype(int)]
-        if len(draw) > ex.HOVER_THUMBS
-        else draw
-    )
+if not drawing["snippets"] and (spec_src or spec_tgt):
+    near = np.asarray(drawing["near"], dtype=np.int64)
     try:
         overlay = st.components.v2.component("diag_hover_thumbs", js=ex.HOVER_JS)
         overlay(
@@ -344,7 +397,11 @@ if not snippets and (spec_src or spec_tgt):
     except (AttributeError, TypeError) as exc:  # a Streamlit without components v2: text hover only
         st.caption(f"(No hover thumbnails: {exc})")
 st.plotly_chart(
-    fig, key=ex.CHART_KEY, on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch"
+    drawing["fig"],
+    key=ex.CHART_KEY,
+    on_select="rerun",
+    selection_mode=("points", "box", "lasso"),
+    width="stretch",
 )
 notes = [
     "Draw a lasso or a box to select every sample inside it (also those the drawing leaves out); "
@@ -355,10 +412,10 @@ if colour == "OOD score":
         "Source points are grey: the score is a target sample's k-NN distance to the source, relative to "
         "the source's own spread (a typical source sample scores about 1)."
     )
-if len(shown) < int(mask.sum()):
+if drawing["n_shown"] < drawing["n_visible"]:
     notes.append(
-        f"Drawing {len(shown):,} of {int(mask.sum()):,} points: dense regions thinned, sparse ones and "
-        "outliers kept whole, both domains in every region."
+        f"Drawing {drawing['n_shown']:,} of {drawing['n_visible']:,} points: dense regions thinned, sparse "
+        "ones and outliers kept whole, both domains in every region."
     )
 if len(data) < n_all:
     notes.append(
@@ -375,6 +432,7 @@ if not has_attr:
         if at_layers
         else "This report has no drift attribution (run `diag diagnose` again to add it)."
     )
+ui.mark("chart")
 st.caption(" ".join(notes))
 if clusters_ranked:
     with st.expander(f"Target clusters at {layer}, ranked by their share of the drift"):
@@ -465,6 +523,7 @@ def gallery(positions: np.ndarray, title: str) -> None:
         )
 
 
+ui.mark("clusters")
 st.subheader("Selection")
 if len(sel_pos):
     sel_tgt = sel_pos[data.is_target[sel_pos]]
@@ -520,5 +579,6 @@ else:
     tgt_pos = np.flatnonzero(data.is_target & mask)
     order = tgt_pos[np.argsort(-np.nan_to_num(data.ood[tgt_pos], nan=-np.inf), kind="stable")]
     gallery(order, "Target samples, the most out-of-distribution first")
+ui.mark("selection and gallery")
 
 ex.save_view(st.session_state, st.query_params, view)

@@ -328,3 +328,36 @@ def test_attribution_colours_clusters_and_the_selections_share_of_the_drift(smal
     ok(at)
     spec = chart_spec(at)
     assert any(t["name"] == "domain probability" for t in spec["data"])
+
+
+def test_a_selection_made_on_the_chart_leaves_the_figure_unchanged(small_report: Report) -> None:
+    """A lasso/box on the chart: the chart shows the selection itself, so the page sends the very same
+    figure (the browser keeps its plot instead of drawing every point again); a selection the chart does
+    not show (kept through a colour change, cleared, or set by a button) is drawn as rings."""
+    at = ok(page(small_report).run())
+    before = at.get("plotly_chart")[0].proto
+    spec = chart_spec(at)
+    xs = np.concatenate([values(t["x"]) for t in spec["data"]])
+    ys = np.concatenate([values(t["y"]) for t in spec["data"]])
+    x0 = float(np.median(xs))
+    select(at, {"box": [{"x": [x0, float(xs.max()) + 1], "y": [float(ys.min()) - 1, float(ys.max()) + 1]}]})
+    n_sel = int((xs >= x0).sum())
+    assert metrics(at)["Selected points"] == str(n_sel)
+    after = at.get("plotly_chart")[0].proto
+    assert after.spec == before.spec and after.id == before.id
+    at.run()  # another rerun (as a gallery page change makes): still the same figure
+    assert at.get("plotly_chart")[0].proto.spec == before.spec
+    # Cleared: no rings, and a fresh chart (Plotly's own selection on the old one must go).
+    at.button(key="emb_clear").click().run()
+    ok(at)
+    cleared = at.get("plotly_chart")[0].proto
+    assert not [t for t in chart_spec(at)["data"] if t["name"] == "selected"]
+    assert cleared.id != before.id and "Selected points" not in metrics(at)
+    # Selected again, then a colour change: a new figure, with the kept selection drawn as rings.
+    select(at, {"box": [{"x": [x0, float(xs.max()) + 1], "y": [float(ys.min()) - 1, float(ys.max()) + 1]}]})
+    assert at.get("plotly_chart")[0].proto.spec == cleared.spec
+    at.radio(key="emb_colour").set_value("label").run()
+    ok(at)
+    rings = [t for t in chart_spec(at)["data"] if t["name"] == "selected"]
+    assert len(rings) == 1 and len(rings[0]["customdata"]) == n_sel
+    assert metrics(at)["Selected points"] == str(n_sel)

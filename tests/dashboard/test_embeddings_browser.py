@@ -101,10 +101,19 @@ def test_lasso_selection_is_in_the_url_and_reopens_with_no_external_request(
         timeout=30,
     )
     assert tip.startswith("data:image/png;base64,")
+    cdp.evaluate("document.querySelector('.js-plotly-plot').__tagged = true")
     draw_lasso(cdp)
     settle(cdp, f"({TEXT}).includes('Selected points')")
     text = cdp.evaluate(TEXT)
     assert f"Selected points\n\n{n}\n" in text  # the lasso went round every point
+    # The chart shows the selection itself (Plotly's selected points) and was not drawn again: the page
+    # sent the same figure, so the plot element is the one the lasso was drawn on.
+    kept = cdp.evaluate(
+        "(() => { const gd = document.querySelector('.js-plotly-plot');"
+        " return [!!gd.__tagged, gd.data.reduce((k, t) => k + (t.selectedpoints || []).length, 0),"
+        " gd.data.some(t => t.name === 'selected')]; })()"
+    )
+    assert kept == [True, n, False], kept
     url = cdp.evaluate("location.href")
     assert "map=PCA" in url and "sel=" in url
     # A fresh session at that URL (as a shared link) shows the same view and selection.
