@@ -69,10 +69,10 @@ def _tex(name: str, backbone: str, target: str = f"{SC}/tex") -> dict:
     return {**_digits(name, backbone, target, f"{target}-val", held_out=True), "source": f"{SC}/tex-src"}
 
 
-def _rescaled(name: str) -> dict:
-    """A re-scaled Lite0 on UCI (make_scenarios.py): negative transfer only (two depths swept), the
-    from-scratch runs are mnist-uci's (same architecture, seeds, budget and validation set)."""
-    backbone = f"efficientnet_lite0@{SC}/{name}-lite0.safetensors"
+def _rescaled(name: str, weights: str = "") -> dict:
+    """A re-scaled (or otherwise built) Lite0 on UCI (make_scenarios.py): negative transfer only (two
+    depths swept), the from-scratch runs are mnist-uci's (same architecture, seeds, budget, validation)."""
+    backbone = f"efficientnet_lite0@{SC}/{weights or name + '-lite0.safetensors'}"
     return _digits(f"{name}-uci", backbone, held_out=True, nt_only=True, scratch_from="mnist-uci")
 
 
@@ -118,7 +118,8 @@ SCENARIOS = [
     _tex("shuffled-tex", SHUFFLED),
     # Re-scaled checkpoints (make_scenarios.py; negative transfer only: tune-all and the linear probe,
     # scratch from mnist-uci's runs): conv weights x 0.001 / 0.01 (collapse) and x 100 (lost plasticity).
-    *[_rescaled(n) for n in ("tiny001", "tiny01", "big-shuffled", "big")],
+    *[_rescaled(n) for n in ("tiny001", "tiny01", "big-shuffled", "big", "gamma0")],
+    _rescaled("gratings", "gratings-lite0/last.pt"),  # random init, trained on synthetic gratings
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",

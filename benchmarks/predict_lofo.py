@@ -70,8 +70,10 @@ FAMILY = {
     "tex-jpeg3": "input corruption",
     "shuffled-uci": "shuffled weights",
     "shuffled-tex": "shuffled weights",
-    "tiny001-uci": "collapsed weights",
-    "tiny01-uci": "collapsed weights",
+    "tiny001-uci": "collapsed signal",
+    "tiny01-uci": "collapsed signal",
+    "gamma0-uci": "collapsed signal",
+    "gratings-uci": "far synthetic source",
     "big-uci": "large weights",
     "big-shuffled-uci": "large weights",
 }
