@@ -586,6 +586,8 @@ _Z95 = 1.959963984540054
 # power iterations (each a product with the rows and one with their transpose).
 _PCA_ROWS = 4096
 _POWER_ITERATIONS = 2
+# Largest row for which _row_aucs sums ranks in float32: s (s + 1) / 2 < 2^24.
+_FLOAT32_RANKS = 5792
 
 
 @dataclass(frozen=True, eq=False)
@@ -628,13 +630,14 @@ class _CrossFit:
     def directions(self, a: np.ndarray) -> list[np.ndarray]:
         """Per fold, the ridge directions ``(b, r)`` for the labellings in the rows of ``a (b, N)``."""
         z, solvers, means = self._arrays(a)
-        total = a @ z  # aᵀX over all rows; a fold's training part is this minus its held-out part
+        # aᵀX of each fold's held-out rows; a fold's training part is their total minus its own part
+        # (one pass over the rows, where a product with all of them and one per fold would be two).
+        parts = [a[:, start:stop] @ z[start:stop] for start, stop in self.bounds]
+        total = np.sum(parts, axis=0)
         out = []
-        for (train, _), (start, stop), solver, mean in zip(
-            self.folds, self.bounds, solvers, means, strict=True
-        ):
+        for (train, _), part, solver, mean in zip(self.folds, parts, solvers, means, strict=True):
             n1 = float(np.sum(self.labels[train]))  # the same for every within-fold relabelling
-            out.append((total - a[:, start:stop] @ z[start:stop] - n1 * mean) @ solver)  # solver is symmetric
+            out.append((total - part - n1 * mean) @ solver)  # solver is symmetric
         return out
 
     def statistic(self, a: np.ndarray) -> np.ndarray:
@@ -706,8 +709,14 @@ def _fit_cross(
             sample = np.concatenate([xa[rows[rows < m]], ya[rows[rows >= m] - m]])
         else:
             sample = np.concatenate([xa, ya])
-        # float32 halves the cost; the basis only needs to span roughly the right subspace.
-        basis = _principal_basis(((sample - center) / scale).astype(np.float32), rank, rng)
+        # float32 halves the cost; the basis only needs to span roughly the right subspace. float32 data
+        # is standardised in float32 (no float64 copy of the sample).
+        if sample.dtype == np.float32:
+            sample -= center.astype(np.float32)
+            sample *= (1.0 / scale).astype(np.float32)
+        else:
+            sample = ((sample - center) / scale).astype(np.float32)
+        basis = _principal_basis(sample, rank, rng)
     # Standardise and project in one product per row block: ((v - c) / s) B = v (B / s) - (c / s) B,
     # in float32 when both samples are float32 (half the time of the largest product here).
     proj = np.diag(1.0 / scale) if basis is None else basis / scale[:, None]
@@ -837,10 +846,12 @@ def _row_aucs(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     bits &= np.uint32(0xFFFFFFFE)
     bits |= labels.astype(np.uint32)
     keys.sort(axis=1)
-    ordered = (keys.view(np.uint32) & np.uint32(1)).astype(np.float64)
-    n1 = ordered.sum(axis=1)
+    # Rank sums are integers up to s(s+1)/2, every partial sum too: exact in float32 below 2^24.
+    exact = np.float32 if scores.shape[1] <= _FLOAT32_RANKS else np.float64
+    ordered = (keys.view(np.uint32) & np.uint32(1)).astype(exact)
+    n1 = ordered.sum(axis=1, dtype=np.float64)
     n0 = scores.shape[1] - n1
-    rank_sum = ordered @ np.arange(1.0, scores.shape[1] + 1.0)
+    rank_sum = (ordered @ np.arange(1, scores.shape[1] + 1, dtype=exact)).astype(np.float64)
     return np.asarray((rank_sum - n1 * (n1 + 1.0) / 2.0) / (n0 * n1))
 
 
