@@ -58,6 +58,10 @@ and its square, so the checkpoint's statistics describe the network it holds):
     scale), but AdamW's step is 100 times smaller relative to every weight, so fine-tuning cannot move
     the body (lost plasticity: a large weight norm is a small effective learning rate, van Laarhoven
     2017; Lyle et al. 2023): the features stay what they were, good (ImageNet) or useless (shuffled).
+``big10-shuffled-lite0.safetensors``, ``big-random-lite0.safetensors``
+    The lost-plasticity ladder and its control: the shuffled weights x 10, and Lite0's random init
+    (seed 0, the from-scratch runs' architecture and initialiser) x 100 — the same features scratch
+    starts from, only a 100 times smaller relative step.
 ``gamma0-lite0.safetensors``
     Lite0's ImageNet weights with every BatchNorm scale (gamma) set to 0: each layer outputs its bias
     whatever the input, and no gradient reaches a convolution until the scales above it have grown back
@@ -305,15 +309,16 @@ def _new_families(out: Path, seed: int) -> None:
     _shuffled_weights(out / "shuffled-lite0.safetensors")
 
 
-def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0") -> None:
+def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0", pretrained: bool = True) -> None:
     """``base``'s weights with every Conv2d weight x ``factor`` and each BatchNorm's running mean x
-    ``factor`` and running variance x ``factor``**2 (a deterministic transform: no randomness)."""
+    ``factor`` and running variance x ``factor``**2 (deterministic; ``pretrained=False``: the random init
+    of seed 0)."""
     import torch
     from safetensors.torch import save_file
 
     from diag.models import load
 
-    model = load(base).model
+    model = load(base, pretrained=pretrained, seed=0).model
     n_conv = 0
     with torch.no_grad():
         for mod in model.modules():
@@ -337,6 +342,8 @@ def _rescaled_family(out: Path) -> None:
     _rescaled(out / "big-lite0.safetensors", 100.0)
     shuffled = f"efficientnet_lite0@{out / 'shuffled-lite0.safetensors'}"
     _rescaled(out / "big-shuffled-lite0.safetensors", 100.0, base=shuffled)
+    _rescaled(out / "big10-shuffled-lite0.safetensors", 10.0, base=shuffled)
+    _rescaled(out / "big-random-lite0.safetensors", 100.0, pretrained=False)
     _gamma0(out / "gamma0-lite0.safetensors")
     _gratings(out / "gratings")
 
