@@ -324,6 +324,22 @@ def test_row_aucs_match_roc_auc_and_ignore_sample_order() -> None:
     )
 
 
+@pytest.mark.parametrize("size", [shift._FLOAT32_RANKS, shift._FLOAT32_RANKS + 1])
+def test_row_aucs_exact_on_both_sides_of_the_float32_rank_sums(size: int) -> None:
+    # Up to _FLOAT32_RANKS per row the rank sums run in float32 (exact below 2^24), above in float64.
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(28)
+    labels = np.zeros((3, size))
+    labels[:, : size // 3] = 1
+    labels = rng.permuted(labels, axis=1)
+    # Distinct scores, exact in float32 (integers for one class, half-integers for the other): no ties.
+    scores = np.stack([rng.permutation(size) for _ in range(3)]) + 1000.5 * labels
+    got = shift._row_aucs(scores, labels)
+    want = [roc_auc_score(lab, s) for lab, s in zip(labels, scores, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
 def test_delong_matches_the_placement_formula() -> None:
     rng = np.random.default_rng(28)
     s0, s1 = np.round(rng.normal(size=30), 1), np.round(rng.normal(size=25) + 0.7, 1)  # with ties
