@@ -8,6 +8,7 @@ thinned for drawing; a lasso or box still selects every point of the full map it
 
 from __future__ import annotations
 
+import base64
 import io
 import sys
 import zlib
@@ -371,7 +372,7 @@ st.session_state[DRAWN_KEY] = {
 ui.mark("figure")
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def hover_thumbs(
     spec_src: str | None, spec_tgt: str | None, keys: tuple[str, ...], rows: tuple[int, ...]
 ) -> dict:
@@ -455,8 +456,9 @@ if clusters_ranked:
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
-def preview_png(spec: str, item_id: str) -> bytes | str | None:
-    """The gallery's preview of one item (PNG bytes, or a text), cached per server process."""
+def preview_item(spec: str, item_id: str) -> str | None:
+    """The gallery's preview of one item: a ``data:`` PNG URI, or a text; None without one. Cached per
+    server process (encoded once)."""
     try:
         item = ui.preview(spec, item_id)
     except Exception:  # a missing or unreadable item: no preview
@@ -465,18 +467,11 @@ def preview_png(spec: str, item_id: str) -> bytes | str | None:
         return item
     buf = io.BytesIO()
     item.save(buf, format="PNG")
-    return buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def show_item(container, spec: str | None, item_id: str, caption: str) -> None:
-    item = preview_png(spec, item_id) if spec else None
-    if item is None:
-        container.caption(f"{caption} (no preview)")
-    elif isinstance(item, str):
-        container.markdown(f"> {item}")
-        container.caption(caption)
-    else:
-        container.image(item, caption=caption)
+def cell(spec: str | None, item_id: str, caption: str) -> ex.Cell:
+    return (preview_item(spec, item_id) if spec else None, caption)
 
 
 def gallery(positions: np.ndarray, title: str) -> None:
@@ -495,13 +490,12 @@ def gallery(positions: np.ndarray, title: str) -> None:
     chunk = positions[page_no * PAGE_SIZE : (page_no + 1) * PAGE_SIZE]
     rows = data.row[chunk]
     idx, dist = projection.nearest_source(src_emb[layer], tgt_emb[layer][rows], k=K_NEIGHBOURS)
-    head = st.columns(1 + K_NEIGHBOURS)
-    head[0].caption("target sample")
-    for j in range(K_NEIGHBOURS):
-        head[1 + j].caption(f"nearest source #{j + 1} (in {layer} features)")
+    header = ["target sample"] + [
+        f"nearest source #{j + 1} (in {layer} features)" for j in range(K_NEIGHBOURS)
+    ]
     src_classes = ex.class_names(src_emb, np.arange(len(src_emb))) if src_emb.labels is not None else None
+    cells = []
     for p, row, nn, dd in zip(chunk, rows, idx, dist, strict=True):
-        cols = st.columns(1 + K_NEIGHBOURS)
         lab = data.labels[p]
         cap = (
             f"{str(data.keys[p])[2:]}"
@@ -510,13 +504,15 @@ def gallery(positions: np.ndarray, title: str) -> None:
         )
         if np.isfinite(data.attribution[p]):
             cap += f" · p(target) {data.attribution[p]:.2f}"
-        show_item(cols[0], spec_tgt, str(tgt_emb.ids[int(row)]), cap)
-        for j, (s, d) in enumerate(zip(nn, dd, strict=True)):
+        line = [cell(spec_tgt, str(tgt_emb.ids[int(row)]), cap)]
+        for s, d in zip(nn, dd, strict=True):
             slab = None if src_classes is None else src_classes[int(s)]
             scap = f"{src_emb.ids[int(s)]}" + (f" · {slab}" if slab is not None else "") + f" · dist {d:.2f}"
             if lab is not None and slab is not None and str(slab) != str(lab):
                 scap = f"⚠ other class · {scap}"
-            show_item(cols[1 + j], spec_src, str(src_emb.ids[int(s)]), scap)
+            line.append(cell(spec_src, str(src_emb.ids[int(s)]), scap))
+        cells.append(line)
+    st.html(ex.gallery_html(cells, header))
     if n_pages > 1:
         st.caption(
             f"Samples {page_no * PAGE_SIZE + 1}–{page_no * PAGE_SIZE + len(chunk)} of {len(positions)}."
@@ -570,10 +566,9 @@ if len(sel_pos):
         )
     if len(sel_src):
         st.markdown(f"**Selected source samples** ({len(sel_src)})")
-        cols = st.columns(6)
-        for i, p in enumerate(sel_src[:PAGE_SIZE]):
-            sid = str(src_emb.ids[int(data.row[p])])
-            show_item(cols[i % 6], spec_src, sid, sid)
+        sids = [str(src_emb.ids[int(data.row[p])]) for p in sel_src[:PAGE_SIZE]]
+        grid = [[cell(spec_src, sid, sid) for sid in sids[i : i + 6]] for i in range(0, len(sids), 6)]
+        st.html(ex.gallery_html(grid, columns=6))
 else:
     st.info("No selection yet. Meanwhile, the most out-of-distribution target samples at this layer:")
     tgt_pos = np.flatnonzero(data.is_target & mask)

@@ -244,7 +244,7 @@ def test_embeddings_page_in_a_browser(
     assert n_points == report.n_source + report.n_target
     assert browser.evaluate("document.querySelector('.js-plotly-plot').data[0].type") == "scattergl"
     n_images = browser.wait_until(
-        "(() => { const n = Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
+        "(() => { const n = Array.from(document.querySelectorAll('.diag-gallery img'))"
         ".filter(i => i.complete && i.naturalWidth > 0).length; return n >= 48 ? n : 0; })()",
         timeout=60,
     )

@@ -20,6 +20,7 @@ from diag.errors import ConfigError, DiagError
 from diag.report.schema import Report
 from diag.train import jobs
 from tests.conftest import DASHBOARD_INPUTS
+from tests.dashboard.test_embeddings import gallery
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
 PAGES = DASHBOARD / "views"
@@ -137,11 +138,11 @@ def test_embeddings_page_draws_the_map_and_the_most_ood_targets_with_neighbours(
     assert shown == list(range(report.n_source + report.n_target))
     assert list(report.folder.glob(f"projection_{onset}_*.npy"))  # the map is cached with the report
     # Without a selection: the 12 most out-of-distribution targets, each with 3 source neighbours.
-    assert len(at.image) == 12 * 4
+    assert [has_image for has_image, _ in gallery(at)] == [True] * (12 * 4)
     ood = report.ood_scores()[onset]
     top = int(np.argmax(ood))
     tgt_ids = report.embeddings("target").ids
-    captions = [c for img in at.image for c in img.captions]
+    captions = [c for _, c in gallery(at)]
     assert captions[0].startswith(f"{tgt_ids[top]} ") and f"OOD {ood[top]:.2f}" in captions[0]
     assert sum("OOD" in c for c in captions) == 12 and sum("dist" in c for c in captions) == 36
     # Other colourings and layers rerun cleanly.
@@ -176,7 +177,8 @@ def test_embeddings_page_shows_a_selection(report: Report) -> None:
     assert metrics["Share of the target"] == f"{4 / report.n_target:.1%}"
     ood = report.ood_scores()[report.shift["onset_layer"]]
     assert metrics["Mean OOD score (selected target)"] == f"{ood[:4].mean():.2f}"
-    assert len(at.image) == 4 * 4 + 1  # 4 targets with 3 neighbours each, 1 source sample
+    assert [has_image for has_image, _ in gallery(at)] == [True] * (4 * 4 + 1)  # 4 targets, 3 neighbours
+    # each, then 1 source sample
 
 
 def test_transfer_page_renders_the_reports_transfer_sections(report: Report) -> None:
