@@ -115,10 +115,12 @@ SCENARIOS = [
     *[_tex(f"tex-{b}", f"efficientnet_{b}") for b in ("lite0", "lite1", "lite2")],
     *[_tex(f"tex-{c}", LITE0, f"{SC}/tex-{c}") for c in LADDER],
     _digits("shuffled-uci", SHUFFLED, held_out=True),
-    _tex("shuffled-tex", SHUFFLED),
+    {**_tex("shuffled-tex", SHUFFLED), "scratch_from": "tex-lite0"},
     # Re-scaled checkpoints (make_scenarios.py; negative transfer only: tune-all and the linear probe,
-    # scratch from mnist-uci's runs): conv weights x 0.001 / 0.01 (collapse) and x 100 (lost plasticity).
+    # scratch from mnist-uci's runs): conv weights x 0.001 / 0.01, BatchNorm scales 0 (collapse) and
+    # x 100 / x 10 (lost plasticity).
     *[_rescaled(n) for n in ("tiny001", "tiny01", "big-shuffled", "big", "gamma0")],
+    *[_rescaled(n) for n in ("big-random", "big10-shuffled")],
     _rescaled("gratings", "gratings-lite0/last.pt"),  # random init, trained on synthetic gratings
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,

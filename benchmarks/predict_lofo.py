@@ -76,6 +76,8 @@ FAMILY = {
     "gratings-uci": "far synthetic source",
     "big-uci": "large weights",
     "big-shuffled-uci": "large weights",
+    "big10-shuffled-uci": "large weights",
+    "big-random-uci": "large weights",
 }
 
 #: The freeze rule's constants and the values the grid tries (diag's default among them).

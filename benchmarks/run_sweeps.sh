@@ -74,13 +74,25 @@ new_families() {  # in the order they were run (about 25 min per 16-run sweep on
     sweep tex-$c $S/tex-$c $S/tex-$c-val efficientnet_lite0 0,5,6,7,8,9
   done
   sweep tex-lite2 $S/tex $S/tex-val efficientnet_lite2 0,3,5,6,7,8,9
-  sweep shuffled-tex $S/tex $S/tex-val efficientnet_lite0@$S/shuffled-lite0.safetensors 0,1,3,5,9
+  # (its from-scratch runs are tex-lite0's: same architecture, seeds and budget)
+  $D sweep -t $S/tex --val $S/tex-val -b efficientnet_lite0@$S/shuffled-lite0.safetensors --preset small \
+    --image-size 32 --epochs 6 --depths 0,1,3,5,9 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best \
+    -q -o runs/sweeps/v2/shuffled-tex
 }
 new_families
 
-# Re-scaled checkpoints (make_scenarios.py: conv weights x 0.001 / 0.01 / 100; running statistics scaled
-# with them): negative transfer only, tune-all and the linear probe; the from-scratch runs are mnist-uci's.
+# Re-scaled checkpoints (make_scenarios.py: conv weights x 0.001 / 0.01 / 100 / 10; running statistics scaled
+# with them; BatchNorm scales zeroed): negative transfer only, tune-all and the linear probe; the from-scratch
+# runs are mnist-uci's. 4 runs each, 6-7 min per checkpoint on 2 shared cores (nice 19).
 rescaled() { $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/$1-lite0.safetensors" \
   --preset small --image-size 32 --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint \
   --no-save-best -q -o "runs/sweeps/v2/$1-uci"; }
-for w in tiny001 big-shuffled tiny01 big; do rescaled $w; done
+for w in tiny001 big-shuffled tiny01 big gamma0 big-random big10-shuffled; do rescaled $w; done
+# A far synthetic source: Lite0 from random init, 10 epochs on 1,000 gratings (orientation = class, real labels;
+# validation accuracy 0.69, 4 min), then tune-all and K 3 on UCI.
+[ -f "$S/gratings-lite0/last.pt" ] || $D finetune -t $S/gratings -b efficientnet_lite0 --from-scratch --freeze 0 \
+  --image-size 32 --epochs 10 --lr 0.002 --weight-decay 0 --augment none --val-fraction 0.1 --keep-checkpoint -q \
+  -o $S/gratings-lite0 --overwrite
+$D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/gratings-lite0/last.pt" --preset small \
+  --image-size 32 --epochs 6 --depths 0,3 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q \
+  -o runs/sweeps/v2/gratings-uci
