@@ -749,3 +749,25 @@ def test_sfda_rejects_bad_input() -> None:
         sfda_score(np.where(x > 1, np.nan, x), y)
     with pytest.raises(DataError, match="must match"):
         sfda_score(x, y[:-1])
+
+
+@pytest.mark.parametrize(("d", "rank"), [(1, 1), (7, 7), (60, 25)])
+def test_logme_eigen_projection_equals_a_full_eigendecomposition(d: int, rank: int) -> None:
+    # LogME's CPU path never forms the eigenvectors (tridiagonal reduction, reflections applied to the
+    # label columns); eigenvalues and squared projections must equal those of numpy's full eigh.
+    import torch
+
+    from diag.stats import transfer
+
+    rng = np.random.default_rng(d)
+    f = rng.normal(size=(80, rank)) @ rng.normal(size=(rank, d))
+    gram = f.T @ f
+    b = f.T @ np.eye(4)[rng.integers(0, 4, size=80)]
+    want_w, want_v = np.linalg.eigh(gram)
+    w, proj = transfer._eigh_project(torch.from_numpy(gram.copy()), torch.from_numpy(b))
+    scale = want_w.max()
+    np.testing.assert_allclose(w.numpy(), want_w, rtol=0, atol=1e-12 * scale)
+    # Squared: eigenvector signs are arbitrary; within the zero eigenspace only the total is defined.
+    big = want_w > 1e-9 * scale
+    np.testing.assert_allclose((proj.numpy() ** 2)[big], ((want_v.T @ b) ** 2)[big], rtol=1e-9, atol=0)
+    np.testing.assert_allclose((proj.numpy() ** 2).sum(axis=0), (b**2).sum(axis=0), rtol=1e-12)
