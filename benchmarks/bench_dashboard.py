@@ -4,7 +4,8 @@ For each report: ``diag dashboard REPORT`` on 127.0.0.1, then rounds that open t
 baseline: a page that reads the report and draws no map) and the Embeddings page in fresh sessions,
 interleaved; then, on the Embeddings page, a colour change (a click on "OOD score") and a lasso
 selection drawn with real mouse events. Times run from the navigation (or the click, or the mouse
-release) until the page shows its result and Streamlit is idle. Medians over rounds; the first
+release) until the page's script run has ended (the server's timing log, ``$DIAG_DASHBOARD_TIMINGS``)
+and the page shows its result with Streamlit idle. Medians over rounds; the first
 Embeddings open of each server process (cold caches: embeddings read, imports) is reported apart.
 
 Reports:
@@ -15,6 +16,11 @@ Reports:
   onset layer's UMAP map precomputed (as ``diag diagnose`` does);
 - ``200k``: 100,000 + 100,000 synthetic items (no thumbnails), the PCA map of every point precomputed,
   opened with ``?map=PCA`` (a UMAP map places a 5,000-per-side subsample).
+
+With ``--baseline-app OLD/dashboard/app.py`` (a copy of an older dashboard, e.g. from ``git archive``) a
+second server runs the old pages and the rounds alternate between the two, so a change is measured
+against its baseline under the same load. Each interaction is also split into the server's script time
+(the page's timing log) and the browser's (the rest; long tasks and whether the map was drawn again).
 
 Run niced on a shared machine::
 
@@ -222,25 +228,49 @@ def split(timings: Path, t_action: float, t_done: float, page: str = "Embeddings
     }
 
 
+def script_done(
+    cdp: DevTools, done: str, timings: Path, page: str, since: float, timeout: float = 120
+) -> float:
+    """Wait until a run of ``page``'s script that started after ``since`` (wall clock) has ended (the
+    server's timing log), then until the browser shows ``done`` again. The page's text can show the
+    result while its script still runs (Streamlit draws each element as it comes; at 200k points the
+    selection's metrics were up 1.3 s before the script ended), so the browser alone cannot tell.
+    Returns the perf_counter time the browser showed ``done`` after the run (:func:`settle`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if timings.is_file():
+            for line in timings.read_text().splitlines():
+                rec = json.loads(line)
+                if rec["page"] == page and rec["start"] >= since - 0.05:
+                    return settle(cdp, done)
+        time.sleep(0.05)
+    raise TimeoutError(f"no run of {page} in {timings} after {since}")
+
+
 def interact(cdp: DevTools, act: Any, done: str, timings: Path) -> tuple[float, dict[str, Any]]:
-    """Run ``act`` (which returns the perf_counter time the interaction happened), wait for ``done``, and
-    split the latency into server and browser (:func:`split`, long tasks, plot redraws)."""
+    """Run ``act`` (which returns the perf_counter time the interaction happened), wait for ``done`` and
+    for the page's script run to end, and split the latency into server and browser (:func:`split`, long
+    tasks, plot redraws)."""
     p0 = cdp.evaluate(PROBE_BEFORE)
     wall0, perf0 = time.time(), time.perf_counter()
     t_act = act()
-    t_done = settle(cdp, done)
+    first = settle(cdp, done)
+    t_done = max(first, script_done(cdp, done, timings, "Embeddings", wall0 + (t_act - perf0)))
     info = split(timings, wall0 + (t_act - perf0), wall0 + (t_done - perf0))
     info.update(cdp.evaluate(f"({PROBE_AFTER})({json.dumps(p0)})") or {})
     return t_done - t_act, info
 
 
-def first_render(cdp: DevTools, url: str, done: str) -> float:
+def first_render(cdp: DevTools, url: str, done: str, timings: Path | None = None, page: str = "") -> float:
     cdp.send("Page.navigate", {"url": "about:blank"})
     time.sleep(0.3)
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     cdp.send("Page.navigate", {"url": url})
     time.sleep(0.5)  # let the old document go
-    return settle(cdp, done) - t0
+    t_done = settle(cdp, done)
+    if timings is not None:
+        t_done = max(t_done, script_done(cdp, done, timings, page, wall0))
+    return t_done - t0
 
 
 def click_radio(cdp: DevTools, label: str) -> float:
@@ -339,8 +369,10 @@ def start_server(report: Path, tag: str, app: Path | None, log_dir: Path, nice: 
 def one_round(cdp: DevTools, srv: Server, query: str, out: dict[str, Any]) -> None:
     map_ready = f"({N_POINTS}) > 0 && ({TEXT}).includes('Selection')"
     home_ready = "document.querySelectorAll('[data-testid=\"stMetric\"]').length > 0"
-    out["home"].append(first_render(cdp, f"{srv.base}/home", home_ready))
-    out["embeddings"].append(first_render(cdp, f"{srv.base}/embeddings{query}", map_ready))
+    out["home"].append(first_render(cdp, f"{srv.base}/home", home_ready, srv.timings, "Home"))
+    out["embeddings"].append(
+        first_render(cdp, f"{srv.base}/embeddings{query}", map_ready, srv.timings, "Embeddings")
+    )
     out["n_drawn"] = cdp.evaluate(N_POINTS)
     secs, info = interact(cdp, lambda: click_radio(cdp, "OOD score"), colour_done("OOD score"), srv.timings)
     out["colour"].append(secs)

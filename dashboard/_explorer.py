@@ -31,6 +31,7 @@ DISPLAY_BUDGET = 15_000  # points drawn at most; the rest stay selectable throug
 HIGHLIGHT_BUDGET = 3_000  # selected points drawn as rings at most
 HOVER_THUMBS = 600  # drawn image points that get a hover thumbnail at most (the page's payload)
 URL_SELECTION_CHARS = 6_000  # a selection longer than this (encoded) stays out of the URL
+URL_SELECTION_KEYS = 20_000  # nor is one of more keys packed at all (200k keys took a second to compress)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class View:
             q["clusters"] = ",".join(self.clusters)
         if self.ood is not None:
             q["ood"] = f"{self.ood[0]:.4g},{self.ood[1]:.4g}"
-        if self.selection:
+        if self.selection and len(self.selection) <= URL_SELECTION_KEYS:
             packed = pack_keys(self.selection)
             if len(packed) <= URL_SELECTION_CHARS:
                 q["sel"] = packed

@@ -122,6 +122,9 @@ def test_view_round_trips_through_the_url() -> None:
     assert back.labels == ["1", "7"] and back.clusters == ["C2"] and back.ood == (1.25, 3.5)
     assert back.selection == keys
     assert ex.View.from_query({"colour": "nonsense", "sel": "%%%", "ood": "x"}) == ex.View()
+    # A selection too large for a URL is left out of it (and not compressed on every rerun).
+    big = ex.View(selection=[f"t:{i:06d}" for i in range(ex.URL_SELECTION_KEYS + 1)])
+    assert "sel" not in big.to_query()
 
 
 def test_thinning_keeps_sparse_points_and_both_domains_and_fits_the_budget() -> None:
