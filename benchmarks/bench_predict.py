@@ -76,6 +76,12 @@ def _rescaled(name: str, weights: str = "") -> dict:
     return _digits(f"{name}-uci", backbone, held_out=True, nt_only=True, scratch_from="mnist-uci")
 
 
+def _tex_damaged(name: str) -> dict:
+    """A re-scaled Lite0 on the texture target: negative transfer only, scratch from tex-lite0's runs."""
+    backbone = f"efficientnet_lite0@{SC}/{name}-lite0.safetensors"
+    return {**_tex(f"{name}-tex", backbone), "nt_only": True, "scratch_from": "tex-lite0"}
+
+
 LITE0 = "efficientnet_lite0"
 SHUFFLED = f"efficientnet_lite0@{SC}/shuffled-lite0.safetensors"
 LADDER = ("noise1", "noise3", "noise5", "blur3", "contrast3", "jpeg3")
@@ -122,6 +128,8 @@ SCENARIOS = [
     *[_rescaled(n) for n in ("tiny001", "tiny01", "big-shuffled", "big", "gamma0")],
     *[_rescaled(n) for n in ("big-random", "big10-shuffled")],
     _rescaled("gratings", "gratings-lite0/last.pt"),  # random init, trained on synthetic gratings
+    # The same damage on the texture target (scratch from tex-lite0's runs).
+    *[_tex_damaged(n) for n in ("tiny001", "big-shuffled")],
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",

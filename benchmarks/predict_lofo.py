@@ -78,6 +78,8 @@ FAMILY = {
     "big-shuffled-uci": "large weights",
     "big10-shuffled-uci": "large weights",
     "big-random-uci": "large weights",
+    "big-shuffled-tex": "large weights",
+    "tiny001-tex": "collapsed signal",
 }
 
 #: The freeze rule's constants and the values the grid tries (diag's default among them).
