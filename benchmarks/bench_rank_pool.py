@@ -5,10 +5,11 @@ one target under one protocol (same training set, validation set, epochs and inp
 random-init twin of each architecture (the sweeps' from-scratch column). On the UCI digits (300 training
 images, 500 validation, 32 px, 6 epochs, seeds 0 and 1) that is EfficientNet-Lite0/1/2 (ImageNet), Lite0
 trained on shuffled-label MNIST (8 and 30 epochs), two memorisers trained from scratch on random labels
-(MNIST digits, noise), Lite0 with 40 %, 60 % and 100 % of its units dead, Lite0 with its weights
-shuffled within each layer, Lite0 with its conv weights re-scaled (x 0.01, x 0.001, x 100, and the
-shuffled one x 100; two depths swept each, 0 and 9), and three random-init twins: 18 checkpoints on
-2026-11-29. A target joins when it has at least ``--min-pool`` (5) checkpoints.
+(MNIST digits, noise), Lite0 trained from scratch on synthetic gratings, Lite0 with 40 %, 60 % and
+100 % of its units dead or every BatchNorm scale 0, Lite0 with its weights shuffled within each layer,
+Lite0 with its conv weights re-scaled (x 0.01, x 0.001, x 100; the shuffled weights x 10 and x 100; the
+random init x 100), and three random-init twins: 22 checkpoints on 2026-11-30 (the textures: 5). A
+target joins when it has at least ``--min-pool`` (5) checkpoints.
 
 Truth, per checkpoint: the fine-tuned validation accuracy (mean over seeds) at the best swept freeze
 depth, and with every layer tuned (depth 0); for a twin, its from-scratch accuracy (both).
