@@ -3,7 +3,10 @@ samples behind them, find the samples that drive the shift, and export a selecti
 
 The view (layer, map, colouring, filters, selection) lives in ``st.session_state`` (a non-widget key, so
 it survives page switches) and in the URL's query parameters (so a view can be shared). Large maps are
-thinned for drawing; a lasso or box still selects every point of the full map it covers.
+thinned for drawing; a lasso or box still selects every point of the full map it covers. A selection made
+on the chart is shown by the chart itself, and the page then sends the same figure, so the browser does
+not draw the map again (rings mark a selection the chart does not show: from a button, the URL, or kept
+through a colour, layer or filter change).
 """
 
 from __future__ import annotations
