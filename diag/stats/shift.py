@@ -468,15 +468,16 @@ def c2st(
     features at noise σ = 0.001, 40 splits; the former version: 0.15).
 
     Cost, measured (``benchmarks/bench_peers.py``: one BLAS thread, 1280-d EfficientNet-Lite0 features
-    of MNIST against UCI digits, medians of 3 runs on this project's 2-core machine with other jobs on
-    the second core, load average 6-9): 0.36 s at 1,000 per side, 1.5 s at 5,000, 3.2 s at 10,000, and
-    0.26 s on two halves of MNIST at 1,000 per side. About 60 % of it is the permutations (drawing the
+    of MNIST against UCI digits, medians of 3 runs on this project's 2-core machine, nearly idle, load
+    average 2-5): 0.22 s at 1,000 per side, 0.56 s at 5,000, 1.33 s at 10,000, and 0.18 s on two halves
+    of MNIST at 1,000 per side. At 5,000 per side about 60 % of it is the permutations (drawing the
     within-fold relabellings, sorting the held-out scores for the AUC, the products), the rest the
     preprocessing (principal subspace, standardising and projecting every row). The permutations run in
     float32, the observed labelling among them so that both are computed alike. The whole test runs on
-    ``n_threads`` BLAS threads, default 1: with two threads on that machine, whose second core was
-    busy, the same tests took 3.4-8.2 s. alibi-detect's ``ClassifierDrift`` (one logistic regression,
-    no permutations) is compared in ``benchmarks/README.md``.
+    ``n_threads`` BLAS threads, default 1: two threads were no faster on the idle machine (0.29 / 0.58 /
+    1.48 s) and several times slower when the second core was busy (3.5-8.2 s under load 6-9).
+    alibi-detect's ``ClassifierDrift`` (one logistic regression, no permutations) is compared in
+    ``benchmarks/README.md``.
 
     The interval is for the AUC that the fitted fold classifiers have on new data (the mean of their
     conditional AUCs), not for the AUC of a classifier trained on all the data (which is higher).
