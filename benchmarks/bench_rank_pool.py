@@ -8,7 +8,7 @@ trained on shuffled-label MNIST (8 and 30 epochs), two memorisers trained from s
 (MNIST digits, noise), Lite0 trained from scratch on synthetic gratings, Lite0 with 40 %, 60 % and
 100 % of its units dead or every BatchNorm scale 0, Lite0 with its weights shuffled within each layer,
 Lite0 with its conv weights re-scaled (x 0.01, x 0.001, x 100; the shuffled weights x 10 and x 100; the
-random init x 100), and three random-init twins: 22 checkpoints on 2026-11-30 (the textures: 5). A
+random init x 100), and three random-init twins: 22 checkpoints on 2026-11-30 (the textures: 7). A
 target joins when it has at least ``--min-pool`` (5) checkpoints.
 
 Truth, per checkpoint: the fine-tuned validation accuracy (mean over seeds) at the best swept freeze
