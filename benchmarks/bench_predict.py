@@ -129,7 +129,7 @@ SCENARIOS = [
     *[_rescaled(n) for n in ("big-random", "big10-shuffled")],
     _rescaled("gratings", "gratings-lite0/last.pt"),  # random init, trained on synthetic gratings
     # The same damage on the texture target (scratch from tex-lite0's runs).
-    *[_tex_damaged(n) for n in ("tiny001", "big-shuffled")],
+    *[_tex_damaged(n) for n in ("tiny001", "big-shuffled", "big10-shuffled")],
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",

@@ -79,6 +79,7 @@ FAMILY = {
     "big10-shuffled-uci": "large weights",
     "big-random-uci": "large weights",
     "big-shuffled-tex": "large weights",
+    "big10-shuffled-tex": "large weights",
     "tiny001-tex": "collapsed signal",
 }
 

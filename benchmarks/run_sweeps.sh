@@ -99,7 +99,7 @@ $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/gratin
   --image-size 32 --epochs 6 --depths 0,3 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q \
   -o runs/sweeps/v2/gratings-uci
 # The collapse and lost plasticity on the texture target (scratch from tex-lite0's runs).
-for w in tiny001 big-shuffled; do
+for w in tiny001 big-shuffled big10-shuffled; do
   $D sweep -t $S/tex --val $S/tex-val -b "efficientnet_lite0@$S/$w-lite0.safetensors" --preset small --image-size 32 \
     --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$w-tex"
 done
