@@ -275,8 +275,8 @@ def _eigh_project(gram: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     tridiagonal ``T`` by Householder reflections, which are applied to the few columns of ``b``
     (``Qᵀ b``), and ``T = W Λ Wᵀ`` is solved by MRRR (``stemr``, O(d²)), so ``Vᵀ b = Wᵀ Qᵀ b``. That
     skips the back-transformation of all ``d`` eigenvectors (``2 d³`` flops) of a full ``syevd``. Measured
-    on this project's 2-core machine, one thread, d = 1280 (``benchmarks/README.md``): ``syevd`` 0.44 s
-    (``torch.linalg.eigh`` 0.68 s), the tridiagonal reduction alone 0.19 s.
+    on this project's 2-core machine, nearly idle, one thread, d = 1280 (``benchmarks/README.md``):
+    ``syevd`` 0.23-0.25 s (``torch.linalg.eigh`` 0.31-0.32 s), the tridiagonal reduction alone 0.09 s.
     """
     if gram.device.type != "cpu":
         sigma, vectors = torch.linalg.eigh(gram)
