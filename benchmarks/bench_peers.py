@@ -2,9 +2,9 @@
 
 Peers (imported from a scratch environment and scratch clones, never copied into diag):
 
-- alibi-detect 0.13: ``MMDDrift`` (PyTorch backend) and ``ClassifierDrift`` (scikit-learn backend,
-  ``LogisticRegression``, its defaults otherwise: 75 % of the pooled rows to train, a binomial /
-  Kolmogorov-Smirnov test on the rest);
+- alibi-detect 0.13: ``MMDDrift`` and ``LSDDDrift`` (PyTorch backend) and ``ClassifierDrift``
+  (scikit-learn backend, ``LogisticRegression``, its defaults otherwise: 75 % of the pooled rows to
+  train, a binomial / Kolmogorov-Smirnov test on the rest);
 - the official LogME (thuml/LogME, ``LogME.py``, ``LogME().fit``);
 - TLlib's ``tllib/ranking`` (``logme.py``, ``hscore.py``, ``transrate.py``, ``leep.py``, ``nce.py``), each
   file imported on its own (the package ``__init__`` pulls in training dependencies).
@@ -16,16 +16,19 @@ Set-up, once (PyPI and GitHub only)::
     git clone https://github.com/thuml/LogME /work/scratch/LogME
     git clone https://github.com/thuml/Transfer-Learning-Library /work/scratch/TLlib
 
-Run (the embeddings are extracted once with diag and cached under ``benchmarks/.cache/peers``)::
+Run (the embeddings are extracted once with diag and cached under ``benchmarks/.cache/peers``), one
+section at a time under the machine-wide timing lock, each well under 15 minutes::
 
-    nice -n 10 .venv/bin/python benchmarks/bench_peers.py [--quick] [--peer-python PATH]
+    flock /work/helpers/bench.lock .venv/bin/python benchmarks/bench_peers.py --only c2st --note "..."
+    # sections: c2st mmd logme scores transrate_rank; --quick: small sizes, one round
 
 Every measurement runs in a fresh subprocess (diag's under this venv, the peers' under the scratch one),
 one BLAS / torch thread each, which loads the inputs, warms up on a small slice (numba compiles the
 official LogME at import and TLlib's at the first call), then times one call and reports the wall time
 and the peak resident memory above what the process held before the call (``ru_maxrss``). diag and
-peer runs alternate round by round; medians are reported. The machine is shared with other jobs
-(2 cores): read the ratios, not the absolute times. Results: ``benchmarks/results/peers.json``.
+peer runs alternate round by round (``--rounds``, default 3; a call over 30 s runs once); medians are
+reported. The C2ST also runs with two threads per process. The load averages before and after each
+section and the ``--note`` go into the results: ``benchmarks/results/peers.json``.
 
 It also measures how TransRate (the published score, and the row-normalised variant) ranks freeze depths
 against the committed fine-tuning sweeps (``benchmarks/results/sweeps``: accuracy per freeze depth,
