@@ -17,9 +17,9 @@ Set-up, once (PyPI and GitHub only)::
     git clone https://github.com/thuml/Transfer-Learning-Library /work/scratch/TLlib
 
 Run (the embeddings are extracted once with diag and cached under ``benchmarks/.cache/peers``), one
-section at a time under the machine-wide timing lock, each well under 15 minutes::
+section at a time while nothing else is timed, each well under 15 minutes::
 
-    flock /work/helpers/bench.lock .venv/bin/python benchmarks/bench_peers.py --only c2st --note "..."
+    .venv/bin/python benchmarks/bench_peers.py --only c2st --note "..."
     # sections: c2st mmd logme scores transrate_rank; --quick: small sizes, one round
 
 Every measurement runs in a fresh subprocess (diag's under this venv, the peers' under the scratch one),
