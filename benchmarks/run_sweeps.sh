@@ -6,7 +6,9 @@
 # issue 15; runs_wall_time_s) plus about 17-25 min per new-family sweep (10-16 runs at 60-95 s each on cores
 # shared with other jobs); the damaged backbones' training adds about 20 min. One thread per run.
 # Measured 2026-11-29 (nice 19, cores shared with ~7 jobs): tex-noise3 / tex-blur3 21 / 20 min (12 runs each),
-# shuffled-tex 11 min (8 runs), each two-depth re-scaled sweep 1.5-8.5 min (4 runs), the gratings backbone 4 min.
+# tex-contrast3 / tex-jpeg3 9 min each side by side on a quieter machine, shuffled-tex 11 min (8 runs), each
+# two-depth re-scaled sweep 1.5-8.5 min (4 runs), the gratings backbone 4 min; bench_predict.py --run-missing
+# then adds the depths diag picks (2 runs each).
 set -eu
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
