@@ -105,3 +105,26 @@ for w in tiny001 big-shuffled big10-shuffled; do
   $D sweep -t $S/tex --val $S/tex-val -b "efficientnet_lite0@$S/$w-lite0.safetensors" --preset small --image-size 32 \
     --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$w-tex"
 done
+
+# LP-FT (benchmarks/lpft_column.py): 2 head-only epochs of the 6, seeds 0/1, no scratch runs. At K 0 on six
+# tables, and at diag's recommended depth on the tables where it recommended LP-FT. Each run 25-90 s on the
+# idle machine (two at a time: 9 min for all 28 runs). Copy each sweep.json to
+# benchmarks/results/sweeps/lpft{,-rec}/NAME.json, then run lpft_column.py.
+lpft() {  # OUT NAME TARGET VAL BACKBONE DEPTH
+  $D sweep -t "$3" --val "$4" -b "$5" --preset small --image-size 32 --epochs 6 --lp-ft 2 --depths "$6" \
+    --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/$1/$2"
+}
+lpft lpft mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0 0
+lpft lpft mnist-opencv samples:opencv-digits $S/opencv-val efficientnet_lite0 0
+lpft lpft mnist-uci-inverted $S/uci-inverted $S/uci-inverted-val efficientnet_lite0 0
+lpft lpft lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1 0
+lpft lpft tex-lite0 $S/tex $S/tex-val efficientnet_lite0 0
+lpft lpft tex-lite1 $S/tex $S/tex-val efficientnet_lite1 0
+lpft lpft-rec mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0 5
+lpft lpft-rec mnist-uci-inverted $S/uci-inverted $S/uci-inverted-val efficientnet_lite0 5
+lpft lpft-rec lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1 6
+lpft lpft-rec lite2-uci samples:uci-digits $S/uci-val efficientnet_lite2 5
+lpft lpft-rec mnist-uci-parity $S/uci-parity $S/uci-parity-val efficientnet_lite0 7
+lpft lpft-rec tex-noise3 $S/tex-noise3 $S/tex-noise3-val efficientnet_lite0 3
+lpft lpft-rec tex-contrast3 $S/tex-contrast3 $S/tex-contrast3-val efficientnet_lite0 5
+lpft lpft-rec mnist-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite0 8
