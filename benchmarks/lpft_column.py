@@ -15,6 +15,7 @@ Reads ``results/sweeps/lpft/NAME.json`` and ``results/sweeps/lpft-rec/NAME.json`
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,39 +27,63 @@ def _depth_means(table: dict[str, Any]) -> dict[int, float]:
     return {int(d["freeze"]): float(d["mean"]) for d in table["depths"] if not d.get("from_scratch")}
 
 
+Sweep = tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], dict[int, float]]
+
+
+def _lpft_sweeps(folder: str) -> Iterator[Sweep]:
+    """Per LP-FT sweep in ``results/sweeps/FOLDER``: its table's name, the sweep, its pretrained run, the
+    table, and the table's mean accuracy per freeze depth."""
+    for path in sorted((SWEEPS / folder).glob("*.json")):
+        sweep = json.loads(path.read_text())
+        run = next(d for d in sweep["depths"] if not d.get("from_scratch"))
+        table = json.loads((SWEEPS / path.name).read_text())
+        yield path.stem, sweep, run, table, _depth_means(table)
+
+
+def _markdown(
+    header: str, rows: list[dict[str, Any]], cells: Callable[[dict[str, Any]], str], means: list[str]
+) -> None:
+    """A Markdown table of ``rows`` (one line each from ``cells``) and a last line with the mean of the
+    ``means`` columns (the first in bold)."""
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for r in rows:
+        print(cells(r))
+    if rows:
+        avg = [sum(r[k] for r in rows) / len(rows) for k in means]
+        shown = [f"**{avg[0]:.3f}**", *(f"{v:.3f}" for v in avg[1:])]
+        print(f"| mean ({len(rows)} tables) | | | | {' | '.join(shown)} |")
+
+
+def _seeds(r: dict[str, Any]) -> str:
+    return ", ".join(f"{v:.3f}" for v in r["lpft_values"])
+
+
 def main() -> int:
     rows = []
-    for path in sorted((SWEEPS / "lpft").glob("*.json")):
-        lpft = json.loads(path.read_text())
-        table = json.loads((SWEEPS / path.name).read_text())
-        depths = _depth_means(table)
+    for name, sweep, lp, table, depths in _lpft_sweeps("lpft"):
         best_k = max(depths, key=lambda k: depths[k])
-        lp = next(d for d in lpft["depths"] if int(d["freeze"]) == 0 and not d.get("from_scratch"))
-        probe_k = max(depths)  # every block frozen: the linear probe
         rows.append(
             {
-                "table": path.stem,
+                "table": name,
                 "backbone": table["backbone"],
                 "lpft_values": lp["values"],
                 "lpft_mean": float(lp["mean"]),
                 "best_k": best_k,
                 "best_mean": depths[best_k],
                 "tune_all_mean": depths.get(0),
-                "linear_probe_mean": depths.get(probe_k),
+                "linear_probe_mean": depths.get(max(depths)),  # every block frozen: the linear probe
                 "lpft_over_best": float(lp["mean"]) / depths[best_k],
                 "tune_all_over_best": None if 0 not in depths else depths[0] / depths[best_k],
-                "lpft_wall_time_s": lpft.get("wall_time_s"),
+                "lpft_wall_time_s": sweep.get("wall_time_s"),
             }
         )
     at_rec = []
-    for path in sorted((SWEEPS / "lpft-rec").glob("*.json")):
-        lpft = json.loads(path.read_text())
-        depths = _depth_means(json.loads((SWEEPS / path.name).read_text()))
-        run = next(d for d in lpft["depths"] if not d.get("from_scratch"))
+    for name, _, run, _, depths in _lpft_sweeps("lpft-rec"):
         k, best = int(run["freeze"]), max(depths.values())
         at_rec.append(
             {
-                "table": path.stem,
+                "table": name,
                 "depth": k,
                 "lpft_values": run["values"],
                 "lpft_mean": float(run["mean"]),
@@ -70,34 +95,27 @@ def main() -> int:
         )
     out = ROOT / "benchmarks" / "results" / "lpft.json"
     out.write_text(json.dumps({"tune_all": rows, "at_recommended_depth": at_rec}, indent=1) + "\n")
-    print("| table | best K (acc) | tune all | LP-FT (seeds) | LP-FT / best | tune all / best |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        seeds = ", ".join(f"{v:.3f}" for v in r["lpft_values"])
-        print(
+    _markdown(
+        "| table | best K (acc) | tune all | LP-FT (seeds) | LP-FT / best | tune all / best |",
+        rows,
+        lambda r: (
             f"| {r['table']} | {r['best_k']} ({r['best_mean']:.3f}) | {r['tune_all_mean']:.3f} | "
-            f"{r['lpft_mean']:.3f} ({seeds}) | **{r['lpft_over_best']:.3f}** | "
+            f"{r['lpft_mean']:.3f} ({_seeds(r)}) | **{r['lpft_over_best']:.3f}** | "
             f"{r['tune_all_over_best']:.3f} |"
-        )
-    if rows:
-        mean = sum(r["lpft_over_best"] for r in rows) / len(rows)
-        tune = sum(r["tune_all_over_best"] for r in rows) / len(rows)
-        print(f"| mean ({len(rows)} tables) | | | | **{mean:.3f}** | {tune:.3f} |")
+        ),
+        ["lpft_over_best", "tune_all_over_best"],
+    )
     print()
-    print("| table | diag's K | standard at K | LP-FT at K (seeds) | LP-FT / standard | LP-FT / best |")
-    print("|---|---|---|---|---|---|")
-    for r in at_rec:
-        seeds = ", ".join(f"{v:.3f}" for v in r["lpft_values"])
-        print(
-            f"| {r['table']} | {r['depth']} | {r['standard_mean']:.3f} | {r['lpft_mean']:.3f} ({seeds}) | "
-            f"**{r['lpft_over_standard']:.3f}** | {r['lpft_over_best']:.3f} |"
-        )
-    if at_rec:
-        n = len(at_rec)
-        print(
-            f"| mean ({n} tables) | | | | **{sum(r['lpft_over_standard'] for r in at_rec) / n:.3f}** | "
-            f"{sum(r['lpft_over_best'] for r in at_rec) / n:.3f} |"
-        )
+    _markdown(
+        "| table | diag's K | standard at K | LP-FT at K (seeds) | LP-FT / standard | LP-FT / best |",
+        at_rec,
+        lambda r: (
+            f"| {r['table']} | {r['depth']} | {r['standard_mean']:.3f} | "
+            f"{r['lpft_mean']:.3f} ({_seeds(r)}) | **{r['lpft_over_standard']:.3f}** | "
+            f"{r['lpft_over_best']:.3f} |"
+        ),
+        ["lpft_over_standard", "lpft_over_best"],
+    )
     return 0
 
 
