@@ -272,8 +272,8 @@ def _eigh_project(gram: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     """Eigenvalues (ascending) of the symmetric ``gram`` and ``Vᵀ b``, ``V`` its eigenvectors.
 
     On the CPU the eigenvectors are never formed: LAPACK ``sytrd`` reduces ``gram = Q T Qᵀ`` to a
-    tridiagonal ``T`` by Householder reflections, which are applied to the few columns of ``b``
-    (``Qᵀ b``), and ``T = W Λ Wᵀ`` is solved by MRRR (``stemr``, O(d²)), so ``Vᵀ b = Wᵀ Qᵀ b``. That
+    tridiagonal ``T`` by Householder reflections, which LAPACK ``ormqr`` applies to the few columns of
+    ``b`` (``Qᵀ b``), and ``T = W Λ Wᵀ`` is solved by MRRR (``stemr``, O(d²)), so ``Vᵀ b = Wᵀ Qᵀ b``. That
     skips the back-transformation of all ``d`` eigenvectors (``2 d³`` flops) of a full ``syevd``. Measured
     on this project's 2-core machine, nearly idle, one thread, d = 1280 (``benchmarks/README.md``):
     ``syevd`` 0.23-0.25 s (``torch.linalg.eigh`` 0.31-0.32 s), the tridiagonal reduction alone 0.09 s.
@@ -285,12 +285,16 @@ def _eigh_project(gram: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     if info != 0:
         raise np.linalg.LinAlgError(f"LAPACK dsytrd failed (info={info})")
     qb = b.cpu().numpy().copy()
-    for i in range(diag.size - 1):  # Qᵀ = H(n-1)...H(1): H(1) first; H(i) = I - τ v vᵀ, v[i+1] = 1
-        if tau[i] != 0.0:
-            v = packed[i + 1 :, i].copy()
-            v[0] = 1.0
-            rest = qb[i + 1 :]
-            rest -= np.outer(tau[i] * v, v @ rest)
+    if diag.size > 1:
+        # Q = H(1)...H(n-1) acts on rows 1..n-1 as the Q of a QR factorisation whose reflectors sit below
+        # the diagonal of packed[1:, :-1]: LAPACK ormqr applies its transpose to those rows of b.
+        reflectors = packed[1:, :-1]
+        query = scipy.linalg.lapack.dormqr("L", "T", reflectors, tau, qb[1:].copy(), lwork=-1)
+        lwork = int(np.real(query[1]).ravel()[0])
+        rows, _, info = scipy.linalg.lapack.dormqr("L", "T", reflectors, tau, qb[1:], lwork=lwork)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"LAPACK dormqr failed (info={info})")
+        qb[1:] = rows
     w, vt = scipy.linalg.eigh_tridiagonal(diag, off, check_finite=False)
     return torch.from_numpy(w), torch.from_numpy(vt.T @ qb)
 
