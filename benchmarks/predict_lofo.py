@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CALIBRATION = ROOT / "diag" / "predict" / "freeze_calibration.json"
 
-from diag.predict.freeze import FreezeRule, recommend_freeze  # noqa: E402
+from diag.predict.freeze import FreezeRecommendation, FreezeRule, recommend_freeze  # noqa: E402
 
 #: The family of every table: the kind of target (or of damage to the backbone) it tests.
 FAMILY = {
@@ -105,7 +105,7 @@ def family(name: str) -> str:
     return FAMILY.get(name, "other")
 
 
-def freeze_depth(row: dict, rule: FreezeRule) -> int:
+def freeze_recommendation(row: dict, rule: FreezeRule) -> FreezeRecommendation:
     """diag's freeze rule (``recommend_freeze``) with other constants, on the evidence a table kept."""
     ev = row["freeze_evidence"]
     curve = {
@@ -115,7 +115,35 @@ def freeze_depth(row: dict, rule: FreezeRule) -> int:
     per_class = float(ev["examples_per_class"])
     return recommend_freeze(
         curve, row["blocks"], n_target=round(per_class * 1000), n_classes=1000, rgn=ev.get("rgn"), rule=rule
-    ).depth
+    )
+
+
+def freeze_depth(row: dict, rule: FreezeRule) -> int:
+    return freeze_recommendation(row, rule).depth
+
+
+def first_layer_peak_support(rows: list[dict]) -> dict[str, Any]:
+    """The structural step with no constant (a probe peak at the first probed layer: tune everything,
+    K 0) cannot be refit, so its support is listed instead: every table it decides with diag's constants,
+    negative-transfer and two-depth tables included, with tune-all against freezing the first block (K 1,
+    what the probe step gave before), each as a ratio to the best measured depth (None: not measured)."""
+    out = {}
+    for r in rows:
+        if not r.get("accuracy_by_depth") or not r.get("freeze_evidence"):
+            continue
+        if freeze_recommendation(r, FreezeRule()).evidence["basis"] != "first-layer peak":
+            continue
+        acc = r["accuracy_by_depth"]
+        best = max(acc.values())
+        out[r["name"]] = {
+            "family": family(r["name"]),
+            "judged_for_freeze": r in freeze_rows([r]),
+            "k0": acc["0"] / best if "0" in acc else None,
+            "k1": acc["1"] / best if "1" in acc else None,
+            "best_depth": r["best_depth"],
+            "depths_measured": sorted(int(k) for k in acc),
+        }
+    return out
 
 
 def ratio_at(row: dict, k: int | None) -> tuple[float | None, bool]:
@@ -391,7 +419,9 @@ def lofo_negative(rows: list[dict]) -> dict[str, Any]:
 
 
 def evaluate(rows: list[dict]) -> dict[str, Any]:
-    return {"freeze": lofo_freeze(rows), "negative_transfer": lofo_negative(rows)}
+    freeze = lofo_freeze(rows)
+    freeze["first_layer_peak"] = first_layer_peak_support(rows)
+    return {"freeze": freeze, "negative_transfer": lofo_negative(rows)}
 
 
 def write_calibration(rows: list[dict], res: dict[str, Any], path: Path = CALIBRATION) -> dict[str, Any]:
@@ -412,7 +442,7 @@ def write_calibration(rows: list[dict], res: dict[str, Any], path: Path = CALIBR
                 "lofo_by_table": {},
             },
         )
-        basis = r["freeze_evidence"]["basis"]
+        basis = freeze_recommendation(r, FreezeRule()).evidence["basis"]  # diag's rule as it is now
         if basis not in fam["bases"]:
             fam["bases"].append(basis)
         fam["lofo_by_table"][name] = round(t["lofo_ratio"], 4)
@@ -472,6 +502,7 @@ def print_tables(res: dict[str, Any]) -> None:
     print()
     for k, v in fr["support"].items():
         print(k, v)
+    print("first-layer peak (K 0):", json.dumps(fr.get("first_layer_peak", {})))
     print(json.dumps(fr["folds"], indent=None))
     nt = res["negative_transfer"]
     keys = ("n_tables", "n_negative", "negative_families", "shipped", "refit_all", "lofo")

@@ -202,6 +202,13 @@ def recommend_freeze(
        RGN the informative-curve rule applies.
     4. Otherwise at least the last two blocks are tuned (a head-only probe leaves accuracy on the table
        whenever the target differs from the source).
+    5. An informative curve that peaks at the *first* probed layer (the stem) says that no pretrained
+       block carries target-useful features beyond the raw input's: nothing is worth keeping frozen, so
+       every block is tuned (K = 0) instead of freezing the stem alone. A structural step with no
+       constant. Measured where the depths were swept: Lite0's weights shuffled within each tensor
+       (statistics kept, features gone; Raghu et al., NeurIPS 2019) on UCI digits, K 0 0.586 vs K 1
+       0.429; a backbone trained on synthetic gratings, K 0 0.612 vs K 3 0.587; against it, the
+       shuffled weights on textures, K 0 0.347 vs K 1 0.364 (0.95 of the best, a negative-transfer table).
 
     LP-FT (Kumar et al., ICLR 2022) is not recommended: where it is usually advised — good pretrained
     features (peak accuracy ≥ 0.8) and a large shift (AUC ≥ 0.9) — it was measured worse than the
@@ -273,6 +280,18 @@ def recommend_freeze(
             f"The relative gradient norms decide: the target pulls hardest from {first} on (RGN ≥ "
             f"{rule.rgn_pull:g} of the largest), so tune from {blocks[depth]} and keep the {depth} block(s) "
             "below frozen."
+        )
+    elif best == names[0] and not flat:
+        # Structural, no constant: a peak at the first probe point leaves no pretrained block worth keeping.
+        depth = 0
+        basis = "first-layer peak"
+        rationale.append(
+            f"Target-useful features peak at the first probed layer, {best} ({top:.2f}), and no deeper "
+            f"layer probes as well (range {spread:.2f}): no pretrained block adds features the target can "
+            "use beyond what the raw input gives, so there is nothing worth keeping frozen — tune every "
+            "block (K = 0). (Measured: with Lite0's weights shuffled within each tensor, freezing the stem "
+            "got 0.429 on UCI digits and tuning everything 0.586; from a backbone trained on synthetic "
+            "gratings, 0.612 at K 0 against 0.587 at K 3.)"
         )
     else:
         # a probe that is not a block (e.g. "cls" for text) maps by depth order

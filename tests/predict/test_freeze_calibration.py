@@ -71,3 +71,48 @@ def test_rationale_quotes_the_shipped_calibration_of_similar_families() -> None:
         curve([0.5, 0.55, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88]), BLOCKS, n_target=50, n_classes=10
     )
     assert "unmeasured" in " ".join(tiny.rationale) and tiny.evidence["calibration"]["families"] == []
+
+
+#: Measured probe curves (``benchmarks/results/predict.json``, Lite0 on UCI digits at 30 per class):
+#: Lite0's ImageNet weights shuffled within each tensor (best K 0: 0.586, K 1: 0.429) and a shuffled-label
+#: memoriser (best K 3: 0.725, K 0: 0.652).
+SHUFFLED_UCI = [0.733, 0.623, 0.62, 0.637, 0.69, 0.65, 0.63, 0.58, 0.54]
+MEMORIZER_UCI = [0.703, 0.683, 0.717, 0.617, 0.603, 0.55, 0.437, 0.273, 0.213]
+
+
+def test_a_peak_at_the_first_probed_layer_tunes_everything() -> None:
+    pre = curve(SHUFFLED_UCI, std=0.017)
+    rec = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10)
+    assert rec.depth == 0 and rec.frozen == [] and rec.tune == BLOCKS
+    assert rec.evidence["basis"] == "first-layer peak" and rec.evidence["peak_layer"] == "stem"
+    assert rec.evidence["alternative_depth"] is None
+    why = rec.rationale[1]
+    assert "first probed layer, stem (0.73)" in why and "tune every block (K = 0)" in why
+    assert "nothing worth keeping frozen" in why
+    # "how sure" quotes the families whose tables this step decided (shuffled weights, in the shipped file)
+    shipped = json.loads(SHIPPED.read_text())["families"]
+    first = sorted(
+        f for f, v in shipped.items() if "first-layer peak" in v["bases"] and v["modality"] == "image"
+    )
+    assert first == ["shuffled weights"] and rec.evidence["calibration"]["families"] == first
+    # structural, with no constant: the offset from the peak and the blocks always tuned do not move it
+    for rule in (FreezeRule(peak_offset=1), FreezeRule(peak_offset=-1), FreezeRule(min_tuned=0)):
+        assert recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, rule=rule).depth == 0
+    # the steps before it still come first: 15 per class tunes the last block, 5 per class the head alone
+    assert recommend_freeze(pre, BLOCKS, n_target=150, n_classes=10).depth == len(BLOCKS) - 1
+    assert recommend_freeze(pre, BLOCKS, n_target=50, n_classes=10).depth == len(BLOCKS)
+
+
+def test_a_peak_past_the_first_layer_keeps_the_probe_step() -> None:
+    # The memoriser peaks at blocks.1 with the stem within the fold spread: freeze through the peak (K 3),
+    # the stem alone (K 1) is the alternative, never K 0 (measured 0.90 of the best there).
+    rec = recommend_freeze(curve(MEMORIZER_UCI, std=0.033), BLOCKS, n_target=300, n_classes=10)
+    assert rec.depth == 3 and rec.evidence["basis"] == "probe" and rec.evidence["alternative_depth"] == 1
+    assert rec.evidence["shallowest_near_peak"] == "stem"
+    # a flat curve whose top is the first layer says nothing about depth: the probe fallback, K 1
+    flat = curve([0.80, 0.79, 0.78, 0.79, 0.78, 0.78, 0.79, 0.78, 0.77])
+    weak = recommend_freeze(flat, BLOCKS, n_target=300, n_classes=10)
+    assert weak.depth == 1 and weak.evidence["basis"] == "probe" and "weak signal" in weak.rationale[1]
+    # one point more at blocks.3 than at the stem moves the peak off the first layer: K 5 again
+    moved = [*SHUFFLED_UCI[:4], 0.75, *SHUFFLED_UCI[5:]]
+    assert recommend_freeze(curve(moved, std=0.017), BLOCKS, n_target=300, n_classes=10).depth == 5
