@@ -28,7 +28,7 @@ from diag.predict.attribution import drift_attribution
 from diag.predict.effect import graded_effect
 from diag.predict.freeze import recommend_freeze
 from diag.predict.layers import layer_transfer
-from diag.predict.negative import negative_transfer
+from diag.predict.negative import negative_transfer, weight_scale
 from diag.predict.profile import check_permutations, min_permutations, shift_profile
 from diag.progress import ProgressCallback, stage
 from diag.provenance import report_provenance
@@ -497,7 +497,10 @@ def _transfer_sections(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Negative transfer and the freeze depth from the scores, and the transfer scores per layer."""
     rgn = None if grads is None else grads.normalized
-    nt = negative_transfer(pre, rnd, n_target=len(target), n_classes=n_classes, shift=shift, rgn=rgn)
+    nt = negative_transfer(
+        pre, rnd, n_target=len(target), n_classes=n_classes, shift=shift, rgn=rgn,
+        scale=weight_scale(bb.model), twin_scale=weight_scale(twin.model),
+    )  # fmt: skip
     fr = recommend_freeze(
         pre, freeze_blocks(bb), n_target=len(target), n_classes=n_classes, shift=shift,
         shift_layers=layers, rgn=rgn, negative=nt,

@@ -8,6 +8,16 @@ data the target has (from-scratch training catches up with more data per class),
 source–target shift. LogME alone cannot flag negative transfer (it ranks models on fixed data), so it is
 reported as evidence beside the probe gap, not used alone. The rule is checked against the fine-tuning
 sweeps in ``benchmarks/bench_predict.py``.
+
+*Lost plasticity* is read from the checkpoint itself (:func:`weight_scale`): conv and linear weights far
+above the scale of He initialisation leave the forward pass of a BatchNorm or LayerNorm network unchanged
+(every layer's output is normalised) but shrink the optimiser's step relative to every weight. Under SGD the
+effective learning rate of a scale-invariant weight is ``lr / ||w||²`` (van Laarhoven, "L2 Regularization
+versus Batch and Weight Normalization", 2017); under Adam the step per weight is about ``lr`` whatever the
+gradient's scale, so the relative step is ``lr / |w|``. Either way such a network keeps its features through
+fine-tuning — the loss of plasticity of Lyle et al., "Understanding Plasticity in Neural Networks", ICML
+2023, where growing parameter norms are one of its causes — and fine-tuning amounts to a linear probe of the
+final features.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from diag.errors import DataError
 
@@ -24,10 +35,12 @@ __all__ = [
     "HEAD_START_30",
     "HEAD_START_PER_DOUBLING",
     "REACH_MIN",
+    "SCALE_MAX",
     "NegativeTransfer",
     "gradient_reach",
     "head_start",
     "negative_transfer",
+    "weight_scale",
 ]
 
 
@@ -79,6 +92,14 @@ _B_SHIFT = 0.5
 #: units, where scratch training won by 0.19 / 0.44; 0.23-0.64 in the 13 sweeps where pretrained won).
 REACH_MIN = 0.1
 _B_REACH = 8.0
+#: Weights above SCALE_MAX times the He-initialisation scale (:func:`weight_scale`) have lost plasticity.
+#: Set from the physics, not fitted to the sweeps: at √10 times that scale the effective learning rate
+#: ``lr / ||w||²`` (van Laarhoven 2017) is ten times below the one default learning rates are set for (the
+#: Adam step relative to a weight, ``lr / |w|``, √10 times below). Healthy checkpoints measure 0.67-1.00
+#: (ImageNet EfficientNet-Lite0/1/2 0.80/0.67/0.68, MiniLM 0.99, timm's and Hugging Face's random inits
+#: 1.00 / 0.28, checkpoints fine-tuned here with AdamW 0.78-1.00).
+SCALE_MAX = math.sqrt(10.0)
+_CONV_OR_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def gradient_reach(rgn: dict[str, float]) -> float:
@@ -86,6 +107,28 @@ def gradient_reach(rgn: dict[str, float]) -> float:
     values = list(rgn.values())
     half = values[: math.ceil(len(values) / 2)]
     return float(np.mean(half)) if half else 1.0
+
+
+def weight_scale(model: nn.Module) -> float | None:
+    """How large a network's weights are: the median, over its conv and linear layers, of ``RMS(w)`` in
+    units of He initialisation's ``sqrt(2 / fan_in)`` (He, Zhang, Ren & Sun, "Delving Deep into
+    Rectifiers", ICCV 2015), ``fan_in`` being the inputs of one output unit (in-channels per group × kernel
+    size). 1 at He initialisation; the median keeps a new head or an odd layer from moving it. None when
+    the model has no conv or linear layer.
+
+    No data is needed: it reads the weights. Multiplying every conv and linear weight by ``c`` multiplies it
+    by ``c`` exactly. A normalised network (BatchNorm, LayerNorm) computes the same function at any scale
+    of these weights, but its effective learning rate falls with the square of the scale (the module
+    docstring), so a large value means fine-tuning can hardly move the features.
+    """
+    values = []
+    for m in model.modules():
+        w = getattr(m, "weight", None) if isinstance(m, _CONV_OR_LINEAR) else None
+        if w is None or w.numel() == 0:
+            continue
+        rms = float(w.detach().double().pow(2).mean().sqrt())
+        values.append(rms / math.sqrt(2.0 / w[0].numel()))
+    return float(np.median(values)) if values else None
 
 
 def head_start(per_class: float) -> float:
@@ -101,6 +144,8 @@ def negative_transfer(
     n_classes: int,
     shift: dict[str, Any] | None = None,
     rgn: dict[str, float] | None = None,
+    scale: float | None = None,
+    twin_scale: float | None = None,
 ) -> NegativeTransfer:
     """Will fine-tuning from the pretrained weights end worse than training from scratch?
 
@@ -114,6 +159,9 @@ def negative_transfer(
         The report's ``shift`` verdict (effect AUC, onset).
     rgn : dict, optional
         Normalised relative gradient norm per block (:func:`diag.train.rgn.relative_gradient_norms`).
+    scale, twin_scale : float, optional
+        :func:`weight_scale` of the pretrained backbone and of its random-init twin (the twin's is
+        reported, not used).
 
     The rule: the *feature advantage* ``a`` is the best-layer linear-probe accuracy of the pretrained
     features minus that of the random-init twin. Transfer fails only when ``a`` falls below minus the
@@ -127,6 +175,16 @@ def negative_transfer(
     including backbones whose features probe 0.09-0.11 *below* their twin's (trained on shuffled labels
     or on noise), which still won by 0.19-0.23 — and lost with dead units (60 %: features probe only
     0.05 below the twin's, but the gradient does not reach the first blocks).
+
+    *Lost plasticity*: when the weights are above ``SCALE_MAX`` times the He-initialisation scale,
+    fine-tuning cannot move the features and amounts to a linear probe of the final (pooled) features, so
+    the advantage is read there instead — the final-layer probe minus the twin's final-layer probe,
+    ``a_final`` — without a head start (its calibration, scratch training against the probes of a network
+    that fine-tuning can change, does not carry over; zero is the natural margin, not a fitted one):
+    ``p = sigmoid(20 (-a_final) + 0.5 · shift + 8 · blocked)``: frozen features that probe below random
+    ones predict negative transfer (measured: ImageNet and random-init Lite0 × 100, final features
+    +0.10 / +0.00 against the twin's, beat scratch training; shuffled ImageNet weights × 100 or × 10,
+    -0.18 to -0.29, lost to it).
     """
     pre_lp = {k: v["scores"].get("linear_probe_accuracy", math.nan) for k, v in pretrained.items()}
     rnd_lp = {k: v["scores"].get("linear_probe_accuracy", math.nan) for k, v in random_init.items()}
@@ -144,11 +202,18 @@ def negative_transfer(
         shift_excess = float(np.clip(2.0 * (float(shift["effect"]["value"]) - 0.5), 0.0, 1.0))
     reach = gradient_reach(rgn) if rgn else None
     blocked = 0.0 if reach is None else max(0.0, 1.0 - reach / REACH_MIN)
-    z = _SLOPE * (-adv - start) + _B_SHIFT * shift_excess + _B_REACH * blocked
-    p = 1.0 / (1.0 + math.exp(-z))
+    last = list(pretrained)[-1]
+    rnd_last = rnd_lp.get(last, math.nan)
+    adv_final = pre_lp[last] - rnd_last if math.isfinite(pre_lp[last]) and math.isfinite(rnd_last) else None
+    lost = scale is not None and scale > SCALE_MAX and adv_final is not None
+    if lost:
+        assert adv_final is not None
+        z = -_SLOPE * adv_final + _B_SHIFT * shift_excess + _B_REACH * blocked
+    else:
+        z = _SLOPE * (-adv - start) + _B_SHIFT * shift_excess + _B_REACH * blocked
+    p = 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
     risk = "high" if p > 0.6 else "medium" if p > 0.3 else "low"
 
-    last = list(pretrained)[-1]
     logme_pre = pretrained[last]["scores"].get("logme")
     logme_rnd = random_init.get(last, {}).get("scores", {}).get("logme")
     evidence = [
@@ -165,9 +230,12 @@ def negative_transfer(
         f"of {start:.2f}; scratch wins only if the features trail the twin's by more"
         + (" (more data shrinks the head start)." if per_class > 30 else "."),
     ]
+    if scale is not None:
+        evidence.append(_scale_sentence(scale, twin_scale, lost, last, pre_lp[last], rnd_last, adv_final))
     contributions = {
-        "feature advantage": abs(_SLOPE * adv),
-        "target size": abs(_SLOPE * start),
+        "feature advantage": 0.0 if lost else abs(_SLOPE * adv),
+        "target size": 0.0 if lost else abs(_SLOPE * start),
+        "weight scale": abs(_SLOPE * adv_final) if lost and adv_final is not None else 0.0,
         "shift size": abs(_B_SHIFT * shift_excess),
         "gradient reach": _B_REACH * blocked,
     }
@@ -221,12 +289,46 @@ def negative_transfer(
             "shift_excess": shift_excess,
             "logme_pretrained": logme_pre,
             "logme_random_init": logme_rnd,
+            "weight_scale": scale,
+            "weight_scale_random_init": twin_scale,
+            "final_layer": last,
+            "pretrained_final_probe": pre_lp[last] if math.isfinite(pre_lp[last]) else None,
+            "random_init_final_probe": rnd_last if math.isfinite(rnd_last) else None,
+            "final_advantage": adv_final,
+            "plasticity_lost": lost,
         },
         rule=(
             f"p = sigmoid({_SLOPE:g}·(-advantage - head_start) + {_B_SHIFT:g}·shift"
             f" + {_B_REACH:g}·blocked), "
             f"head_start = max(0, {HEAD_START_30} - {HEAD_START_PER_DOUBLING}"
             "·log2(examples per class / 30)), "
-            f"blocked = max(0, 1 - gradient_reach / {REACH_MIN}); high > 0.6, medium > 0.3"
+            f"blocked = max(0, 1 - gradient_reach / {REACH_MIN}); with weight_scale > {SCALE_MAX:.2f} "
+            f"(lost plasticity) -advantage - head_start becomes -final_advantage; high > 0.6, medium > 0.3"
         ),
     )
+
+
+def _scale_sentence(
+    scale: float,
+    twin_scale: float | None,
+    lost: bool,
+    last: str,
+    pre_last: float,
+    rnd_last: float,
+    adv_final: float | None,
+) -> str:
+    """The weight-scale evidence, in words."""
+    twin = f"; the random-init twin's {twin_scale:.2f}" if twin_scale is not None else ""
+    head = f"Weight scale: conv/linear weights at {scale:.2f}× the He-initialisation scale{twin} — "
+    if lost:
+        return head + (
+            f"above {SCALE_MAX:.2f}: the forward pass is unchanged but the optimiser's step relative to "
+            f"every weight is about {scale:.0f} times smaller than at initialisation (Adam; the effective "
+            f"learning rate lr/‖w‖² of SGD {scale**2:.0f} times), so fine-tuning cannot move the features "
+            "(lost plasticity) and acts as a linear probe on the final features: "
+            f"{pre_last:.2f} at {last} against the twin's {rnd_last:.2f} ({adv_final:+.2f}), judged there "
+            "instead of at the best layer."
+        )
+    if scale > SCALE_MAX:
+        return head + "above the lost-plasticity threshold, but the final layer's probes are missing."
+    return head + "normal: fine-tuning can move them."

@@ -197,4 +197,6 @@ def test_a_checkpoint_with_dead_units_is_flagged_for_negative_transfer(tmp_path:
     assert nt["signals"]["feature_advantage"] > -0.2  # the probe alone would not flag it
     assert nt["signals"]["gradient_reach"] < 0.1 and "gradient reach" in nt["drivers"]
     assert any("block the gradient" in e for e in nt["evidence"])
+    # Dead units leave the conv weights at ImageNet's scale: plasticity is not what is lost here.
+    assert 0.75 < nt["signals"]["weight_scale"] < 0.85 and not nt["signals"]["plasticity_lost"]
     assert "--from-scratch" in rep.sections["freeze"]["rationale"][-1]
