@@ -25,6 +25,7 @@ Usage::
     .venv/bin/python benchmarks/make_scenarios.py
     bash benchmarks/run_sweeps.sh                                # hours on 2 CPU cores
     .venv/bin/python benchmarks/bench_predict.py [--run-missing]
+    .venv/bin/python benchmarks/bench_predict.py --summary-only [--backfill-nt]   # from predict.json
 """
 
 from __future__ import annotations
@@ -474,6 +475,12 @@ def main() -> int:
         action="store_true",
         help="recompute the summary and leave-one-family-out figures from --out's rows (no model is run)",
     )
+    ap.add_argument(
+        "--backfill-nt",
+        action="store_true",
+        help="first bring each stored negative-transfer verdict up to diag's current rule: weight scale "
+        "from the checkpoint, the twin's final-layer probe (benchmarks/backfill_nt.py; seconds a table)",
+    )
     args = ap.parse_args()
     chosen = [sc for sc in SCENARIOS if not args.only or sc["name"] in args.only]
     if args.summary_only:
@@ -490,6 +497,10 @@ def main() -> int:
         old = {r["name"]: r for r in before if "alternative_rules" in r}
         old.update({r["name"]: r for r in rows})
         rows = [old[sc["name"]] for sc in SCENARIOS if sc["name"] in old]
+    if args.backfill_nt:
+        import backfill_nt
+
+        rows = backfill_nt.backfill(rows, SCENARIOS, args.reports)
     summary = summarize(rows)
     import predict_lofo
 

@@ -91,13 +91,16 @@ FREEZE_GRID: dict[str, tuple[float, ...]] = {
     "min_tuned": (0, 1, 2, 3),
     "peak_offset": (-1, 0, 1),
 }
-#: The negative-transfer rule's constants: head start at 30 per class, its shrink per doubling, and the
-#: gradient-reach floor (p = sigmoid(20(-a - head_start) + 0.5 shift + 8 blocked), high above 0.6).
-NT_DEFAULT = {"head_start_30": 0.30, "per_doubling": 0.04, "reach_min": 0.1}
+#: The negative-transfer rule's constants: head start at 30 per class, its shrink per doubling, the
+#: gradient-reach floor (p = sigmoid(20(-a - head_start) + 0.5 shift + 8 blocked), high above 0.6) and the
+#: weight scale above which plasticity is lost (then p = sigmoid(-20 a_final); diag's value √10 is set from
+#: the physics, the grid spans 2 to 100 times the He-initialisation scale and "never").
+NT_DEFAULT = {"head_start_30": 0.30, "per_doubling": 0.04, "reach_min": 0.1, "scale_max": math.sqrt(10.0)}
 NT_GRID: dict[str, tuple[float, ...]] = {
     "head_start_30": (0.1, 0.2, 0.3, 0.4, 0.5),
     "per_doubling": (0.0, 0.02, 0.04, 0.08),
     "reach_min": (0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
+    "scale_max": (2.0, math.sqrt(10.0), 10.0, 30.0, 100.0, math.inf),
 }
 
 
@@ -179,6 +182,9 @@ def _grid(grid: dict[str, tuple[float, ...]]) -> list[dict[str, float]]:
 def nt_probability(sig: dict, c: dict[str, float]) -> float:
     """The negative-transfer probability from a table's stored signals, with constants ``c`` (the formula
     of :func:`diag.predict.negative.negative_transfer`, written out)."""
+    scale, final = sig.get("weight_scale"), sig.get("final_advantage")
+    if scale is not None and final is not None and scale > c["scale_max"]:  # lost plasticity
+        return 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, 20.0 * float(final)))))
     per_class = float(sig["examples_per_class"])
     start = max(0.0, c["head_start_30"] - c["per_doubling"] * math.log2(max(per_class, 1e-9) / 30.0))
     reach = sig.get("gradient_reach")
@@ -362,20 +368,26 @@ def lofo_negative(rows: list[dict]) -> dict[str, Any]:
     combos = _grid(NT_GRID)
     probs = np.array([[nt_probability(r["nt_signals"], c) for r in rows] for c in combos])
 
-    def fit(train: np.ndarray) -> np.ndarray:
+    def fit(train: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
         t = [x for x, m in zip(truth, train, strict=True) if m]
         score = np.array([balanced_accuracy(list(p[train] > 0.6), t) or 0.0 for p in probs])
+        if allowed is not None:
+            score[~allowed] = -1.0
         return np.flatnonzero(score >= score.max() - 1e-12)
 
     shipped = [nt_probability(r["nt_signals"], NT_DEFAULT) for r in rows]
     stored = [r.get("probability") for r in rows]
     lofo_p = np.zeros(len(rows))
+    # The same, with the lost-plasticity threshold held at diag's value (set from physics, not fitted).
+    physics = np.array([c["scale_max"] == NT_DEFAULT["scale_max"] for c in combos])
+    lofo_p_physics = np.zeros(len(rows))
     folds = {}
     for fam in sorted(set(fam_of)):
         train = fam_of != fam
         chosen = fit(train)
         held = np.flatnonzero(~train)
         lofo_p[held] = probs[np.ix_(chosen, held)].mean(axis=0)
+        lofo_p_physics[held] = probs[np.ix_(fit(train, physics), held)].mean(axis=0)
         folds[fam] = {
             "n_tied_constants": len(chosen),
             "constants": {k: sorted({combos[i][k] for i in chosen}) for k in NT_GRID},
@@ -401,6 +413,8 @@ def lofo_negative(rows: list[dict]) -> dict[str, Any]:
         "shipped": summary(shipped),
         "refit_all": summary(refit_p),
         "lofo": summary(lofo_p),
+        "lofo_scale_max_held": summary(lofo_p_physics),
+        "support": _nt_support(rows, fam_of),
         "reproduces_stored_probability": all(
             s is None or abs(a - s) < 1e-3 for a, s in zip(shipped, stored, strict=True)
         ),
@@ -411,11 +425,26 @@ def lofo_negative(rows: list[dict]) -> dict[str, Any]:
                 "negative": t,
                 "p_shipped": round(float(a), 4),
                 "p_lofo": round(float(b), 4),
+                "p_lofo_scale_max_held": round(float(c), 4),
+                "weight_scale": r["nt_signals"].get("weight_scale"),
             }
-            for r, t, a, b in zip(rows, truth, shipped, lofo_p, strict=True)
+            for r, t, a, b, c in zip(rows, truth, shipped, lofo_p, lofo_p_physics, strict=True)
         },
         "folds": folds,
     }
+
+
+def _nt_support(rows: list[dict], fam_of: np.ndarray) -> dict[str, Any]:
+    """Per constant of the negative-transfer rule: the families whose verdicts (p > 0.6) change when it
+    moves over its grid, the others at diag's values. One family or none: a defect (issue 15)."""
+    out = {}
+    for key, values in NT_GRID.items():
+        pred = np.array(
+            [[nt_probability(r["nt_signals"], {**NT_DEFAULT, key: v}) > 0.6 for r in rows] for v in values]
+        )
+        moved = sorted({str(fam_of[j]) for j in range(len(rows)) if len(set(pred[:, j])) > 1})
+        out[key] = {"diag_value": NT_DEFAULT[key], "families_it_moves": moved, "defect": len(moved) <= 1}
+    return out
 
 
 def evaluate(rows: list[dict]) -> dict[str, Any]:
@@ -506,6 +535,7 @@ def print_tables(res: dict[str, Any]) -> None:
     print(json.dumps(fr["folds"], indent=None))
     nt = res["negative_transfer"]
     keys = ("n_tables", "n_negative", "negative_families", "shipped", "refit_all", "lofo")
+    keys += ("lofo_scale_max_held", "support")
     print(json.dumps({k: nt[k] for k in keys}))
     print(json.dumps(nt["folds"]))
 

@@ -179,12 +179,13 @@ def negative_transfer(
     *Lost plasticity*: when the weights are above ``SCALE_MAX`` times the He-initialisation scale,
     fine-tuning cannot move the features and amounts to a linear probe of the final (pooled) features, so
     the advantage is read there instead — the final-layer probe minus the twin's final-layer probe,
-    ``a_final`` — without a head start (its calibration, scratch training against the probes of a network
-    that fine-tuning can change, does not carry over; zero is the natural margin, not a fitted one):
-    ``p = sigmoid(20 (-a_final) + 0.5 · shift + 8 · blocked)``: frozen features that probe below random
-    ones predict negative transfer (measured: ImageNet and random-init Lite0 × 100, final features
-    +0.10 / +0.00 against the twin's, beat scratch training; shuffled ImageNet weights × 100 or × 10,
-    -0.18 to -0.29, lost to it).
+    ``a_final`` — alone: ``p = sigmoid(-20 a_final)``. No head start (its calibration, scratch training
+    against the probes of a network that fine-tuning can change, does not carry over; zero is the natural
+    margin, not a fitted one), and neither the shift nor the gradient reach, which say how hard the
+    network is to adapt, when it will not adapt: the probe on the target already measures what the shift
+    costs frozen features. Frozen features that probe below random ones predict negative transfer
+    (measured: ImageNet and random-init Lite0 × 100, final features +0.10 / +0.00 against the twin's, beat
+    scratch training; shuffled ImageNet weights × 100 or × 10, -0.18 to -0.29, lost to it).
     """
     pre_lp = {k: v["scores"].get("linear_probe_accuracy", math.nan) for k, v in pretrained.items()}
     rnd_lp = {k: v["scores"].get("linear_probe_accuracy", math.nan) for k, v in random_init.items()}
@@ -208,7 +209,7 @@ def negative_transfer(
     lost = scale is not None and scale > SCALE_MAX and adv_final is not None
     if lost:
         assert adv_final is not None
-        z = -_SLOPE * adv_final + _B_SHIFT * shift_excess + _B_REACH * blocked
+        z = -_SLOPE * adv_final
     else:
         z = _SLOPE * (-adv - start) + _B_SHIFT * shift_excess + _B_REACH * blocked
     p = 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
@@ -236,8 +237,8 @@ def negative_transfer(
         "feature advantage": 0.0 if lost else abs(_SLOPE * adv),
         "target size": 0.0 if lost else abs(_SLOPE * start),
         "weight scale": abs(_SLOPE * adv_final) if lost and adv_final is not None else 0.0,
-        "shift size": abs(_B_SHIFT * shift_excess),
-        "gradient reach": _B_REACH * blocked,
+        "shift size": 0.0 if lost else abs(_B_SHIFT * shift_excess),
+        "gradient reach": 0.0 if lost else _B_REACH * blocked,
     }
     if reach is not None:
         evidence.append(
@@ -303,7 +304,7 @@ def negative_transfer(
             f"head_start = max(0, {HEAD_START_30} - {HEAD_START_PER_DOUBLING}"
             "·log2(examples per class / 30)), "
             f"blocked = max(0, 1 - gradient_reach / {REACH_MIN}); with weight_scale > {SCALE_MAX:.2f} "
-            f"(lost plasticity) -advantage - head_start becomes -final_advantage; high > 0.6, medium > 0.3"
+            f"(lost plasticity) p = sigmoid({_SLOPE:g}·(-final_advantage)); high > 0.6, medium > 0.3"
         ),
     )
 

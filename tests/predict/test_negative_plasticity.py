@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from diag.predict.negative import SCALE_MAX, negative_transfer, weight_scale
-from tests.predict.test_predict import curve
+from tests.predict.test_predict import BLOCKS, curve
 
 
 def _tiny() -> nn.Module:
@@ -96,6 +96,11 @@ def test_large_weights_move_the_judgement_to_the_final_layer() -> None:
     assert lost.probability == pytest.approx(1 / (1 + np.exp(20 * (0.57 - 0.75))), abs=1e-4)
     assert lost.risk == "high" and lost.drivers[0] == "weight scale"
     assert "lost plasticity" in _scale_sentence(lost) and "0.57 at pooled" in _scale_sentence(lost)
+    # The shift and the gradient reach say how hard adapting is; under lost plasticity they do not count.
+    shift = {"is_shift": True, "effect": {"name": "c2st_auc", "layer": "pooled", "value": 0.95}}
+    dead = dict.fromkeys(BLOCKS, 0.0)
+    both = negative_transfer(shuffled, twin, n_target=300, n_classes=10, shift=shift, rgn=dead, scale=80.0)
+    assert both.probability == lost.probability and both.drivers == ["weight scale"]
     # The threshold: just below it nothing changes; just above it the final layer decides.
     assert _nt(shuffled, twin, SCALE_MAX * 0.999) == plastic.probability
     assert _nt(shuffled, twin, SCALE_MAX * 1.001) == lost.probability
