@@ -11,7 +11,8 @@ needs two more numbers, neither of which needs the diagnosis to be run again:
   same seed, input size and probe as ``diagnose``; seconds for a digit or texture target).
 
 Then diag's own :func:`~diag.predict.negative.negative_transfer` is called on the stored evidence — after
-checking that, without the weight scale, it reproduces the stored probability — and the row's ``risk``,
+checking that, with the weight scale the row stored (none before the first backfill), it reproduces the
+stored probability — and the row's ``risk``,
 ``probability``, ``negative_transfer_correct``, ``nt_signals`` and ``nt_drivers`` are replaced by its
 answer. The freeze fields are left as diagnosed (a high risk adds a line to the freeze rationale only).
 
@@ -95,7 +96,8 @@ def backfill(rows: list[dict], scenarios: list[dict], reports: Path) -> list[dic
             scales[sc["backbone"]] = (weight_scale(bb.model), weight_scale(twin.model))
         scale, twin_scale = scales[sc["backbone"]]
         twin_last = _twin_final_probe(sc, reports, cache)
-        old = _call(row, twin_last, None, None)
+        sig = row["nt_signals"]  # a row backfilled before reproduces with its own weight scale
+        old = _call(row, twin_last, sig.get("weight_scale"), sig.get("weight_scale_random_init"))
         if abs(old.probability - float(row["probability"])) > 1e-3:
             raise RuntimeError(
                 f"{row['name']}: the stored evidence gives p = {old.probability:.4f}, the table stored "
