@@ -390,7 +390,10 @@ def lofo_negative(rows: list[dict]) -> dict[str, Any]:
         lofo_p_physics[held] = probs[np.ix_(fit(train, physics), held)].mean(axis=0)
         folds[fam] = {
             "n_tied_constants": len(chosen),
-            "constants": {k: sorted({combos[i][k] for i in chosen}) for k in NT_GRID},
+            "constants": {  # "never" for an infinite threshold (JSON has no infinity)
+                k: [v if math.isfinite(v) else "never" for v in sorted({combos[i][k] for i in chosen})]
+                for k in NT_GRID
+            },
             "tables": [rows[j]["name"] for j in held],
             "negatives_in_training": int(sum(t for t, m in zip(truth, train, strict=True) if m)),
         }
