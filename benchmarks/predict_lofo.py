@@ -2,7 +2,8 @@
 
 Every truth table of ``bench_predict.py`` belongs to a *family* (a kind of target or damage, ``FAMILY``).
 For each family, every constant of the freeze rule (:class:`diag.predict.freeze.FreezeRule`) and of the
-negative-transfer rule (head start at 30 per class, its shrink per doubling, the gradient-reach floor) is
+negative-transfer rule (head start at 30 per class, its shrink per doubling, the gradient-reach floor, the
+lost-plasticity weight scale) is
 refit on the other families only, by the procedure that set them in-sample: a grid over the constants,
 keeping those with the best mean ratio (freeze) or balanced accuracy (negative transfer) on the training
 families; the held-out family is then scored. Constants the training families cannot tell apart (a tie)
