@@ -96,7 +96,7 @@ def bench_image(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 
 
 def bench_text(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    bb = load("minilm", pretrained=not args.random_init)
+    bb = load(args.text_backbone, pretrained=not args.random_init, max_length=args.max_length)
     assert bb.modality == "text"
     data = open_data(args.texts)
     if args.n and args.n < len(data):
@@ -110,7 +110,7 @@ def bench_text(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     ]
     cfg = ExtractConfig(device=str(device), precision=precision, batch_size=args.batch_size)
     return _run(
-        name="minilm",
+        name=args.text_backbone,
         bare=lambda b: model(input_ids=b.input_ids, attention_mask=b.attention_mask),
         capture=bb.capture,
         batches=batches,
@@ -180,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=0, help="use only the first N items (0 = all)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", choices=["image", "text"])
+    p.add_argument(
+        "--text-backbone",
+        default="minilm",
+        help="e.g. hf:FOLDER (a config and tokenizer; with --random-init)",
+    )
+    p.add_argument("--max-length", type=int, default=256, help="token length of the text backbone")
     p.add_argument("--random-init", action="store_true", help="random-init weights (same architecture)")
     p.add_argument("--out", type=Path, default=here / "results" / "extract.json")
     args = p.parse_args(argv)

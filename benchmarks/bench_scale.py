@@ -113,7 +113,7 @@ def layers(n: int, seed: int, shift: float) -> dict[str, np.ndarray]:
     }
 
 
-def child_profile(n: int) -> dict[str, Any]:
+def child_profile(n: int, device: str = "cpu") -> dict[str, Any]:
     """One profile of n + n items in this process."""
     sys.path.insert(0, str(ROOT))
     from diag.engine.embeddings import Embeddings
@@ -139,10 +139,11 @@ def child_profile(n: int) -> dict[str, Any]:
     status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
     rss_now = next((int(x.split()[1]) / 1024 for x in status.splitlines() if x.startswith("VmRSS:")), None)
     t0 = time.perf_counter()
-    prof = shift_profile(src, tgt, streaming_above=0, device="cpu")
+    prof = shift_profile(src, tgt, streaming_above=0, device=device)
     wall = time.perf_counter() - t0
     return {
         "n_per_side": n,
+        "device": device,
         "seconds": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_before_profile_mb": rss_before,
@@ -213,14 +214,15 @@ def main() -> None:
     p.add_argument("--faiss", type=Path, default=Path("/work/scratch/faiss-venv"), help="venv with faiss-cpu")
     p.add_argument("--knn-queries", type=int, default=20_000)
     p.add_argument("--timeout", type=float, default=900.0)
-    p.add_argument("--skip", default="", help="'a' or 'b' to skip a part")
+    p.add_argument("--skip", default="", help="letters of the parts to skip: a, b, k")
+    p.add_argument("--device", default="cpu", help="where (a)'s profile runs: cpu, cuda or auto")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         kind, *rest = args.child
         if kind == "profile":
-            result = child_profile(int(rest[0]))
+            result = child_profile(int(rest[0]), *rest[1:])
         elif kind == "knn":
             result = child_knn(*rest)
         else:
@@ -255,7 +257,7 @@ def main() -> None:
         runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
         for r in range(args.rounds):
             for n in sizes:
-                row = run_child([me, "--child", "profile", str(n)], timeout=args.timeout * 4)
+                row = run_child([me, "--child", "profile", str(n), args.device], timeout=args.timeout * 4)
                 print(
                     json.dumps(
                         {
