@@ -69,9 +69,11 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     angle = torch.empty(b).uniform_(-10.0, 10.0, generator=gen) * (math.pi / 180.0)
     shift = torch.empty(2, b).uniform_(-0.1, 0.1, generator=gen)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[0]], 1), torch.stack([sin, cos, shift[1]], 1)], 1).to(
-        x.device, x.dtype
-    )
+    theta = torch.stack([torch.stack([cos, -sin, shift[0]], 1), torch.stack([sin, cos, shift[1]], 1)], 1)
+    if x.device.type == "cuda":
+        # From pinned memory, asynchronously: a copy from pageable memory waits for the stream first.
+        theta = theta.pin_memory().to(x.device, non_blocking=True)
+    theta = theta.to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -153,6 +155,11 @@ class Trainer:
         self.head_norm: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _index_device(s: DecodedSplit) -> torch.device:
+        """Where indices into ``s`` should live: with its tensors, or on the host for token-id lists."""
+        return s.x.device if isinstance(s.x, torch.Tensor) else torch.device("cpu")
 
     def _to_device(self, s: DecodedSplit) -> DecodedSplit:
         x = s.x.to(self.device) if isinstance(s.x, torch.Tensor) else s.x
@@ -249,7 +256,7 @@ class Trainer:
         bs = max(self.cfg.batch_size, 64)
         with torch.inference_mode(), self._autocast():
             for start in range(0, s.n, bs):
-                idx = torch.arange(start, min(start + bs, s.n))
+                idx = torch.arange(start, min(start + bs, s.n), device=self._index_device(s))
                 out.append(self.model.features(self.batch_inputs(s, idx, None)).float())
         return torch.cat(out)
 
@@ -344,6 +351,10 @@ class Trainer:
         order = torch.randperm(
             self.train.n, generator=torch.Generator().manual_seed(mix_seed(cfg.seed, epoch, 0))
         )
+        # The indices go to the device once per epoch, not once per step: CUDA waits for the stream
+        # before every copy from pageable host memory, so a per-step copy would stop the host from
+        # queueing the next step while this one runs. (Token-id lists are indexed on the host.)
+        order = order.to(self._index_device(self.train))
         aug = torch.Generator().manual_seed(mix_seed(cfg.seed, epoch, 1))
         torch.manual_seed(mix_seed(cfg.seed, epoch, 2))
         loss_sum = torch.zeros((), device=self.device)
@@ -388,7 +399,7 @@ class Trainer:
         bs = max(2 * self.cfg.batch_size, 64)
         with torch.inference_mode(), self._autocast():
             for start in range(0, s.n, bs):
-                idx = torch.arange(start, min(start + bs, s.n))
+                idx = torch.arange(start, min(start + bs, s.n), device=self._index_device(s))
                 y = s.y[idx.to(s.y.device)]
                 logits = self._logits(s, idx, None).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
