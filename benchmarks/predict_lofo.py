@@ -117,9 +117,11 @@ def freeze_recommendation(row: dict, rule: FreezeRule) -> FreezeRecommendation:
         for k, v in ev["linear_probe"].items()
     }
     per_class = float(ev["examples_per_class"])
+    scale = (row.get("nt_signals") or {}).get("weight_scale")
     return recommend_freeze(
-        curve, row["blocks"], n_target=round(per_class * 1000), n_classes=1000, rgn=ev.get("rgn"), rule=rule
-    )
+        curve, row["blocks"], n_target=round(per_class * 1000), n_classes=1000, rgn=ev.get("rgn"),
+        weight_scale=scale, rule=rule,
+    )  # fmt: skip
 
 
 def freeze_depth(row: dict, rule: FreezeRule) -> int:
@@ -146,6 +148,39 @@ def first_layer_peak_support(rows: list[dict]) -> dict[str, Any]:
             "k1": acc["1"] / best if "1" in acc else None,
             "best_depth": r["best_depth"],
             "depths_measured": sorted(int(k) for k in acc),
+        }
+    return out
+
+
+def lost_plasticity_support(rows: list[dict]) -> dict[str, Any]:
+    """The lost-plasticity step (weights above ``scale_max`` times He's scale: a linear probe, K = n) on
+    every table it decides with diag's constants. Those checkpoints were swept at two depths (tune-all and
+    the linear probe, ``nt_only``), so they are not among the tables judged by ratio: listed here with the
+    linear probe's and tune-all's ratio to the better of the two, the depth the rule gave without the step
+    (``without``; its ratio None where unmeasured), and the thresholds of the negative-transfer grid
+    (``NT_GRID``) under which the step still decides each table."""
+    out = {}
+    for r in rows:
+        if not r.get("accuracy_by_depth") or not r.get("freeze_evidence"):
+            continue
+        if freeze_recommendation(r, FreezeRule()).evidence["basis"] != "lost plasticity":
+            continue
+        acc, n = r["accuracy_by_depth"], r["n_blocks"]
+        best = max(acc.values())
+        k_without = freeze_depth(r, FreezeRule(scale_max=math.inf))
+        grid = [v for v in NT_GRID["scale_max"] if r["nt_signals"]["weight_scale"] > v]
+        out[r["name"]] = {
+            "family": family(r["name"]),
+            "judged_for_freeze": r in freeze_rows([r]),
+            "weight_scale": r["nt_signals"]["weight_scale"],
+            "linear_probe_ratio": acc[str(n)] / best if str(n) in acc else None,
+            "tune_all_ratio": acc["0"] / acc[str(n)] if "0" in acc and str(n) in acc else None,
+            "linear_probe_won": str(n) in acc and acc[str(n)] >= best,
+            "without": {
+                "depth": k_without,
+                "ratio": acc[str(k_without)] / best if str(k_without) in acc else None,
+            },
+            "decides_at_scale_max": grid,
         }
     return out
 
@@ -454,6 +489,7 @@ def _nt_support(rows: list[dict], fam_of: np.ndarray) -> dict[str, Any]:
 def evaluate(rows: list[dict]) -> dict[str, Any]:
     freeze = lofo_freeze(rows)
     freeze["first_layer_peak"] = first_layer_peak_support(rows)
+    freeze["lost_plasticity"] = lost_plasticity_support(rows)
     return {"freeze": freeze, "negative_transfer": lofo_negative(rows)}
 
 
@@ -487,6 +523,19 @@ def write_calibration(rows: list[dict], res: dict[str, Any], path: Path = CALIBR
         "(benchmarks/predict_lofo.py; constants refit on the other families, ties averaged)",
         "families": dict(sorted(fams.items())),
         "overall": {k: res["freeze"]["overall"][k] for k in ("lofo_ratio", "lofo_min", "shipped_ratio")},
+        "lost_plasticity": {  # two depths per table (tune-all, linear probe): not scored by ratio above
+            "what": "checkpoints above the lost-plasticity weight scale: tune-all / linear probe accuracy",
+            "tables": {
+                name: {
+                    "family": t["family"],
+                    "weight_scale": round(t["weight_scale"], 2),
+                    "tune_all_ratio": round(t["tune_all_ratio"], 4),
+                    "linear_probe_won": t["linear_probe_won"],
+                }
+                for name, t in res["freeze"].get("lost_plasticity", {}).items()
+                if t["tune_all_ratio"] is not None
+            },
+        },
     }
     atomic_write_bytes(path, (json.dumps(cal, indent=1) + "\n").encode())
     return cal
@@ -536,6 +585,7 @@ def print_tables(res: dict[str, Any]) -> None:
     for k, v in fr["support"].items():
         print(k, v)
     print("first-layer peak (K 0):", json.dumps(fr.get("first_layer_peak", {})))
+    print("lost plasticity (K n):", json.dumps(fr.get("lost_plasticity", {})))
     print(json.dumps(fr["folds"], indent=None))
     nt = res["negative_transfer"]
     keys = ("n_tables", "n_negative", "negative_families", "shipped", "refit_all", "lofo")

@@ -503,7 +503,7 @@ def _transfer_sections(
     )  # fmt: skip
     fr = recommend_freeze(
         pre, freeze_blocks(bb), n_target=len(target), n_classes=n_classes, shift=shift,
-        shift_layers=layers, rgn=rgn, negative=nt,
+        shift_layers=layers, rgn=rgn, negative=nt, weight_scale=nt.signals["weight_scale"],
     )  # fmt: skip
     layers = [
         {

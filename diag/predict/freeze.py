@@ -6,7 +6,9 @@ transferable are features in deep neural networks?", NeurIPS 2014). The shift pr
 learning-rate scheme: with good features and a large shift, LP-FT (Kumar et al., ICLR 2022); where the
 shift is input-level, surgical fine-tuning (Lee et al., ICLR 2023) says early blocks matter, which the
 rationale states. A high negative-transfer risk (:mod:`diag.predict.negative`) is part of the rule's
-rationale. Checked against the sweeps in ``benchmarks/bench_predict.py``.
+rationale. Weights far above the He-initialisation scale (lost plasticity;
+:func:`diag.predict.negative.weight_scale`) call for a linear probe: fine-tuning cannot move them. Checked
+against the sweeps in ``benchmarks/bench_predict.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from importlib import resources
 from typing import Any
 
 from diag.errors import DataError
-from diag.predict.negative import NegativeTransfer
+from diag.predict.negative import SCALE_MAX, NegativeTransfer
 
 __all__ = [
     "FLAT_RANGE",
@@ -73,10 +75,33 @@ def _similar_families(cal: dict[str, Any], basis: str, text: bool, input_level: 
     return sorted(same)
 
 
+def _how_sure_lost(cal: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """How sure the lost-plasticity step is: its checkpoints were swept at two depths only (tune-all and the
+    linear probe), so they are not among the families scored by ratio; the calibration lists them apart."""
+    lost = cal.get("lost_plasticity") or {}
+    tables = lost.get("tables") or {}
+    if not tables:
+        return (
+            "How sure: no truth table was decided by this step of the rule (unmeasured).",
+            {"families": []},
+        )
+    wins = sum(t["linear_probe_won"] for t in tables.values())
+    tune_all = [t["tune_all_ratio"] for t in tables.values()]
+    note = (
+        f"How sure: on the {len(tables)} benchmark checkpoints above this scale (weights × 10 or × 100; "
+        f"tune-all and the linear probe measured, no depth between) the linear probe won on {wins} of "
+        f"{len(tables)}, and tuning everything reached {min(tune_all):.2f}-{max(tune_all):.2f} of its "
+        "accuracy. The threshold is set from the physics; only this one family of checkpoints checks it."
+    )
+    return note, {"families": sorted({t["family"] for t in tables.values()}), "n_tables": len(tables)}
+
+
 def _how_sure(basis: str, text: bool, input_level: bool) -> tuple[str | None, dict[str, Any] | None]:
     cal = calibration()
     if not cal:
         return None, None
+    if basis == "lost plasticity":
+        return _how_sure_lost(cal)
     fams = _similar_families(cal, basis, text, input_level)
     if not fams:
         return (
@@ -123,6 +148,9 @@ class FreezeRule:
         At least this many blocks are tuned (when the backbone has more).
     peak_offset : int
         Blocks frozen beyond (positive) or short of (negative) the probe peak.
+    scale_max : float
+        Weights above this many times the He-initialisation scale have lost plasticity: a linear probe
+        (the negative-transfer rule's ``SCALE_MAX``, set from the physics).
     """
 
     few_examples: float = 10
@@ -131,6 +159,7 @@ class FreezeRule:
     rgn_pull: float = RGN_PULL
     min_tuned: int = 2
     peak_offset: int = 0
+    scale_max: float = SCALE_MAX
 
 
 @dataclass(frozen=True)
@@ -182,6 +211,7 @@ def recommend_freeze(
     shift_layers: Sequence[dict[str, Any]] | None = None,
     rgn: dict[str, float] | None = None,
     negative: NegativeTransfer | None = None,
+    weight_scale: float | None = None,
     rule: FreezeRule | None = None,
 ) -> FreezeRecommendation:
     """Recommend ``K`` (blocks to freeze) from the per-layer probe curve, the shift profile and, when the
@@ -189,6 +219,14 @@ def recommend_freeze(
 
     Rule (checked against the sweeps in ``benchmarks/bench_predict.py``):
 
+    0. *Lost plasticity*: conv and linear weights above ``scale_max`` (√10) times the He-initialisation
+       scale (:func:`diag.predict.negative.weight_scale`). A normalised network computes the same function
+       at any weight scale, but the optimiser's step relative to a weight shrinks with it (``lr/|w|`` per
+       Adam step; the effective learning rate ``lr/||w||²`` of SGD, van Laarhoven 2017): fine-tuning
+       cannot move the body (Lyle et al., "Understanding plasticity in neural networks", ICML 2023), so
+       every block is frozen and the head alone is trained (K = n, a linear probe). Measured on six
+       checkpoints with conv weights × 10 or × 100 (ImageNet, shuffled and random-init Lite0 on UCI digits
+       and textures): tuning everything ended at 0.14-0.46, far below the linear probe's 0.26-0.75.
     1. Fewer than 10 examples per class: a linear probe (too little data to tune blocks). From 10 to
        ``SMALL_TARGET``: every block but the last frozen (K = n − 1): enough data to adapt the top block,
        not the several after the probe peak.
@@ -232,6 +270,9 @@ def recommend_freeze(
         Normalised relative gradient norm per block.
     negative : NegativeTransfer, optional
         The negative-transfer verdict on the same target.
+    weight_scale : float, optional
+        :func:`diag.predict.negative.weight_scale` of the pretrained backbone (the negative-transfer
+        verdict's ``signals["weight_scale"]``); None: not measured, step 0 is skipped.
     rule : FreezeRule, optional
         The rule's constants (default: diag's, :class:`FreezeRule`).
     """
@@ -255,7 +296,19 @@ def recommend_freeze(
     basis = "probe"
     cap = n - rule.min_tuned if n > rule.min_tuned else n
     alternative: int | None = None
-    if per_class < rule.few_examples:
+    if weight_scale is not None and weight_scale > rule.scale_max:
+        depth = n
+        basis = "lost plasticity"
+        rationale.append(
+            f"The conv/linear weights are {weight_scale:.1f}× the He-initialisation scale (above "
+            f"{rule.scale_max:.2f}): the forward pass is unaffected, but each optimiser step moves a weight "
+            f"by about lr/|w| of its size (Adam; SGD's effective learning rate lr/‖w‖², van Laarhoven 2017), "
+            f"some {weight_scale:.0f} times less than at initialisation, so fine-tuning cannot move the "
+            "body (lost plasticity, Lyle et al. 2023): keep every block frozen and train the head alone "
+            f"(K = {n}, a linear probe). (Measured: with conv weights × 10 or × 100, tuning everything ended "
+            "at 0.14-0.46 against the linear probe's 0.26-0.75 on six checkpoints.)"
+        )
+    elif per_class < rule.few_examples:
         depth = n
         basis = "few examples"
         rationale.append(

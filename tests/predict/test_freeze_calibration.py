@@ -10,6 +10,7 @@ import pytest
 
 import diag.predict
 from diag.predict.freeze import FreezeRule, calibration, recommend_freeze
+from diag.predict.negative import SCALE_MAX
 from tests.predict.test_predict import BLOCKS, curve
 
 SHIPPED = Path(diag.predict.__file__).parent / "freeze_calibration.json"
@@ -116,3 +117,50 @@ def test_a_peak_past_the_first_layer_keeps_the_probe_step() -> None:
     # one point more at blocks.3 than at the stem moves the peak off the first layer: K 5 again
     moved = [*SHUFFLED_UCI[:4], 0.75, *SHUFFLED_UCI[5:]]
     assert recommend_freeze(curve(moved, std=0.017), BLOCKS, n_target=300, n_classes=10).depth == 5
+
+
+#: Measured (``benchmarks/results/predict.json``, big-uci): Lite0's ImageNet weights with every conv weight
+#: × 100 and BatchNorm's running statistics scaled to match, on UCI digits at 30 per class — the forward
+#: pass is ImageNet Lite0's (probe peak at blocks.3), the weight scale 75.8 times He's. Measured: tune-all
+#: 0.455, linear probe 0.749.
+BIG_UCI = [0.74, 0.77, 0.817, 0.877, 0.96, 0.943, 0.933, 0.917, 0.847]
+
+
+def test_lost_plasticity_recommends_the_linear_probe() -> None:
+    pre = curve(BIG_UCI, std=0.025)
+    # without the weight scale (or with a healthy one) the probe step: freeze through blocks.3, K 5
+    for scale in (None, 0.80, 3.0):
+        rec = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, weight_scale=scale)
+        assert rec.depth == 5 and rec.evidence["basis"] == "probe"
+        assert not any("He-initialisation" in x for x in rec.rationale)
+    n = len(BLOCKS)
+    for scale in (75.8, 7.58, SCALE_MAX + 1e-6):
+        rec = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, weight_scale=scale)
+        assert rec.depth == n and rec.frozen == BLOCKS and rec.tune == []
+        assert rec.evidence["basis"] == "lost plasticity" and rec.evidence["alternative_depth"] is None
+    why = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, weight_scale=75.8).rationale[1]
+    assert "75.8× the He-initialisation scale (above 3.16)" in why and "lr/|w|" in why
+    assert f"K = {n}, a linear probe" in why and "some 76 times less" in why
+    # the threshold is the rule's constant (shared with the negative-transfer rule)
+    assert FreezeRule().scale_max == SCALE_MAX
+    at_100 = recommend_freeze(
+        pre, BLOCKS, n_target=300, n_classes=10, weight_scale=75.8, rule=FreezeRule(scale_max=100)
+    )
+    assert at_100.depth == 5
+    # it comes before every other step: a first-layer peak, a small target, fewer than 10 per class
+    for values, n_target in ((SHUFFLED_UCI, 300), (BIG_UCI, 150), (BIG_UCI, 50)):
+        rec = recommend_freeze(curve(values), BLOCKS, n_target=n_target, n_classes=10, weight_scale=75.8)
+        assert rec.depth == n and rec.evidence["basis"] == "lost plasticity"
+
+
+def test_lost_plasticity_how_sure_quotes_the_large_weight_checkpoints() -> None:
+    lost = json.loads(SHIPPED.read_text())["lost_plasticity"]["tables"]
+    # the shipped evidence: six checkpoints above the threshold, the linear probe won on every one
+    assert len(lost) == 6 and all(t["weight_scale"] > SCALE_MAX for t in lost.values())
+    assert all(t["linear_probe_won"] and t["tune_all_ratio"] < 0.75 for t in lost.values())
+    rec = recommend_freeze(curve(BIG_UCI, std=0.025), BLOCKS, n_target=300, n_classes=10, weight_scale=75.8)
+    assert rec.evidence["calibration"] == {"families": ["large weights"], "n_tables": 6}
+    line = next(x for x in rec.rationale if x.startswith("How sure"))
+    lo = min(t["tune_all_ratio"] for t in lost.values())
+    hi = max(t["tune_all_ratio"] for t in lost.values())
+    assert "the linear probe won on 6 of 6" in line and f"{lo:.2f}-{hi:.2f}" in line
