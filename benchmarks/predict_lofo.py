@@ -84,11 +84,11 @@ FAMILY = {
     "tiny001-tex": "collapsed signal",
 }
 
-#: The freeze rule's constants and the values the grid tries (diag's default among them).
+#: The freeze rule's constants and the values the grid tries (diag's default among them). The flat-curve
+#: step has none (flat = within the probe's fold spread; tune from Auto-RGN's argmax), nor has the
+#: first-layer-peak step; the lost-plasticity threshold is the negative-transfer rule's (refit there).
 FREEZE_GRID: dict[str, tuple[float, ...]] = {
     "small_target": (10, 15, 20, 25, 31, 40),  # 10 = no small-target step; 31 catches 30 per class
-    "flat_range": (0.0, 0.03, 0.05, 0.08, 0.12),
-    "rgn_pull": (0.6, 0.7, 0.8, 0.9, 1.0),
     "min_tuned": (0, 1, 2, 3),
     "peak_offset": (-1, 0, 1),
 }

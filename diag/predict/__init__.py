@@ -19,7 +19,7 @@ source_free
     The verdict of a source-free (BatchNorm) profile (:func:`source_free_verdict`).
 """
 
-from diag.predict.freeze import FLAT_RANGE, RGN_PULL, SMALL_TARGET, FreezeRecommendation, recommend_freeze
+from diag.predict.freeze import SMALL_TARGET, FreezeRecommendation, recommend_freeze
 from diag.predict.layers import LAYER_SCORES, layer_transfer, require_labels
 from diag.predict.negative import (
     HEAD_START_30,
@@ -53,7 +53,6 @@ from diag.predict.rank import (
 from diag.predict.source_free import BlockEvidence, source_free_verdict
 
 __all__ = [
-    "FLAT_RANGE",
     "HEAD_START_30",
     "HEAD_START_PER_DOUBLING",
     "LAYER_SCORES",
@@ -61,7 +60,6 @@ __all__ = [
     "LEVEL_WHY",
     "RANK_SCORES",
     "REACH_MIN",
-    "RGN_PULL",
     "SMALL_TARGET",
     "BlockEvidence",
     "ClassShift",
