@@ -221,8 +221,8 @@ def recommend_freeze(
        Then the blocks up to and including the layer where the target's linear-probe accuracy peaks
        are frozen, the blocks after it — whose features turn source-specific — are tuned (Yosinski et
        al. 2014). The shallowest layer within one fold-spread of the peak is named in the rationale.
-    3. A *flat* curve — every block's probe within one fold spread of the best, so the probe cannot tell
-       the layers apart — cannot say where to stop freezing; then the relative gradient norms
+    3. A *flat* curve — its range over the blocks within that fold spread, so the probe cannot tell the
+       layers apart — cannot say where to stop freezing; then the relative gradient norms
        (:mod:`diag.train.rgn`) decide: tuning starts at the block the target pulls hardest on (Auto-RGN's
        argmax; Lee et al., "Surgical fine-tuning", ICLR 2023). No constant: both the flatness and the block
        come from the evidence's own scales (this step replaced a range of 0.05 and an RGN level of 0.9,
