@@ -19,6 +19,7 @@ from diag.models import Backbone, load
 from diag.pipeline.diagnose import embed, freeze_blocks
 from diag.predict.freeze import FreezeRecommendation, recommend_freeze
 from diag.predict.layers import layer_transfer, require_labels
+from diag.predict.negative import weight_scale
 from diag.predict.rank import Ranking, candidate_names, rank_candidates
 from diag.progress import ProgressCallback
 from diag.report.schema import Report
@@ -178,4 +179,7 @@ def recommend_for_target(
         # input size and token length: the loaded backbone's own, as for the probe curve above
         train_cfg = None if config is None else FinetuneConfig(device=config.device)
         grads = relative_gradient_norms(data, bb, train_cfg, seed=random_state).normalized
-    return recommend_freeze(pre, freeze_blocks(bb), n_target=len(emb), n_classes=len(np.unique(y)), rgn=grads)
+    return recommend_freeze(
+        pre, freeze_blocks(bb), n_target=len(emb), n_classes=len(np.unique(y)), rgn=grads,
+        weight_scale=weight_scale(bb.model),  # lost plasticity: read from the checkpoint, no data
+    )  # fmt: skip

@@ -167,3 +167,33 @@ def test_lost_plasticity_how_sure_quotes_the_large_weight_checkpoints() -> None:
     lo = min(t["tune_all_ratio"] for t in lost.values())
     hi = max(t["tune_all_ratio"] for t in lost.values())
     assert "the linear probe won on 6 of 6" in line and f"{lo:.2f}-{hi:.2f}" in line
+
+
+def test_freeze_auto_reads_the_weight_scale_of_the_checkpoint(tmp_path: Path, lite0) -> None:
+    """``diag finetune --freeze auto`` without a report: Lite0 with every conv weight × 10 and BatchNorm's
+    running statistics scaled to match (the forward pass unchanged) gets the linear probe, ImageNet Lite0
+    on the same target does not."""
+    import copy
+
+    import torch
+    from safetensors.torch import save_file
+
+    from diag.pipeline import recommend_for_target
+    from tests.conftest import write_digit_folder
+
+    model = copy.deepcopy(lite0.model)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                mod.weight.mul_(10.0)
+            elif isinstance(mod, torch.nn.BatchNorm2d) and mod.running_mean is not None:
+                assert mod.running_var is not None
+                mod.running_mean.mul_(10.0)
+                mod.running_var.mul_(100.0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "big.safetensors"))
+    folder = write_digit_folder(tmp_path / "d", per_class=10, classes=("0", "1", "2", "3"))
+    big = recommend_for_target(folder, f"efficientnet_lite0@{tmp_path / 'big.safetensors'}", rgn=False)
+    assert big.evidence["basis"] == "lost plasticity" and big.depth == big.n_blocks
+    assert "× the He-initialisation scale" in big.rationale[1]
+    plain = recommend_for_target(folder, lite0, rgn=False)
+    assert plain.evidence["basis"] != "lost plasticity" and plain.depth < plain.n_blocks
