@@ -2,7 +2,8 @@
 
 This is the only module that knows about devices, batches and precision. On CUDA it uses bf16 autocast,
 channels_last for conv nets, decoding in DataLoader worker processes, pinned host memory and
-non-blocking device-to-host copies; on CPU it uses every core. Pooling happens on the device (inside
+non-blocking device-to-host copies; on CPU it uses every core. Images travel as uint8 up to the device
+and are normalised there (by :meth:`diag.models.Backbone.capture`). Pooling happens on the device (inside
 :meth:`diag.models.Backbone.capture`), so only ``(batch, dim)`` vectors cross to the host. Rows come
 back in the data set's order, whatever the batching.
 
@@ -65,7 +66,7 @@ class ExtractConfig:
     )
     num_workers: int | None = field(
         default=None,
-        metadata={"help": "image-decoding worker processes (default: up to 8 on CUDA, 1 on CPU)"},
+        metadata={"help": "image-decoding worker processes (default: cores - 2 up to 16 on CUDA, 1 on CPU)"},
     )
     channels_last: bool | None = field(
         default=None, metadata={"help": "channels_last memory format for conv nets (default: on CUDA)"}
@@ -264,15 +265,21 @@ def forward_pass(
 
 
 def default_workers(device: torch.device) -> int:
-    """Image-decoding worker processes when ``num_workers`` is not set: up to 8 on CUDA, 1 on CPU.
+    """Image-decoding worker processes when ``num_workers`` is not set: on CUDA every core but two, at
+    most 16; on CPU 1.
 
+    On CUDA the workers must keep up with the GPU: Lite0 at 224 px takes ~22,000 img/s on an H200, while
+    one worker decodes, up-scales and crops a small PNG in ~1.3 ms (benchmarks/README.md, "Data path:
+    uint8 workers"), under 800 img/s. Two cores stay free for the main process (receiving batches, the
+    pin-memory thread, kernel launches). Past 16, the main process and the shared memory held by
+    prefetched batches (4 per worker) limit more than decoding does.
     On CPU one worker decodes the next batch while the forward pass runs: measured on 2 cores, 1.7x
     the items/s of decoding in the main process on JPEG photos and 1.5x on small PNG digits
     (benchmarks/README.md, "Ray Data and one-machine throughput"). A single core keeps 0.
     """
     cores = os.cpu_count() or 1
     if device.type == "cuda":
-        return min(8, cores)
+        return max(1, min(16, cores - 2))
     return 1 if cores >= 2 else 0
 
 

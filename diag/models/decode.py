@@ -1,7 +1,10 @@
 """Image decoding for every image family: one ``Dataset`` that reads, transforms and reports failures.
 
-Used twice: batch by batch for extraction (:meth:`diag.models.TimmBackbone.batches`) and all at once,
-as uint8, for fine-tuning (:meth:`diag.models.TimmBackbone.decode_all`).
+Items are uint8 ``(3, H, W)`` tensors (resized and cropped, not normalised): a quarter of the bytes of
+float32 through the worker processes, shared memory and pinned host memory, and no per-pixel float work
+on the CPU; the backbone normalises them on the device (:meth:`diag.models.TimmBackbone.normalize`).
+Used twice: batch by batch for extraction (:meth:`diag.models.TimmBackbone.batches`) and all at once for
+fine-tuning (:meth:`diag.models.TimmBackbone.decode_all`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from diag.data.dataset import DataSet
 from diag.errors import DataError
@@ -31,28 +34,19 @@ class ImageItems(Dataset[tuple[int, torch.Tensor | None, str | None]]):
     data : DataSet
         An image set.
     transform : callable
-        PIL image -> float CHW tensor.
-    uint8 : bool, default False
-        Round the transform's output (in [0, 1]) to uint8 ``0..255``: four times less memory for a set
-        decoded once and normalised later on the device.
+        PIL image -> uint8 CHW tensor (:meth:`diag.models.TimmBackbone.image_transform`).
     """
 
-    def __init__(
-        self, data: DataSet, transform: Callable[[Any], torch.Tensor], *, uint8: bool = False
-    ) -> None:
+    def __init__(self, data: DataSet, transform: Callable[[Any], torch.Tensor]) -> None:
         self.data = data
         self.transform = transform
-        self.uint8 = uint8
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            x = self.transform(self.data.load_image(i))
-            if self.uint8:
-                x = torch.round(x * 255.0).clamp_(0, 255).to(torch.uint8)
-            return i, x, None
+            return i, self.transform(self.data.load_image(i)), None
         except Exception as exc:  # a corrupt or truncated file must not stop the pass
             return i, None, f"{type(exc).__name__}: {exc}"
 
@@ -63,7 +57,9 @@ def collate_images(
     ok = [(i, x) for i, x, _ in items if x is not None]
     failed = [(i, err) for i, x, err in items if x is None and err is not None]
     idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
-    batch = torch.stack([x for _, x in ok]) if ok else None
+    # default_collate stacks straight into shared memory inside a worker process (no extra copy when
+    # the batch is handed to the main process).
+    batch = default_collate([x for _, x in ok]) if ok else None
     return idx, batch, failed
 
 
@@ -73,7 +69,7 @@ def _as_list(batch: list[Any]) -> list[Any]:
 
 def decode_images(data: DataSet, transform: Callable[[Any], torch.Tensor], num_workers: int) -> torch.Tensor:
     """Every image of ``data`` as uint8 ``(N, 3, H, W)``; DataError naming the first unreadable one."""
-    items = ImageItems(data, transform, uint8=True)
+    items = ImageItems(data, transform)
     if num_workers > 0:
         loader = DataLoader(items, batch_size=64, num_workers=num_workers, collate_fn=_as_list, shuffle=False)
         results = [r for batch in loader for r in batch]

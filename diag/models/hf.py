@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,9 @@ from diag.models.base import (
 from diag.models.weights import offline_hint
 
 __all__ = [
+    "ENCODE_CHUNK",
     "HFTextBackbone",
+    "Tokens",
     "load_hf",
     "text_layers",
 ]
@@ -51,6 +55,50 @@ def text_layers(model: nn.Module) -> tuple[str, int]:
         f"{type(model).__name__}: cannot find its transformer layers (looked for encoder.layer, "
         "transformer.layer, layers). Fine-tuning supports BERT-like encoders."
     )
+
+
+#: Texts per tokenizer call in :meth:`HFTextBackbone.encode`.
+ENCODE_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token ids of many texts, unpadded, stored flat: text ``i`` is ``fields[k][starts[i]:starts[i + 1]]``.
+
+    Attributes
+    ----------
+    fields : dict of str to ndarray of int32
+        ``input_ids`` and the tokenizer's other per-token fields (``token_type_ids``, ...), concatenated.
+    starts : ndarray of int64, (n + 1,)
+        Where each text begins.
+    lengths : ndarray of int64, (n,)
+        Tokens per text.
+    pad : dict of str to int
+        The value that pads each field (the tokenizer's pad token and pad token type; 0 otherwise).
+    left : bool
+        Pad on the left (the tokenizer's ``padding_side``).
+    """
+
+    fields: dict[str, np.ndarray]
+    starts: np.ndarray
+    lengths: np.ndarray
+    pad: dict[str, int]
+    left: bool = False
+
+    def batch(self, idx: np.ndarray) -> TextBatch:
+        """Texts ``idx`` padded to the longest of them, as the tokenizer pads (``padding=True``)."""
+        n = len(idx)
+        width = int(self.lengths[idx].max()) if n else 0
+        mask = np.zeros((n, width), np.int64)
+        out = {k: np.full((n, width), self.pad[k], np.int64) for k in self.fields}
+        for r, i in enumerate(idx):
+            a, b = int(self.starts[i]), int(self.starts[i + 1])
+            cols = slice(width - (b - a), width) if self.left else slice(0, b - a)
+            mask[r, cols] = 1
+            for k, flat in self.fields.items():
+                out[k][r, cols] = flat[a:b]
+        ids = torch.from_numpy(out.pop("input_ids"))
+        return TextBatch(ids, torch.from_numpy(mask), {k: torch.from_numpy(v) for k, v in out.items()})
 
 
 class HFTextBackbone(Backbone):
@@ -93,24 +141,50 @@ class HFTextBackbone(Backbone):
         extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
         return TextBatch(enc["input_ids"], enc["attention_mask"], extra)
 
-    def token_lengths(self, texts: Sequence[str]) -> list[int]:
-        """Token count of each text after truncation (for length-bucketed batching)."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        return [len(x) for x in ids]
-
     def batches(
         self, data: DataSet, batch_size: int, workers: int, *, pin: bool
     ) -> Iterator[tuple[torch.Tensor, Any, Failed]]:
         """Length-bucketed batches: texts sorted by token count, so padding is minimal (the caller puts
-        rows back in order). Tokenised up front, here; ``workers`` and ``pin`` are not used."""
+        rows back in order). Every text is tokenised once, up front, here (:meth:`encode`); each batch
+        is padded from the ids, exactly as :meth:`tokenize` pads. ``workers`` and ``pin`` are not used."""
         assert data.texts is not None
-        lengths = np.asarray(self.token_lengths(data.texts))
-        order = np.argsort(-lengths, kind="stable")
-        out: list[tuple[torch.Tensor, Any, Failed]] = []
+        tokens = self.encode(data.texts)
+        order = np.argsort(-tokens.lengths, kind="stable")
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            out.append((torch.from_numpy(idx.copy()), self.tokenize([data.texts[i] for i in idx]), []))
-        return iter(out)
+            yield torch.from_numpy(idx.copy()), tokens.batch(idx), []
+
+    def encode(self, texts: Sequence[str]) -> Tokens:
+        """Every text tokenised once, truncated at :attr:`max_length`, not padded, by the tokenizer in
+        calls of :data:`ENCODE_CHUNK` texts (a fast tokenizer encodes each call on every core)."""
+        pad = {"input_ids": self.tokenizer.pad_token_id, "token_type_ids": self.tokenizer.pad_token_type_id}
+        if pad["input_ids"] is None:
+            raise BackboneError(
+                f"backbone {self.name!r}: its tokenizer has no padding token, so texts cannot be batched. "
+                "Set tokenizer.pad_token (e.g. to its eos_token) in the model folder."
+            )
+        fields: dict[str, list[np.ndarray]] = {}
+        lengths: list[int] = []
+        for s in range(0, len(texts), ENCODE_CHUNK):
+            enc = self.tokenizer(
+                list(texts[s : s + ENCODE_CHUNK]), truncation=True, max_length=self.max_length
+            )
+            lengths += [len(x) for x in enc["input_ids"]]
+            for key, rows in enc.items():
+                if key != "attention_mask":  # all ones before padding: rebuilt from the lengths
+                    n = sum(len(r) for r in rows)
+                    fields.setdefault(key, []).append(
+                        np.fromiter(itertools.chain.from_iterable(rows), np.int32, n)
+                    )
+        lens = np.asarray(lengths, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)])
+        return Tokens(
+            {k: np.concatenate(v) if v else np.zeros(0, np.int32) for k, v in fields.items()},
+            starts,
+            lens,
+            {k: int(pad.get(k) or 0) for k in fields},
+            left=getattr(self.tokenizer, "padding_side", "right") == "left",
+        )
 
     def block_layout(self, model: nn.Module) -> BlockLayout:
         """``embeddings``, then one block per transformer layer; the unused pooler belongs to none."""

@@ -92,6 +92,7 @@ class TimmBackbone(Backbone):
         if head is None and num_classes > 0 and kw["pretrained"]:
             head = SourceHead(name=f"{kw['name']} source head", num_classes=num_classes)
         self._has_head = num_classes > 0
+        self._stats: dict[str, tuple[torch.Tensor, ...]] = {}  # normalize's divisors and mean, per device
         super().__init__(probes=[], preprocessing=pre, source_head=head, **kw)
         self.probes = self._discover_probes()
 
@@ -108,27 +109,65 @@ class TimmBackbone(Backbone):
             probes.append(ProbePoint(name=n, index=i, dim=int(t.shape[1]), kind=kind, pooling=pooling))
         return probes
 
-    def transform(self) -> Callable[[Any], torch.Tensor]:
-        """PIL image -> normalised CHW float tensor (timm's eval transform for this config)."""
+    def image_transform(
+        self, image_size: int | None = None, crop_pct: float | None = None
+    ) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> uint8 CHW tensor: timm's eval transform (resize, crop) for this config, without its
+        float conversion and normalisation, which :meth:`normalize` does later on the device.
+
+        ``image_size`` and ``crop_pct`` override the backbone's (``decode_all``'s options).
+        """
         import timm.data
 
         p = self.preprocessing
-        return timm.data.create_transform(
-            input_size=tuple(p["input_size"]),
+        size = tuple(p["input_size"])
+        if image_size is not None:
+            size = (size[0], image_size, image_size)
+        return timm.data.create_transform(  # use_prefetcher: timm's own uint8 output for device loaders
+            input_size=size,
             interpolation=p["interpolation"],
-            mean=tuple(p["mean"]),
-            std=tuple(p["std"]),
-            crop_pct=p["crop_pct"],
+            crop_pct=crop_pct if crop_pct is not None else p["crop_pct"],
             crop_mode=p["crop_mode"],
             is_training=False,
+            use_prefetcher=True,
         )
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``(B, 3, H, W)`` -> float32 normalised ones, on ``x``'s device and in its memory
+        format: ``(x / 255 - mean) / std``, the operations (and their order) of torchvision's
+        ``ToTensor`` + ``Normalize``, so the result equals timm's float eval transform bit for bit. The
+        divisors are tensors, not Python numbers, because CUDA divides by a Python number as a
+        multiplication by its reciprocal (which can differ in the last bit)."""
+        key = str(x.device)
+        stats = self._stats.get(key)
+        if stats is None:  # made once per device: no host-to-device copy (and stream sync) per batch
+            mean, std = self.input_normalization
+            stats = self._stats[key] = (
+                torch.tensor(255.0, dtype=torch.float32, device=x.device),
+                torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1),
+                torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1),
+            )
+        scale, mean_t, std_t = stats
+        return x.float().div_(scale).sub_(mean_t).div_(std_t)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_stats"] = {}  # device tensors are not sent along with the backbone (to a Ray actor, ...)
+        return state
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> normalised float CHW tensor, one image at a time: :meth:`image_transform` then
+        :meth:`normalize` (what :meth:`capture` does to a uint8 batch)."""
+        tf = self.image_transform()
+        return lambda img: self.normalize(tf(img).unsqueeze(0))[0]
 
     def batches(
         self, data: DataSet, batch_size: int, workers: int, *, pin: bool
     ) -> Iterator[tuple[torch.Tensor, Any, Failed]]:
-        """Images decoded in ``workers`` DataLoader processes (0: in this one), in data order."""
+        """uint8 image batches (:meth:`image_transform`) decoded in ``workers`` DataLoader processes (0: in
+        this one), in data order; :meth:`capture` normalises them on their device."""
         loader = DataLoader(
-            ImageItems(data, self.transform()),
+            ImageItems(data, self.image_transform()),
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,
@@ -160,23 +199,9 @@ class TimmBackbone(Backbone):
         return out
 
     def _decode(self, data: DataSet, options: DecodeOptions) -> torch.Tensor:
-        """The eval transform at ``image_size``/``crop_pct`` (default: the backbone's) without its
-        normalisation, which runs later on the device on uint8 batches."""
-        import timm.data
-
-        p = self.preprocessing
-        size = tuple(p["input_size"])
-        if options.image_size is not None:
-            size = (size[0], options.image_size, options.image_size)
-        transform = timm.data.create_transform(
-            input_size=size,
-            interpolation=p["interpolation"],
-            mean=(0.0, 0.0, 0.0),
-            std=(1.0, 1.0, 1.0),
-            crop_pct=options.crop_pct if options.crop_pct is not None else p["crop_pct"],
-            crop_mode=p["crop_mode"],
-            is_training=False,
-        )
+        """:meth:`image_transform` at ``image_size``/``crop_pct`` (default: the backbone's); the
+        normalisation runs later on the device on uint8 batches."""
+        transform = self.image_transform(options.image_size, options.crop_pct)
         return decode_images(data, transform, options.num_workers)
 
     @property
@@ -212,6 +237,10 @@ class TimmBackbone(Backbone):
         self.source_head = SourceHead(name=f"{name} head", num_classes=n) if n > 0 else None
 
     def capture(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """As :meth:`Backbone.capture`; ``batch`` holds uint8 images as :meth:`batches` yields them
+        (normalised here, on their device) or float images already normalised."""
+        if batch.dtype == torch.uint8:
+            batch = self.normalize(batch)
         out: dict[str, torch.Tensor] = {}
         token_names: set[str] = set()
 

@@ -38,6 +38,35 @@ def test_features_equal_a_direct_forward(lite0, digit_folder: Path) -> None:
     assert emb.logits.shape == (12, 1000)
 
 
+def test_uint8_workers_give_the_features_of_the_float_transform(lite0, digit_folder: Path) -> None:
+    """The workers hand over uint8 batches (resized and cropped by PIL) and ``capture`` normalises them;
+    the path before ran timm's float eval transform (ToTensor + Normalize) in each worker. PIL's resize
+    outputs uint8 in both, so they feed the same bytes, and the normalisation is the same float32
+    operations in the same order (x / 255, - mean, / std): the network inputs are bitwise equal, asserted
+    exactly. The features then come from the same kernels on the same batches; they are bitwise equal
+    here too, and 1e-6 only leaves room for a BLAS whose sums depend on buffer alignment (float32
+    rounding is ~6e-8 per operation)."""
+    import timm.data
+
+    ds = open_data(digit_folder)
+    emb = extract(lite0, ds, ExtractConfig(batch_size=4, num_workers=1))  # a worker, shared memory
+    assert emb.manifest["num_workers"] == 1
+    p = lite0.preprocessing
+    float_tf = timm.data.create_transform(
+        input_size=tuple(p["input_size"]), interpolation=p["interpolation"], mean=p["mean"], std=p["std"],
+        crop_pct=p["crop_pct"], crop_mode=p["crop_mode"], is_training=False,
+    )  # fmt: skip
+    x = torch.stack([float_tf(ds.load_image(i)) for i in range(len(ds))])
+    u = torch.stack([lite0.image_transform()(ds.load_image(i)) for i in range(len(ds))])
+    assert u.dtype == torch.uint8 and torch.equal(lite0.normalize(u), x)
+    with torch.inference_mode():
+        ref = [lite0.capture(x[s : s + 4]) for s in range(0, len(ds), 4)]
+    for name in [*lite0.probe_names, "logits"]:
+        got = emb.logits if name == "logits" else emb[name]
+        want = torch.cat([r[name] for r in ref]).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
 def test_text_rows_come_back_in_order_despite_length_bucketing(minilm) -> None:
     texts = ["short", "a much much longer sentence about the economy and jobs", "mid length text", "x"]
     ds = texts_dataset(texts, ["a", "b", "a", "b"])

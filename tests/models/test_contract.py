@@ -52,6 +52,66 @@ def test_text_batches_are_length_bucketed_and_never_fail(minilm) -> None:
     torch.testing.assert_close(out[1][1].input_ids, minilm.tokenize([TEXTS[0]]).input_ids)
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_text_batches_tokenise_once_and_pad_as_the_tokenizer_does(minilm, monkeypatch, side: str) -> None:
+    from diag.data import open_data
+
+    ds = open_data("samples:speeches").subset(range(150))
+    assert ds.texts is not None
+    calls: list[int] = []
+
+    class Counting:  # the tokenizer, counting the texts it is asked to encode
+        def __init__(self, tok) -> None:
+            self.tok = tok
+
+        def __call__(self, texts, **kw):
+            calls.append(len(texts))
+            return self.tok(texts, **kw)
+
+        def __getattr__(self, name: str):
+            return getattr(self.tok, name)
+
+    monkeypatch.setattr(minilm.tokenizer, "padding_side", side)
+    monkeypatch.setattr(minilm, "tokenizer", Counting(minilm.tokenizer))
+    monkeypatch.setattr("diag.models.hf.ENCODE_CHUNK", 64)
+    out = list(minilm.batches(ds, 16, 0, pin=False))
+    assert calls == [64, 64, 22]  # every text once, in chunks
+    order = np.concatenate([idx.numpy() for idx, _, _ in out])
+    assert sorted(order.tolist()) == list(range(len(ds)))
+    for idx, batch, _ in out:
+        ref = minilm.tokenizer.tok(
+            [ds.texts[i] for i in idx.tolist()], padding=True, truncation=True,
+            max_length=minilm.max_length, return_tensors="pt",
+        )  # fmt: skip
+        assert torch.equal(batch.input_ids, ref["input_ids"])
+        assert torch.equal(batch.attention_mask, ref["attention_mask"])
+        assert batch.extra.keys() == {"token_type_ids"}
+        assert torch.equal(batch.extra["token_type_ids"], ref["token_type_ids"])
+    lengths = [int(b.attention_mask.sum(1).max()) for _, b, _ in out]
+    assert lengths == sorted(lengths, reverse=True)  # longest first
+    pad_col = 0 if side == "left" else -1
+    assert (out[-1][1].input_ids[:, pad_col] == minilm.tokenizer.pad_token_id).any()
+
+
+def test_a_tokenizer_without_a_pad_token_is_a_clear_error(minilm, monkeypatch) -> None:
+    from diag.errors import BackboneError
+
+    tok = minilm.tokenizer
+
+    class NoPad:
+        pad_token_id = None
+
+        def __getattr__(self, name: str):
+            return getattr(tok, name)
+
+        def __call__(self, texts, **kw):
+            return tok(texts, **kw)
+
+    monkeypatch.setattr(minilm, "tokenizer", NoPad())
+    with pytest.raises(BackboneError, match="no padding token.*pad_token"):
+        list(minilm.batches(texts_dataset(TEXTS), 2, 0, pin=False))
+
+
 def test_timm_block_layout_is_the_probed_stages_minus_the_classifier(lite0) -> None:
     layout = lite0.block_layout(lite0.model)
     assert isinstance(layout, BlockLayout)
@@ -115,6 +175,7 @@ def test_decode_all_images_is_the_eval_transform_in_uint8(lite0, digit_folder: P
     assert isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.shape == (len(ds), 3, 48, 48)
     mean, std = lite0.input_normalization
     norm = (x.float() / 255.0 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(lite0.normalize(x), norm, rtol=0, atol=0)
     import timm.data
 
     p = lite0.preprocessing
@@ -123,7 +184,8 @@ def test_decode_all_images_is_the_eval_transform_in_uint8(lite0, digit_folder: P
         crop_pct=p["crop_pct"], crop_mode=p["crop_mode"], is_training=False,
     )  # fmt: skip
     ref = torch.stack([tf(ds.load_image(i)) for i in range(len(ds))])
-    torch.testing.assert_close(norm, ref, atol=1 / 255 / 0.5, rtol=0)  # one uint8 step
+    # PIL's resize outputs uint8: the same bytes as timm's float transform, scaled by the same operations
+    torch.testing.assert_close(norm, ref, atol=0, rtol=0)
 
 
 def test_decode_all_names_the_first_unreadable_image(tiny_image_backbone, tmp_path: Path) -> None:
