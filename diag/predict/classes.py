@@ -2,7 +2,9 @@
 
 Separates "the classes moved" from "the class mix changed". :func:`diag.predict.profile.shift_profile`
 calls :func:`class_view` when both sides are labelled; above ``streaming_above`` items on a side a class
-is tested from mean embeddings (:func:`diag.predict.streaming.streaming_mmd`), as the layers are.
+is tested from mean embeddings (:func:`diag.predict.streaming.streaming_mmd`), as the layers are, and when
+the profile itself is on the streaming path the exact test of a smaller class sees at most
+:data:`~diag.predict.streaming.CLASS_PER_SIDE` items per side (a seeded uniform subsample).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diag.predict.streaming import streaming_mmd
+from diag.errors import param_error
+from diag.predict.streaming import CLASS_PER_SIDE, streaming_mmd
 from diag.stats.shift import MIN_SAMPLES, label_shift, mmd_test
+from diag.stats.streaming import stratified_rows
 
 if TYPE_CHECKING:  # the view reads labels and classes off the profile's Embeddings
     from diag.engine.embeddings import Embeddings
@@ -78,11 +82,16 @@ def class_view(
     if onset_layer and onset_layer not in wanted:
         wanted.insert(0, onset_layer)
     out: dict[str, Any] = {"layers": {}, "n_permutations": min(n_permutations, 1000)}
+    # On the profile's streaming path the exact per-class tests get a bounded sample, as the C2ST does.
+    big = streaming_above is not None and max(len(source), len(target)) > streaming_above
+    cap = CLASS_PER_SIDE if big else None
+    if cap is not None:
+        out["max_per_side"] = cap
     for layer in wanted:
         out["layers"][layer] = [c.to_dict() for c in class_conditional_shift(
             source[layer], ys, target[layer], yt, union,
             n_permutations=min(n_permutations, 1000), random_state=random_state, device=device,
-            streaming_above=streaming_above,
+            streaming_above=streaming_above, max_per_side=cap,
         )]  # fmt: skip
     return lab, out
 
@@ -98,26 +107,40 @@ def class_conditional_shift(
     random_state: int = 0,
     device: str = "auto",
     streaming_above: int | None = None,
+    max_per_side: int | None = None,
 ) -> list[ClassShift]:
     """MMD² test within each class present on both sides with at least ``MIN_SAMPLES`` items each.
 
     Separates "the classes moved" from "the class mix changed" (label shift). Holm-adjusted over the
     classes tested. Classes with too few items on a side are left out (and so not in the list). A class
     with more than ``streaming_above`` items on a side is tested from mean embeddings
-    (:func:`diag.predict.streaming.streaming_mmd`, asymptotic p-value), as the layers are.
+    (:func:`diag.predict.streaming.streaming_mmd`, asymptotic p-value), as the layers are. Any other
+    class gets the exact permutation test, on at most ``max_per_side`` of its items per side when given
+    (a seeded uniform subsample of each side, drawn without looking at the features, so the test keeps
+    its exact level; its cost grows with the square of the sample). ``n_source`` and ``n_target`` are
+    the class's items either way.
     """
+    if max_per_side is not None and (
+        isinstance(max_per_side, bool) or not isinstance(max_per_side, int) or max_per_side < MIN_SAMPLES
+    ):
+        rule = f"must be an integer of at least {MIN_SAMPLES} or None"
+        raise param_error("max_per_side", rule, max_per_side)
     tested: list[tuple[str, int, int, Any]] = []
     for c_idx, c in enumerate(classes):
         xs, zs = x[y_source == c_idx], z[y_target == c_idx]
         if len(xs) < MIN_SAMPLES or len(zs) < MIN_SAMPLES:
             continue
         seed = random_state + c_idx
+        n_xs, n_zs = len(xs), len(zs)
         r: Any
         if streaming_above is not None and max(len(xs), len(zs)) > streaming_above:
             r = streaming_mmd(xs, zs, random_state=seed)[0]
         else:
+            if max_per_side is not None:
+                rs, rz = stratified_rows([len(xs), len(zs)], max_per_side, seed + 7919)
+                xs, zs = xs[rs], zs[rz]
             r = mmd_test(xs, zs, n_permutations=n_permutations, random_state=seed, device=device)
-        tested.append((str(c), len(xs), len(zs), r))
+        tested.append((str(c), n_xs, n_zs, r))
     adj = holm([t[3].p_value for t in tested]) if tested else []
     return [
         ClassShift(c, ns, nt, float(r.mmd2), float(r.p_value), float(a))

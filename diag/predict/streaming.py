@@ -18,6 +18,10 @@ is recorded in the profile's ``config["streaming"]`` (:func:`streaming_sizes`):
 * **OOD scores** — every target item, against a source index of at most :data:`OOD_INDEX` items (exact
   k-NN in blocks, :func:`diag.stats.shift.knn_shift_scores`; the typical source distance is measured in
   the same index, so ``~1`` still means "as close as a typical source item").
+* **Per-class MMD** (:mod:`diag.predict.classes`) — a class with more than ``streaming_above`` items on
+  a side from its mean embeddings, as a layer; a smaller one by the exact permutation test on a seeded
+  uniform subsample of at most :data:`CLASS_PER_SIDE` of its items per side (the exact test's cost grows
+  with the square of the class, and with 10 classes of 10k per side it was 20 tests of a 20k² kernel).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from diag.stats.streaming import (
 
 __all__ = [
     "C2ST_PER_SIDE",
+    "CLASS_PER_SIDE",
     "COVARIANCE_ROWS",
     "OOD_FAR",
     "OOD_INDEX",
@@ -58,6 +63,9 @@ __all__ = [
 STREAMING_ABOVE = 20_000
 #: Items per side the classifier two-sample test is fitted and tested on.
 C2ST_PER_SIDE = 5_000
+#: Items per side of a class the exact per-class MMD test sees on the streaming path: what a 10-class
+#: data set at the threshold (20k per side) has per class, so crossing it does not shrink the test.
+CLASS_PER_SIDE = 2_000
 #: Source items in the OOD index every target item is scored against.
 OOD_INDEX = 5_000
 #: Items per side whose random features estimate the covariance of the MMD null distribution.
@@ -195,5 +203,10 @@ def streaming_sizes(n_source: int, n_target: int, *, above: int) -> dict[str, An
             "from": "every target item against a uniform source index (exact k-NN)",
             "n_target": n_target,
             "index": min(n_source, OOD_INDEX),
+        },
+        "class_conditional": {
+            "from": f"a class above {above} items on a side: mean embeddings of every item; a smaller one: "
+            "the exact permutation test on a uniform subsample of each side",
+            "max_per_side": CLASS_PER_SIDE,
         },
     }
