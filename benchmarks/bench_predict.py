@@ -308,6 +308,7 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path, rule_
         "rationale": fr["rationale"],
         "freeze_evidence": fr["evidence"],
         "diagnose_s": round(diag_s, 1),
+        "diagnosed_at": diagnosed_at(),
     }
     if scratch is not None:
         gap = best - scratch
@@ -340,6 +341,20 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path, rule_
         out["all_scores_pooled"] = _all_scores(sc)
     out["num_params"] = rep.backbone.get("num_params")
     return out
+
+
+def diagnosed_at() -> dict[str, object]:
+    """The commit the row's evidence was produced at, and whether ``diag/`` had uncommitted edits then."""
+
+    def git(*a: str) -> str:
+        return subprocess.run(
+            ["git", *a], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "diag_modified": bool(git("status", "--porcelain", "--", "diag")),
+    }
 
 
 def _all_scores(sc: dict) -> dict[str, float]:
@@ -502,6 +517,8 @@ def main() -> int:
 
         rows = backfill_nt.backfill(rows, SCENARIOS, args.reports)
     summary = summarize(rows)
+    commits = {(r.get("diagnosed_at") or {}).get("commit") for r in rows if "alternative_rules" in r}
+    summary["diagnosed_at"] = sorted(c or "unrecorded" for c in commits)  # one commit: a consistent base
     import predict_lofo
 
     summary["leave_one_family_out"] = predict_lofo.evaluate(rows)
