@@ -15,12 +15,22 @@
     environment (``--peers``, default /work/scratch/peers) in a subprocess on ``.npy`` files; sizes it
     cannot finish within ``--timeout`` seconds are reported as such.
 
+(d) the diagnose pipeline's ``shift`` stage, piece by piece, as :func:`diag.pipeline.diagnose` runs it
+    (the profile's layers, the class-conditional view, the graded effect) on labelled synthetic
+    embeddings with a digit-like shift (classes apart in the latent, the target's latent moved by
+    ``--diagnose-shift``; AUC ~1, as MNIST against UCI digits), with the threshold at half a side (the
+    layers on the streaming path and every class below the threshold, as at 100k + 100k with 10 classes
+    and the default of 20k), at two sizes, for this tree and for the
+    ``diag/`` of ``--diagnose-baseline`` (``git archive``; default: the commit before the fixes of the
+    shift stage's scale defects), rounds interleaved, each run a fresh process; ratios after/before.
+
 The machine is shared (2 cores, other jobs running): every process runs under ``nice``, and only the
 ratios measured in the same run are meant to be read. Usage::
 
     python benchmarks/bench_scale.py                 # 10k and 100k per side, 1 round; alibi at 1k..10k
     python benchmarks/bench_scale.py --quick         # 2k and 20k per side; alibi at 1k and 2k
     python benchmarks/bench_scale.py --rounds 3 --alibi-sizes 1000,5000
+    python benchmarks/bench_scale.py --skip abk     # (d) only: the diagnose shift stage, before / after
 """
 
 from __future__ import annotations
@@ -54,6 +64,8 @@ PROBE_DIMS = {
 }
 LATENT = 8
 SHIFT = 0.25
+#: Part (d)'s layers: efficientnet_lite0's first, a middle and the deepest probe (its dims).
+DIAGNOSE_DIMS = {"stem": 32, "blocks.3": 80, "pooled": 1280}
 
 ALIBI_SCRIPT = r"""
 import json, resource, sys, time
@@ -157,6 +169,80 @@ def child_profile(n: int, device: str = "cpu") -> dict[str, Any]:
     }
 
 
+def labelled_layers(
+    n: int, seed: int, shift: float, n_classes: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Synthetic labelled embeddings at :data:`DIAGNOSE_DIMS`: class means 2 apart in the latent, noise."""
+    maps = np.random.default_rng(12345)
+    weights = {k: maps.standard_normal((LATENT, d)) / np.sqrt(LATENT) for k, d in DIAGNOSE_DIMS.items()}
+    centres = 2.0 * maps.standard_normal((n_classes, LATENT))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    z = centres[labels] + rng.standard_normal((n, LATENT))
+    z[:, 0] += shift
+    feats = {
+        k: (z @ w + 0.5 * rng.standard_normal((n, w.shape[1]))).astype(np.float32) for k, w in weights.items()
+    }
+    return feats, labels.astype(np.int64)
+
+
+def child_diagnose(n: int, root: str, device: str, shift: str, n_classes: str) -> dict[str, Any]:
+    """The pieces of diagnose's ``shift`` stage on n + n labelled items, with the ``diag`` found at root."""
+    sys.path.insert(0, root)
+    import diag
+    from diag.engine.embeddings import Embeddings
+    from diag.models import ProbePoint
+    from diag.predict.classes import class_view
+    from diag.predict.effect import graded_effect
+    from diag.predict.profile import shift_profile
+
+    assert str(Path(diag.__file__).resolve()).startswith(str(Path(root).resolve())), diag.__file__
+    k = int(n_classes)
+
+    def embeddings(seed: int, move: float) -> Embeddings:
+        feats, labels = labelled_layers(n, seed, move, k)
+        probes = tuple(ProbePoint(a, i, v.shape[1], "block", "gap") for i, (a, v) in enumerate(feats.items()))
+        manifest = {
+            "backbone": {"name": "synthetic", "modality": "image"},
+            "data": {"name": str(seed), "n": n},
+        }
+        ids = tuple(str(i) for i in range(n))
+        return Embeddings(feats, None, labels, tuple(str(c) for c in range(k)), ids, probes, manifest)
+
+    src, tgt = embeddings(31, 0.0), embeddings(32, float(shift))
+    names = list(DIAGNOSE_DIMS)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # Half the side: the layers take the streaming path and every class (n / k items a side) is below
+    # the threshold, as at 100k + 100k with 10 classes and the default threshold of 20k.
+    above = n // 2
+    prof = shift_profile(
+        src, tgt, n_permutations=2000, class_conditional=False, device=device, streaming_above=above
+    )
+    seconds["profile_layers"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, classes = class_view(src, tgt, prof.verdict.onset_layer, names, 2000, 0, device, above)
+    seconds["class_view"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    graded_effect(src, tgt, names, random_state=0, device=device)
+    seconds["graded_effect"] = time.perf_counter() - t0
+    seconds["shift_stage"] = sum(seconds.values())
+    return {
+        "n_per_side": n,
+        "root": root,
+        "seconds": seconds,
+        "layer_seconds": {x.name: x.seconds for x in prof.layers},
+        "p_values": {x.name: x.p_value for x in prof.layers},
+        "c2st_auc": {x.name: x.c2st_auc for x in prof.layers},
+        "streaming_above": above,
+        "class_p_values": {
+            layer: [r["p_value"] for r in rows] for layer, rows in (classes or {}).get("layers", {}).items()
+        },
+        "class_max_per_side": (classes or {}).get("max_per_side"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def child_diag_mmd(which: str, xpath: str, ypath: str) -> dict[str, Any]:
     """diag's streaming MMD or its exact permutation test (100 permutations) on two .npy files."""
     sys.path.insert(0, str(ROOT))
@@ -214,7 +300,11 @@ def main() -> None:
     p.add_argument("--faiss", type=Path, default=Path("/work/scratch/faiss-venv"), help="venv with faiss-cpu")
     p.add_argument("--knn-queries", type=int, default=20_000)
     p.add_argument("--timeout", type=float, default=900.0)
-    p.add_argument("--skip", default="", help="letters of the parts to skip: a, b, k")
+    p.add_argument("--skip", default="", help="letters of the parts to skip: a, b, k, d")
+    p.add_argument("--diagnose-sizes", default=None, help="per-side sizes of (d), comma-separated")
+    p.add_argument("--diagnose-baseline", default="96abe35~1", help="(d): git revision of the 'before' diag")
+    p.add_argument("--diagnose-shift", type=float, default=6.0, help="(d): the target's latent mean shift")
+    p.add_argument("--diagnose-classes", type=int, default=5, help="(d): classes per side")
     p.add_argument("--device", default="cpu", help="where (a)'s profile runs: cpu, cuda or auto")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
@@ -223,6 +313,8 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "profile":
             result = child_profile(int(rest[0]), *rest[1:])
+        elif kind == "diagnose":
+            result = child_diagnose(int(rest[0]), *rest[1:])
         elif kind == "knn":
             result = child_knn(*rest)
         else:
@@ -361,7 +453,79 @@ def main() -> None:
             print(json.dumps({"part": "k", **row}), flush=True)
             result["k_ood_index"] = row
             save()
+    if "d" not in args.skip:
+        result["d_diagnose_shift"] = part_d(args, me)
+        save()
     print(f"wrote {out}")
+
+
+def part_d(args: argparse.Namespace, me: str) -> dict[str, Any]:
+    """(d): diagnose's shift stage, this tree against the baseline's ``diag/``, at two sizes."""
+    sizes = [
+        int(s) for s in (args.diagnose_sizes or ("2000,8000" if args.quick else "5000,20000")).split(",")
+    ]
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", args.diagnose_baseline],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip()
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {
+        "before": {n: [] for n in sizes},
+        "after": {n: [] for n in sizes},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(
+            ["git", "archive", rev, "diag"], capture_output=True, check=True, cwd=ROOT
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        roots = {"before": tmp, "after": str(ROOT)}
+        for r in range(args.rounds):
+            for n in sizes:
+                for which, root in roots.items():
+                    extra = [args.device, str(args.diagnose_shift), str(args.diagnose_classes)]
+                    row = run_child(
+                        [me, "--child", "diagnose", str(n), root, *extra], timeout=args.timeout * 2
+                    )
+                    print(json.dumps({"part": "d", "round": r, "n": n, "tree": which, **{
+                        k: row.get(k) for k in ("seconds", "error")}}), flush=True)  # fmt: skip
+                    runs[which][n].append(row)
+    summary: dict[str, Any] = {
+        "before_tree": f"{rev} ({args.diagnose_baseline})",
+        "after_tree": f"{head} + working tree",
+        "layers": DIAGNOSE_DIMS,
+        "classes": args.diagnose_classes,
+        "shift": args.diagnose_shift,
+        "device": args.device,
+        "streaming_above": "n // 2 (layers streamed, every class below it)",
+    }
+    pieces = ("profile_layers", "class_view", "graded_effect", "shift_stage")
+    for which, by_size in runs.items():
+        for n, rows in by_size.items():
+            ok = [x for x in rows if "error" not in x]
+            if ok:
+                summary.setdefault(which, {})[str(n)] = {
+                    "seconds_median": {p: statistics.median(x["seconds"][p] for x in ok) for p in pieces},
+                    "runs": rows,
+                }
+    for which in ("before", "after"):
+        got = summary.get(which, {})
+        if len(sizes) > 1 and all(str(n) in got for n in sizes):
+            lo, hi = got[str(min(sizes))]["seconds_median"], got[str(max(sizes))]["seconds_median"]
+            summary[f"{which}_growth"] = {p: hi[p] / lo[p] for p in pieces} | {
+                "n_ratio": max(sizes) / min(sizes)
+            }
+    for n in sizes:
+        b, a = summary.get("before", {}).get(str(n)), summary.get("after", {}).get(str(n))
+        if a and b:
+            summary.setdefault("after_over_before", {})[str(n)] = {
+                p: a["seconds_median"][p] / b["seconds_median"][p] for p in pieces
+            }
+    return summary
 
 
 if __name__ == "__main__":
