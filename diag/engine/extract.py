@@ -269,8 +269,8 @@ def default_workers(device: torch.device) -> int:
     most 16; on CPU 1.
 
     On CUDA the workers must keep up with the GPU: Lite0 at 224 px takes ~22,000 img/s on an H200, while
-    one worker decodes, up-scales and crops a small PNG in ~1.3 ms (benchmarks/README.md, "Data path:
-    uint8 workers"), under 800 img/s. Two cores stay free for the main process (receiving batches, the
+    one worker decodes, up-scales and crops a small PNG in ~1.4-1.6 ms, 650-720 img/s (benchmarks/README.md,
+    "Data path: uint8 workers"). Two cores stay free for the main process (receiving batches, the
     pin-memory thread, kernel launches). Past 16, the main process and the shared memory held by
     prefetched batches (4 per worker) limit more than decoding does.
     On CPU one worker decodes the next batch while the forward pass runs: measured on 2 cores, 1.7x
