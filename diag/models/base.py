@@ -194,7 +194,9 @@ class Backbone:
     def capture(self, batch: Any) -> dict[str, torch.Tensor]:
         """One forward pass; every probe point pooled to ``(B, dim)`` on the batch's device.
 
-        The result also holds ``"logits"`` when the backbone has a source head.
+        ``batch`` is what :meth:`batches` yields, moved to the device; a family finishes its
+        preprocessing here (image families normalise uint8 images on the device). The result also holds
+        ``"logits"`` when the backbone has a source head.
         """
         raise NotImplementedError
 
