@@ -211,6 +211,9 @@ def forward_pass(
     batch_size = cfg.batch_size or (256 if cuda else 64)
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
+    # Every core for the pass, then the caller's setting back: a process-wide thread count left behind
+    # made later CPU work (diagnose's gradient norms) depend on whether the embeddings came from the cache.
+    threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
 
@@ -247,6 +250,7 @@ def forward_pass(
                 torch.cuda.synchronize(device)
     finally:
         progress.on_end()
+        torch.set_num_threads(threads)
     elapsed = time.perf_counter() - t0
     if pending:
         rows = torch.cat([i for i, _ in pending]).numpy().astype(np.int64)

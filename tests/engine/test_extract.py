@@ -203,3 +203,26 @@ def test_gpu_bf16_matches_cpu_fp32(lite0, digit_folder: Path) -> None:
         a, b = cpu[name], gpu[name]
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
         assert cos.min() > 0.98, name
+
+
+def test_the_thread_count_is_the_callers_again_after_a_pass(
+    tiny_image_backbone, digit_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass uses the configured threads, and leaves the process's own setting as it found it (later
+    CPU work, such as diagnose's gradient norms, must not depend on whether an embedding was cached)."""
+    seen: list[int] = []
+    capture = tiny_image_backbone.capture
+
+    def spy(batch: torch.Tensor) -> dict:
+        seen.append(torch.get_num_threads())
+        return capture(batch)
+
+    monkeypatch.setattr(tiny_image_backbone, "capture", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        extract(tiny_image_backbone, open_data(digit_folder), ExtractConfig(device="cpu", num_threads=2))
+        assert seen and set(seen) == {2}
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
