@@ -125,6 +125,15 @@ def layers(n: int, seed: int, shift: float) -> dict[str, np.ndarray]:
     }
 
 
+def profile_fields(prof: Any) -> dict[str, dict[str, Any]]:
+    """Per-layer seconds, p-values and C2ST AUCs of a shift profile, by layer name."""
+    return {
+        "layer_seconds": {x.name: x.seconds for x in prof.layers},
+        "p_values": {x.name: x.p_value for x in prof.layers},
+        "c2st_auc": {x.name: x.c2st_auc for x in prof.layers},
+    }
+
+
 def child_profile(n: int, device: str = "cpu") -> dict[str, Any]:
     """One profile of n + n items in this process."""
     sys.path.insert(0, str(ROOT))
@@ -161,9 +170,7 @@ def child_profile(n: int, device: str = "cpu") -> dict[str, Any]:
         "rss_before_profile_mb": rss_before,
         "rss_resident_before_profile_mb": rss_now,
         "embeddings_mb": data_mb,
-        "layer_seconds": {x.name: x.seconds for x in prof.layers},
-        "p_values": {x.name: x.p_value for x in prof.layers},
-        "c2st_auc": {x.name: x.c2st_auc for x in prof.layers},
+        **profile_fields(prof),
         "is_shift": prof.verdict.is_shift,
         "streaming": prof.config["streaming"],
     }
@@ -231,9 +238,7 @@ def child_diagnose(n: int, root: str, device: str, shift: str, n_classes: str) -
         "n_per_side": n,
         "root": root,
         "seconds": seconds,
-        "layer_seconds": {x.name: x.seconds for x in prof.layers},
-        "p_values": {x.name: x.p_value for x in prof.layers},
-        "c2st_auc": {x.name: x.c2st_auc for x in prof.layers},
+        **profile_fields(prof),
         "streaming_above": above,
         "class_p_values": {
             layer: [r["p_value"] for r in rows] for layer, rows in (classes or {}).get("layers", {}).items()
