@@ -82,14 +82,21 @@ class DataSet:
     def has_labels(self) -> bool:
         return self.labels is not None
 
-    def load_image(self, i: int) -> Image.Image:
-        """Decode item ``i`` as an RGB image. Raises ``OSError``/``ValueError`` on an unreadable file."""
+    def load_image(self, i: int, *, keep_grey: bool = False) -> Image.Image:
+        """Decode item ``i`` as an RGB image. Raises ``OSError``/``ValueError`` on an unreadable file.
+
+        ``keep_grey``: an 8-bit grey image (mode ``L``, no transparency) is returned as it is, for a
+        transform that resizes it as grey and expands it to three channels afterwards
+        (:meth:`diag.models.TimmBackbone.image_transform`): PIL resamples each channel alike, so the bytes
+        are those of the RGB image, in half the time. Every other mode (``LA``, ``P``, 16-bit or float
+        grey, CMYK...) is converted to RGB as without it.
+        """
         if self.paths is not None:
             with Image.open(self.paths[i]) as im:
                 im.load()
-                return _to_rgb(im)
+                return _to_rgb(im, keep_grey)
         if self.arrays is not None:
-            return _to_rgb(Image.fromarray(self.arrays[i]))
+            return _to_rgb(Image.fromarray(self.arrays[i]), keep_grey)
         if self.encoded is not None:
             try:
                 im = Image.open(io.BytesIO(self.encoded.content(i)))
@@ -97,7 +104,7 @@ class DataSet:
                 raise ValueError("the bytes are not an image format Pillow reads") from None
             with im:
                 im.load()
-                return _to_rgb(im)
+                return _to_rgb(im, keep_grey)
         raise TypeError(f"{self.name} holds texts, not images")
 
     def fingerprint(self) -> str:
@@ -178,8 +185,8 @@ def _content_or_error(read: Callable[[], bytes]) -> bytes:
         return f"\0unreadable\0{type(exc).__name__}\0".encode()
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
+def _to_rgb(im: Image.Image, keep_grey: bool = False) -> Image.Image:
+    if im.mode == "RGB" or (keep_grey and im.mode == "L" and "transparency" not in im.info):
         return im
     if im.mode in ("RGBA", "LA", "P") or "transparency" in im.info:
         # Composite on white, as a person sees a transparent image.

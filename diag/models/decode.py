@@ -35,18 +35,24 @@ class ImageItems(Dataset[tuple[int, torch.Tensor | None, str | None]]):
         An image set.
     transform : callable
         PIL image -> uint8 CHW tensor (:meth:`diag.models.TimmBackbone.image_transform`).
+    keep_grey : bool
+        Hand 8-bit grey images to ``transform`` as grey (``DataSet.load_image``'s ``keep_grey``); for
+        a transform that makes three channels of them itself.
     """
 
-    def __init__(self, data: DataSet, transform: Callable[[Any], torch.Tensor]) -> None:
+    def __init__(
+        self, data: DataSet, transform: Callable[[Any], torch.Tensor], *, keep_grey: bool = False
+    ) -> None:
         self.data = data
         self.transform = transform
+        self.keep_grey = keep_grey
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return i, self.transform(self.data.load_image(i)), None
+            return i, self.transform(self.data.load_image(i, keep_grey=self.keep_grey)), None
         except Exception as exc:  # a corrupt or truncated file must not stop the pass
             return i, None, f"{type(exc).__name__}: {exc}"
 
@@ -67,9 +73,12 @@ def _as_list(batch: list[Any]) -> list[Any]:
     return batch
 
 
-def decode_images(data: DataSet, transform: Callable[[Any], torch.Tensor], num_workers: int) -> torch.Tensor:
-    """Every image of ``data`` as uint8 ``(N, 3, H, W)``; DataError naming the first unreadable one."""
-    items = ImageItems(data, transform)
+def decode_images(
+    data: DataSet, transform: Callable[[Any], torch.Tensor], num_workers: int, *, keep_grey: bool = False
+) -> torch.Tensor:
+    """Every image of ``data`` as uint8 ``(N, 3, H, W)``; DataError naming the first unreadable one.
+    ``keep_grey`` as for :class:`ImageItems`."""
+    items = ImageItems(data, transform, keep_grey=keep_grey)
     if num_workers > 0:
         loader = DataLoader(items, batch_size=64, num_workers=num_workers, collate_fn=_as_list, shuffle=False)
         results = [r for batch in loader for r in batch]

@@ -115,7 +115,10 @@ class TimmBackbone(Backbone):
         """PIL image -> uint8 CHW tensor: timm's eval transform (resize, crop) for this config, without its
         float conversion and normalisation, which :meth:`normalize` does later on the device.
 
-        ``image_size`` and ``crop_pct`` override the backbone's (``decode_all``'s options).
+        ``image_size`` and ``crop_pct`` override the backbone's (``decode_all``'s options). When
+        :attr:`resizes_grey`, an 8-bit grey image is resized and cropped as grey and its one channel
+        expanded to three at the end: the bytes of converting it to RGB first (PIL resamples every
+        channel alike), a third of the resampling work.
         """
         import timm.data
 
@@ -123,7 +126,7 @@ class TimmBackbone(Backbone):
         size = tuple(p["input_size"])
         if image_size is not None:
             size = (size[0], image_size, image_size)
-        return timm.data.create_transform(  # use_prefetcher: timm's own uint8 output for device loaders
+        tf = timm.data.create_transform(  # use_prefetcher: timm's own uint8 output for device loaders
             input_size=size,
             interpolation=p["interpolation"],
             crop_pct=crop_pct if crop_pct is not None else p["crop_pct"],
@@ -131,6 +134,16 @@ class TimmBackbone(Backbone):
             is_training=False,
             use_prefetcher=True,
         )
+        if self.resizes_grey:
+            tf.transforms[-1] = _GreyToRGB(tf.transforms[-1])  # after timm's MaybePILToTensor
+        return tf
+
+    @property
+    def resizes_grey(self) -> bool:
+        """Whether :meth:`image_transform` takes grey images as grey (``DataSet.load_image``'s
+        ``keep_grey``): with timm's ``center`` and ``squash`` crops; not with ``border``, which pads
+        with the mean colour."""
+        return self.preprocessing["crop_mode"] in (None, "center", "squash")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images ``(B, 3, H, W)`` -> float32 normalised ones, on ``x``'s device and in its memory
@@ -167,7 +180,7 @@ class TimmBackbone(Backbone):
         """uint8 image batches (:meth:`image_transform`) decoded in ``workers`` DataLoader processes (0: in
         this one), in data order; :meth:`capture` normalises them on their device."""
         loader = DataLoader(
-            ImageItems(data, self.image_transform()),
+            ImageItems(data, self.image_transform(), keep_grey=self.resizes_grey),
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,
@@ -202,7 +215,7 @@ class TimmBackbone(Backbone):
         """:meth:`image_transform` at ``image_size``/``crop_pct`` (default: the backbone's); the
         normalisation runs later on the device on uint8 batches."""
         transform = self.image_transform(options.image_size, options.crop_pct)
-        return decode_images(data, transform, options.num_workers)
+        return decode_images(data, transform, options.num_workers, keep_grey=self.resizes_grey)
 
     @property
     def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -273,6 +286,21 @@ class TimmBackbone(Backbone):
                 h.remove()
         self._token_probes = token_names
         return out
+
+
+class _GreyToRGB:
+    """timm's uint8 to-tensor step, then a grey ``(1, H, W)`` result expanded to ``(3, H, W)`` (a view;
+    the batch stacking copies it)."""
+
+    def __init__(self, to_tensor: Callable[[Any], torch.Tensor]) -> None:
+        self.to_tensor = to_tensor
+
+    def __call__(self, pic: Any) -> torch.Tensor:
+        x = self.to_tensor(pic)
+        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_tensor!r})"
 
 
 def load_timm(name: str, arch: str, options: LoadOptions, *, bundled: Bundled | None = None) -> TimmBackbone:
