@@ -27,7 +27,7 @@ from diag.models import Backbone, load
 from diag.predict.attribution import drift_attribution
 from diag.predict.effect import graded_effect
 from diag.predict.freeze import recommend_freeze
-from diag.predict.layers import layer_transfer
+from diag.predict.layers import TRANSFER_MAX_ITEMS, layer_transfer, transfer_subsample
 from diag.predict.negative import negative_transfer, weight_scale
 from diag.predict.profile import check_permutations, min_permutations, shift_profile
 from diag.progress import ProgressCallback, stage
@@ -414,7 +414,7 @@ def _predictions(
     device = str(resolve_device(cfg.device))
     with stage(progress, "transfer", "transferability per layer (pretrained)") as note:
         try:
-            pre = layer_transfer(target, random_state=seed, device=device)
+            pre = layer_transfer(target, random_state=seed, device=device, max_items=TRANSFER_MAX_ITEMS)
         except DataError as exc:
             log.info("no transfer predictions: %s", exc)
             note["message"] = f"skipped: {exc}"
@@ -431,17 +431,31 @@ def _predictions(
         )
         log.info("no transfer predictions: %s", msg)
         return layers, {"transferability": {"skipped": msg}}
+    assert target.labels is not None
+    # Above TRANSFER_MAX_ITEMS, the twin and the gradient norms use the items layer_transfer fitted on.
+    idx = transfer_subsample(target.labels, TRANSFER_MAX_ITEMS, seed)
+    sub_target, sub_data = target, target_data
+    if idx is not None:
+        sub_target = target.subset(idx)
+        row = {id_: k for k, id_ in enumerate(target_data.ids)}  # embedding rows -> data rows (skips)
+        sub_data = target_data.subset([row[id_] for id_ in sub_target.ids])
     bb = get_backbone()
     pre_kw = bb.preprocessing
     with stage(progress, "random-init", "random-init twin: embed the target, transferability per layer"):
-        twin, rnd = _twin_transfer(bb, pre_kw, target, target_data, settings, device, progress)
-    assert target.labels is not None
+        twin, rnd = _twin_transfer(bb, pre_kw, sub_target, sub_data, settings, device, progress)
     n_classes = len(np.unique(target.labels))
     grads = None
     if settings.rgn:
         with stage(progress, "gradient-norms", "relative gradient norms per block"):
-            grads = _gradient_norms(target_data, bb, cfg.device, seed)
-    return _transfer_sections(layers, shift, target, bb, twin, pre, rnd, grads, n_classes, seed)
+            grads = _gradient_norms(sub_data, bb, cfg.device, seed)
+    layers, sections = _transfer_sections(layers, shift, target, bb, twin, pre, rnd, grads, n_classes, seed)
+    sections["transferability"]["items"] = {
+        "n_target": len(target),
+        "n_fitted": len(sub_target),
+        "max_items": TRANSFER_MAX_ITEMS,
+        "subsampled": idx is not None,
+    }
+    return layers, sections
 
 
 def _twin_transfer(
@@ -468,7 +482,7 @@ def _twin_transfer(
     if twin_emb.ids != target.ids:  # the same items in the same order (skips are content-determined)
         pos = {i: k for k, i in enumerate(twin_emb.ids)}
         twin_emb = twin_emb.subset([pos[i] for i in target.ids])
-    return twin, layer_transfer(twin_emb, random_state=seed, device=device)
+    return twin, layer_transfer(twin_emb, random_state=seed, device=device, max_items=None)  # subsampled
 
 
 def _gradient_norms(target_data: DataSet, bb: Backbone, device: str, seed: int) -> Any:
