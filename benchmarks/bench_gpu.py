@@ -314,16 +314,12 @@ def main() -> int:
                 "--progress-log",
                 str(out / "progress.jsonl"),
                 *(["--image-size", "32"] if small else []),
-                # A linear probe per layer on 100k labelled targets (and the twin's) is not what the rules
-                # need: above 20k per side the diagnosis runs without the transfer stage (see README).
-                *(["--no-transfer"] if n_diag > 20_000 else []),
             ],
             left(),
             env=env_d,
         )
         if row is not None:
             row["n_per_side"] = n_diag
-            row["transfer"] = n_diag <= 20_000
             row["stages"] = stage_seconds(out / "progress.jsonl")
             rep = report / "report.json"
             if rep.exists():
