@@ -128,17 +128,24 @@ def freeze_depth(row: dict, rule: FreezeRule) -> int:
     return freeze_recommendation(row, rule).depth
 
 
+def decided_by(rows: list[dict], basis: str) -> list[dict]:
+    """The tables (with sweeps and freeze evidence) whose depth diag's constants decide by ``basis``."""
+    return [
+        r
+        for r in rows
+        if r.get("accuracy_by_depth")
+        and r.get("freeze_evidence")
+        and freeze_recommendation(r, FreezeRule()).evidence["basis"] == basis
+    ]
+
+
 def first_layer_peak_support(rows: list[dict]) -> dict[str, Any]:
     """The structural step with no constant (a probe peak at the first probed layer: tune everything,
     K 0) cannot be refit, so its support is listed instead: every table it decides with diag's constants,
     negative-transfer and two-depth tables included, with tune-all against freezing the first block (K 1,
     what the probe step gave before), each as a ratio to the best measured depth (None: not measured)."""
     out = {}
-    for r in rows:
-        if not r.get("accuracy_by_depth") or not r.get("freeze_evidence"):
-            continue
-        if freeze_recommendation(r, FreezeRule()).evidence["basis"] != "first-layer peak":
-            continue
+    for r in decided_by(rows, "first-layer peak"):
         acc = r["accuracy_by_depth"]
         best = max(acc.values())
         out[r["name"]] = {
@@ -160,11 +167,7 @@ def lost_plasticity_support(rows: list[dict]) -> dict[str, Any]:
     (``without``; its ratio None where unmeasured), and the thresholds of the negative-transfer grid
     (``NT_GRID``) under which the step still decides each table."""
     out = {}
-    for r in rows:
-        if not r.get("accuracy_by_depth") or not r.get("freeze_evidence"):
-            continue
-        if freeze_recommendation(r, FreezeRule()).evidence["basis"] != "lost plasticity":
-            continue
+    for r in decided_by(rows, "lost plasticity"):
         acc, n = r["accuracy_by_depth"], r["n_blocks"]
         best = max(acc.values())
         k_without = freeze_depth(r, FreezeRule(scale_max=math.inf))
