@@ -413,8 +413,12 @@ def _predictions(
     cfg, seed = settings.extract, settings.seed
     device = str(resolve_device(cfg.device))
     with stage(progress, "transfer", "transferability per layer (pretrained)") as note:
+        # One stratified subsample above TRANSFER_MAX_ITEMS, for the pretrained curve, the twin's and the
+        # gradient norms alike (None: every item).
+        idx = None if target.labels is None else transfer_subsample(target.labels, TRANSFER_MAX_ITEMS, seed)
+        sub_target = target if idx is None else target.subset(idx)
         try:
-            pre = layer_transfer(target, random_state=seed, device=device, max_items=TRANSFER_MAX_ITEMS)
+            pre = layer_transfer(sub_target, random_state=seed, device=device, max_items=None)
         except DataError as exc:
             log.info("no transfer predictions: %s", exc)
             note["message"] = f"skipped: {exc}"
@@ -432,11 +436,8 @@ def _predictions(
         log.info("no transfer predictions: %s", msg)
         return layers, {"transferability": {"skipped": msg}}
     assert target.labels is not None
-    # Above TRANSFER_MAX_ITEMS, the twin and the gradient norms use the items layer_transfer fitted on.
-    idx = transfer_subsample(target.labels, TRANSFER_MAX_ITEMS, seed)
-    sub_target, sub_data = target, target_data
+    sub_data = target_data
     if idx is not None:
-        sub_target = target.subset(idx)
         row = {id_: k for k, id_ in enumerate(target_data.ids)}  # embedding rows -> data rows (skips)
         sub_data = target_data.subset([row[id_] for id_ in sub_target.ids])
     bb = get_backbone()
