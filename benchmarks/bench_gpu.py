@@ -106,7 +106,7 @@ def stage_seconds(progress: Path) -> dict[str, float]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        stage, t = rec.get("stage"), rec.get("t", rec.get("time"))
+        stage, t = rec.get("stage"), rec.get("t")
         if not isinstance(stage, str) or not isinstance(t, int | float):
             continue
         first.setdefault(stage, float(t))
