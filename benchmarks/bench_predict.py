@@ -121,6 +121,9 @@ SCENARIOS = [
     # Built after the shipped rule was fixed: held out from it.
     *[_tex(f"tex-{b}", f"efficientnet_{b}") for b in ("lite0", "lite1", "lite2")],
     *[_tex(f"tex-{c}", LITE0, f"{SC}/tex-{c}") for c in LADDER],
+    # The small-target step (set on digits at 10 per class) on another kind of target, and between the
+    # sizes it was set on: the texture target at 10 and 20 crops per photo (validation tex-val).
+    *[{**_tex(f"tex-{k}", LITE0, f"{SC}/tex-{k}"), "val": f"{SC}/tex-val"} for k in ("10pc", "20pc")],
     _digits("shuffled-uci", SHUFFLED, held_out=True),
     {**_tex("shuffled-tex", SHUFFLED), "scratch_from": "tex-lite0"},
     # Re-scaled checkpoints (make_scenarios.py; negative transfer only: tune-all and the linear probe,

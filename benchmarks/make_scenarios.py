@@ -66,6 +66,10 @@ and its square, so the checkpoint's statistics describe the network it holds):
     Lite0's ImageNet weights with every BatchNorm scale (gamma) set to 0: each layer outputs its bias
     whatever the input, and no gradient reaches a convolution until the scales above it have grown back
     (top-down, one layer per few steps); a cousin of the dead units (the units are alive, not dead).
+``tex-10pc``, ``tex-20pc``
+    The texture target at 10 and 20 crops per photo (the first of each photo's 30): the small-target step
+    of the freeze rule, set on digits at 10 per class, tried on another kind of target and between the
+    sizes it was set on (issue 15; validation ``tex-val``).
 ``gratings``
     1,000 synthetic images (100 per class), a far synthetic pre-training domain: sinusoidal gratings at
     10 orientations (the class; random frequency 1.5-6 cycles per image, phase and contrast, Gaussian
@@ -299,6 +303,12 @@ def _new_families(out: Path, seed: int) -> None:
     S.write_digits(out / "tex", train, labels30, np.arange(len(train)))
     S.write_digits(out / "tex-val", val, labels50, np.arange(len(val)))
     S.write_digits(out / "tex-src", src, labels30, np.arange(len(src)))
+    # Small targets of the same kind: the first 10 / 20 of each photo's crops (each drawn at random).
+    for k in (10, 20):
+        first = np.concatenate(
+            [np.arange(p * SAMPLE_PER_CLASS, p * SAMPLE_PER_CLASS + k) for p in range(len(photos))]
+        )
+        S.write_digits(out / f"tex-{k}pc", train, labels30, first)
     for kind, levels in LADDERS.items():
         for sev, level in zip((1, 3, 5), levels, strict=True):
             name = f"tex-{kind}{sev}"

@@ -63,6 +63,8 @@ FAMILY = {
     "tex-lite0": "textures",
     "tex-lite1": "textures",
     "tex-lite2": "textures",
+    "tex-10pc": "textures",
+    "tex-20pc": "textures",
     "tex-noise1": "input corruption",
     "tex-noise3": "input corruption",
     "tex-noise5": "input corruption",
@@ -512,12 +514,14 @@ def write_calibration(rows: list[dict], res: dict[str, Any], path: Path = CALIBR
                 "input_level": t["family"] == "input corruption",
                 "bases": [],
                 "lofo_by_table": {},
+                "basis_by_table": {},
             },
         )
         basis = freeze_recommendation(r, FreezeRule()).evidence["basis"]  # diag's rule as it is now
         if basis not in fam["bases"]:
             fam["bases"].append(basis)
         fam["lofo_by_table"][name] = round(t["lofo_ratio"], 4)
+        fam["basis_by_table"][name] = basis
     for fam in fams.values():
         v = list(fam["lofo_by_table"].values())
         fam.update(n_tables=len(v), lofo_mean=round(float(np.mean(v)), 4), lofo_min=min(v), lofo_max=max(v))

@@ -101,14 +101,19 @@ def _how_sure(basis: str, text: bool, input_level: bool) -> tuple[str | None, di
             "`diag finetune --freeze search` checks the depth for a fraction of a run.",
             {"families": []},
         )
-    ratios = {t: r for f in fams for t, r in cal["families"][f]["lofo_by_table"].items()}
+    ratios: dict[str, float] = {}
+    for f in fams:
+        v = cal["families"][f]
+        # the tables this step of the rule decided (a calibration without per-table bases: all of them)
+        decided = v.get("basis_by_table") or dict.fromkeys(v["lofo_by_table"], basis)
+        ratios.update({t: r for t, r in v["lofo_by_table"].items() if decided.get(t) == basis})
     worst = min(ratios, key=lambda t: ratios[t])
     mean = sum(ratios.values()) / len(ratios)
     note = (
         f"How sure: with its constants refit without each family of truth tables and scored on the family "
-        f"left out, the rule reached {mean:.3f} of the best depth's accuracy on average on the families most "
-        f"like this target ({', '.join(fams)}: {len(ratios)} tables), from {ratios[worst]:.3f} ({worst}) to "
-        f"{max(ratios.values()):.3f}."
+        f"left out, the rule reached {mean:.3f} of the best depth's accuracy on average on the {len(ratios)} "
+        f"tables this step decided in the families most like this target ({', '.join(fams)}), from "
+        f"{ratios[worst]:.3f} ({worst}) to {max(ratios.values()):.3f}."
     )
     return note, {
         "families": fams,

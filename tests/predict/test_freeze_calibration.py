@@ -52,7 +52,14 @@ def test_rationale_quotes_the_shipped_calibration_of_similar_families() -> None:
     assert calibration() == shipped
     # image target decided by the probe step: every image family with probe-decided tables
     probe = [f for f, v in shipped["families"].items() if "probe" in v["bases"] and v["modality"] == "image"]
-    ratios = [r for f in probe for r in shipped["families"][f]["lofo_by_table"].values()]
+    # only the tables the probe step decided (a family may hold tables another step decided)
+    ratios = [
+        r
+        for f in probe
+        for t, r in shipped["families"][f]["lofo_by_table"].items()
+        if shipped["families"][f]["basis_by_table"][t] == "probe"
+    ]
+    assert len(ratios) < sum(len(shipped["families"][f]["lofo_by_table"]) for f in probe)
     rec = recommend_freeze(
         curve([0.5, 0.55, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88]), BLOCKS, n_target=300, n_classes=10
     )
@@ -62,11 +69,19 @@ def test_rationale_quotes_the_shipped_calibration_of_similar_families() -> None:
     assert cal["lofo_min"] == min(ratios) and cal["lofo_max"] == max(ratios)
     line = next(x for x in rec.rationale if x.startswith("How sure"))
     assert f"{sum(ratios) / len(ratios):.3f}" in line and f"{min(ratios):.3f}" in line
-    # a 10-per-class target is matched to the small-target family only
+    # a 10-per-class target is matched to the tables the small-target step decided: digits and textures
     small = recommend_freeze(
         curve([0.5, 0.55, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88]), BLOCKS, n_target=100, n_classes=10
     )
-    assert small.evidence["calibration"]["families"] == ["small target"]
+    assert small.evidence["calibration"]["families"] == ["small target", "textures"]
+    decided = {
+        t: r
+        for f in ("small target", "textures")
+        for t, r in shipped["families"][f]["lofo_by_table"].items()
+        if shipped["families"][f]["basis_by_table"][t] == "small target"
+    }
+    assert "tex-10pc" in decided and "tex-lite0" not in decided
+    assert small.evidence["calibration"]["n_tables"] == len(decided)
     # below 10 per class no table was measured: the rationale says so
     tiny = recommend_freeze(
         curve([0.5, 0.55, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88]), BLOCKS, n_target=50, n_classes=10
