@@ -230,7 +230,10 @@ def nt_probability(sig: dict, c: dict[str, float]) -> float:
     start = max(0.0, c["head_start_30"] - c["per_doubling"] * math.log2(max(per_class, 1e-9) / 30.0))
     reach = sig.get("gradient_reach")
     blocked = 0.0 if reach is None or c["reach_min"] <= 0 else max(0.0, 1.0 - reach / c["reach_min"])
-    z = 20.0 * (-float(sig["feature_advantage"]) - start) + 0.5 * float(sig["shift_excess"]) + 8.0 * blocked
+    adv = float(sig["feature_advantage"])
+    if blocked > 0 and final is not None and float(final) < adv:  # the head sees the final features
+        adv += blocked * (float(final) - adv)
+    z = 20.0 * (-adv - start) + 0.5 * float(sig["shift_excess"]) + 8.0 * blocked
     return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
 
 

@@ -176,6 +176,13 @@ def negative_transfer(
     or on noise), which still won by 0.19-0.23 — and lost with dead units (60 %: features probe only
     0.05 below the twin's, but the gradient does not reach the first blocks).
 
+    A blocked gradient also means that fine-tuning cannot carry good mid-network features up to the head
+    through the blocks above them, so the head sees the final features: when the final-layer advantage
+    ``a_final`` (final probe minus the twin's final probe) is the worse, ``a`` moves to it by the blocked
+    fraction, ``a ← a + blocked · (a_final - a)``. No new constant (``blocked`` is the term above). Built
+    after Lite0 × 0.01 was missed: its probe at blocks.3 beat the twin's by 0.11 while the deep blocks had
+    collapsed (final probe 0.10 against the twin's 0.75), and scratch training won by 0.44.
+
     *Lost plasticity*: when the weights are above ``SCALE_MAX`` times the He-initialisation scale,
     fine-tuning cannot move the features and amounts to a linear probe of the final (pooled) features, so
     the advantage is read there instead — the final-layer probe minus the twin's final-layer probe,
@@ -207,11 +214,16 @@ def negative_transfer(
     rnd_last = rnd_lp.get(last, math.nan)
     adv_final = pre_lp[last] - rnd_last if math.isfinite(pre_lp[last]) and math.isfinite(rnd_last) else None
     lost = scale is not None and scale > SCALE_MAX and adv_final is not None
+    # A blocked gradient cannot rebuild the path from the best layer's features to the head, which sees the
+    # final features: the advantage moves, by the blocked fraction, to the final layer's when that is worse.
+    used = adv
+    if blocked > 0 and adv_final is not None and adv_final < adv:
+        used = adv + blocked * (adv_final - adv)
     if lost:
         assert adv_final is not None
         z = -_SLOPE * adv_final
     else:
-        z = _SLOPE * (-adv - start) + _B_SHIFT * shift_excess + _B_REACH * blocked
+        z = _SLOPE * (-used - start) + _B_SHIFT * shift_excess + _B_REACH * blocked
     p = 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
     risk = "high" if p > 0.6 else "medium" if p > 0.3 else "low"
 
@@ -234,7 +246,7 @@ def negative_transfer(
     if scale is not None:
         evidence.append(_scale_sentence(scale, twin_scale, lost, last, pre_lp[last], rnd_last, adv_final))
     contributions = {
-        "feature advantage": 0.0 if lost else abs(_SLOPE * adv),
+        "feature advantage": 0.0 if lost else abs(_SLOPE * used),
         "target size": 0.0 if lost else abs(_SLOPE * start),
         "weight scale": abs(_SLOPE * adv_final) if lost and adv_final is not None else 0.0,
         "shift size": 0.0 if lost else abs(_B_SHIFT * shift_excess),
@@ -249,6 +261,12 @@ def negative_transfer(
                 if blocked == 0
                 else "almost none: dead or saturated units block the gradient, so fine-tuning cannot "
                 "adapt those blocks (a broken checkpoint?)."
+            )
+            + (
+                f" Nor can it carry the features of {pre_best} up to the head, which sees those of {last} "
+                f"({adv_final:+.2f} against the twin's): the advantage counted is {used:+.2f}."
+                if used != adv and not lost and adv_final is not None
+                else ""
             )
         )
     if shift and shift.get("effect"):
@@ -280,6 +298,7 @@ def negative_transfer(
         drivers=drivers,
         signals={
             "feature_advantage": adv,
+            "advantage_used": adv if lost else used,
             "pretrained_best_layer": pre_best,
             "pretrained_linear_probe": pre_lp[pre_best],
             "random_init_best_layer": rnd_best,
@@ -300,7 +319,7 @@ def negative_transfer(
         },
         rule=(
             f"p = sigmoid({_SLOPE:g}·(-advantage - head_start) + {_B_SHIFT:g}·shift"
-            f" + {_B_REACH:g}·blocked), "
+            f" + {_B_REACH:g}·blocked), advantage moved towards the final layer's by blocked when worse, "
             f"head_start = max(0, {HEAD_START_30} - {HEAD_START_PER_DOUBLING}"
             "·log2(examples per class / 30)), "
             f"blocked = max(0, 1 - gradient_reach / {REACH_MIN}); with weight_scale > {SCALE_MAX:.2f} "

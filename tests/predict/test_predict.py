@@ -213,6 +213,34 @@ def test_a_blocked_gradient_raises_the_risk_whatever_the_features_probe() -> Non
     assert bad.probability == pytest.approx(1 / (1 + np.exp(-(20 * (0.05 - 0.30) + 8 * 0.8))), abs=1e-4)
 
 
+def test_a_blocked_gradient_judges_the_final_features_the_head_sees() -> None:
+    """Lite0 x 0.01 on UCI (measured): the probe at blocks.3 beats the twin's best (0.94 vs 0.83), but the
+    deep blocks collapsed (final probe 0.10 vs the twin's 0.75) and no gradient reaches the input side;
+    scratch training won by 0.44. The advantage moves to the final layer's by the blocked fraction."""
+    pre = curve([0.6, 0.7, 0.85, 0.94, 0.5, 0.3, 0.2, 0.12, 0.10])
+    twin = curve([0.6, 0.65, 0.7, 0.83, 0.8, 0.8, 0.78, 0.76, 0.75])
+    healthy = dict(zip(BLOCKS, [0.5, 0.8, 0.6, 0.4, 0.35, 0.45, 0.4, 1.0, 0.1], strict=True))
+    dead = dict(zip(BLOCKS, [0.0] * 7 + [1.0, 0.5], strict=True))
+    half = dict(zip(BLOCKS, [0.05] * 5 + [0.3, 0.5, 1.0, 0.5], strict=True))  # reach 0.05: blocked 0.5
+    sig = 1.0 / (1.0 + np.exp(-np.array([15.0, 20 * (0.27 - 0.30) + 8 * 0.5, 20 * (-0.11 - 0.30)])))
+    bad = negative_transfer(pre, twin, n_target=300, n_classes=10, rgn=dead)
+    assert bad.signals["feature_advantage"] == pytest.approx(0.11)
+    assert bad.signals["advantage_used"] == pytest.approx(-0.65) and bad.risk == "high"
+    # z = 20 (0.65 - 0.30) + 8 · 1
+    assert bad.probability == pytest.approx(sig[0], abs=1e-4)
+    assert "advantage counted is -0.65" in " ".join(bad.evidence)
+    part = negative_transfer(pre, twin, n_target=300, n_classes=10, rgn=half)
+    # a = 0.11 + 0.5 (-0.65 - 0.11) = -0.27
+    assert part.signals["advantage_used"] == pytest.approx(-0.27)
+    assert part.probability == pytest.approx(sig[1], abs=1e-4)
+    ok = negative_transfer(pre, twin, n_target=300, n_classes=10, rgn=healthy)  # the gradient reaches
+    assert ok.signals["advantage_used"] == pytest.approx(0.11) and ok.risk == "low"
+    assert ok.probability == pytest.approx(sig[2], abs=1e-4)
+    # final features better than the best layer's: the advantage is not raised
+    good_final = negative_transfer(twin, pre, n_target=300, n_classes=10, rgn=dead)
+    assert good_final.signals["advantage_used"] == pytest.approx(-0.11)
+
+
 def test_a_high_negative_transfer_risk_is_part_of_the_freeze_rule() -> None:
     pre = curve([0.5, 0.55, 0.7, 0.8, 0.9, 0.95, 0.93, 0.9, 0.88])
     twin = curve([0.6, 0.7, 0.8, 0.9, 0.97, 0.99, 0.99, 0.98, 0.97])
