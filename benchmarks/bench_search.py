@@ -39,20 +39,23 @@ BUDGETS = (0.25, 0.5, 1.0)
 
 
 def harvest(name: str, sweep_root: Path) -> dict | None:
-    """Per-epoch validation accuracy of every run of a sweep: ``{"K": {"seed": [acc, ...]}}``."""
-    runs = sweep_root / "v2" / name / "runs"
-    if not runs.is_dir():
-        return None
+    """Per-epoch validation accuracy of every run of a sweep: ``{"K": {"seed": [acc, ...]}}``.
+
+    Read from the sweep's own runs (``v2/NAME``) and, for tables whose sweep predates kept runs, from the
+    candidate depths re-run with the same recipe and seeds (``curves/NAME``, ``run_sweeps.sh``)."""
     curves: dict[str, dict[str, list[float]]] = {}
-    for d in sorted(runs.iterdir()):
-        parts = d.name.split("-")
-        if parts[0] != "freeze" or not (d / "result.json").exists():
+    for runs in (sweep_root / "v2" / name / "runs", sweep_root / "curves" / name / "runs"):
+        if not runs.is_dir():
             continue
-        res = json.loads((d / "result.json").read_text())
-        if res.get("status") != "completed":
-            continue
-        vals = [h["val_acc"] for h in res["history"] if h.get("val_acc") is not None]
-        curves.setdefault(parts[1], {})[parts[3]] = vals
+        for d in sorted(runs.iterdir()):
+            parts = d.name.split("-")
+            if parts[0] != "freeze" or not (d / "result.json").exists():
+                continue
+            res = json.loads((d / "result.json").read_text())
+            if res.get("status") != "completed":
+                continue
+            vals = [h["val_acc"] for h in res["history"] if h.get("val_acc") is not None]
+            curves.setdefault(parts[1], {}).setdefault(parts[3], vals)
     return curves or None
 
 
@@ -147,6 +150,25 @@ def real(name: str, seeds: list[int], budget: float = 0.5) -> dict:
     }
 
 
+def agreement(name: str, curves: dict) -> dict:
+    """How well the curves' best epochs reproduce the committed sweep's values (the same runs, or re-runs
+    of the same recipe and seed): the largest difference and how many (depth, seed) cells are equal."""
+    sweep = _sweep(name)
+    diffs = []
+    for d in sweep["depths"]:
+        if d["from_scratch"] or str(d["freeze"]) not in curves:
+            continue
+        for seed, value in zip(d["seeds"], d["values"], strict=True):
+            curve = curves[str(d["freeze"])].get(str(seed))
+            if curve:
+                diffs.append(abs(max(curve) - value))
+    return {
+        "cells": len(diffs),
+        "equal": sum(x < 1e-9 for x in diffs),
+        "max_abs_diff": max(diffs, default=None),
+    }
+
+
 def _sweep(name: str) -> dict:
     return json.loads((ROOT / "benchmarks" / "results" / "sweeps" / f"{name}.json").read_text())
 
@@ -177,6 +199,7 @@ def main() -> int:
         if not curves:
             continue
         out["tables"][row["name"]] = {str(b): simulate(row, curves, b) for b in BUDGETS}
+        out["tables"][row["name"]]["curves_vs_sweep"] = agreement(row["name"], curves)
     for b in map(str, BUDGETS):
         rows = [t[b] for t in out["tables"].values() if t[b]["ratio_search"] is not None]
         out[f"budget_{b}"] = {
