@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from diag.train.search import search_candidates, successive_halving  # noqa: E402
+from diag.train.search import DISPLACE_Z, search_candidates, successive_halving  # noqa: E402
 
 CURVES = ROOT / "benchmarks" / "results" / "curves"
 BUDGETS = (0.25, 0.5, 1.0)
@@ -59,8 +59,11 @@ def harvest(name: str, sweep_root: Path) -> dict | None:
     return curves or None
 
 
-def simulate(row: dict, curves: dict, budget: float) -> dict:
+def simulate(row: dict, curves: dict, budget: float, z: float = DISPLACE_Z) -> dict:
+    """The search on one table's curves; ``z``: the incumbent's margin in standard errors (0: plain)."""
     acc = {int(k): float(v) for k, v in row["accuracy_by_depth"].items()}
+    sweep_val = _sweep(row["name"]).get("val")
+    n_val = row.get("val") or (sweep_val.get("n") if isinstance(sweep_val, dict) else None)
     best = max(acc.values())
     alt = row["freeze_evidence"].get("alternative_depth")
     cands_all = search_candidates(row["recommended_depth"], alt, row["n_blocks"])
@@ -73,7 +76,7 @@ def simulate(row: dict, curves: dict, budget: float) -> dict:
         def train_to(c: int, e: int, s: str = s) -> float:
             return max(curves[str(c)][s][:e])
 
-        res = successive_halving(cands, epochs, budget, train_to)
+        res = successive_halving(cands, epochs, budget, train_to, n_val=n_val, z=z)
         per_seed.append(
             {
                 "seed": s,
@@ -199,7 +202,9 @@ def main() -> int:
         if not curves:
             continue
         out["tables"][row["name"]] = {str(b): simulate(row, curves, b) for b in BUDGETS}
+        out["tables"][row["name"]]["plain"] = {str(b): simulate(row, curves, b, z=0.0) for b in BUDGETS}
         out["tables"][row["name"]]["curves_vs_sweep"] = agreement(row["name"], curves)
+    plain = [t for t in out["tables"].values() if t["0.5"]["ratio_search"] is not None]
     for b in map(str, BUDGETS):
         rows = [t[b] for t in out["tables"].values() if t[b]["ratio_search"] is not None]
         out[f"budget_{b}"] = {
@@ -211,6 +216,19 @@ def main() -> int:
             else None,
             "mean_extra_cost": float(np.mean([r["extra_cost"] for r in rows])) if rows else None,
             "max_extra_cost": max((r["extra_cost"] for r in rows), default=None),
+            "without_margin": {  # plain successive halving (z = 0), the same tables
+                "mean_ratio_search": float(np.mean([t["plain"][b]["ratio_search"] for t in plain])),
+                "min_ratio_search": min(t["plain"][b]["ratio_search"] for t in plain),
+            },
+            "curves_vs_sweeps": {  # (depth, seed) cells whose best epoch equals the committed sweep's value
+                "cells": sum(t["curves_vs_sweep"]["cells"] for t in out["tables"].values()),
+                "equal": sum(t["curves_vs_sweep"]["equal"] for t in out["tables"].values()),
+                "differ": sorted(
+                    n
+                    for n, t in out["tables"].items()
+                    if t["curves_vs_sweep"]["equal"] < t["curves_vs_sweep"]["cells"]
+                ),
+            },
         }
     dst = ROOT / "benchmarks" / "results" / "search.json"
     if dst.is_file():

@@ -13,7 +13,13 @@ import pytest
 from diag.errors import ConfigError
 from diag.models import load
 from diag.train import FinetuneConfig, FinetuneResult
-from diag.train.search import freeze_search, plan_rungs, search_candidates, successive_halving
+from diag.train.search import (
+    freeze_search,
+    incumbent_margin,
+    plan_rungs,
+    search_candidates,
+    successive_halving,
+)
 from tests.conftest import write_digit_folder
 
 TINY = "timm:test_efficientnet"
@@ -84,6 +90,25 @@ def test_ties_go_to_the_more_trusted_candidate() -> None:
     res = successive_halving([7, 6, 8], 6, 0.5, lambda c, e: 0.5)
     assert res.winner == 7 and res.rungs[0]["kept"] == [7, 6] and res.rungs[1]["kept"] == [7]
     assert res.epochs_trained == {7: 6, 6: 2, 8: 1} and res.extra_cost == 0.5
+
+
+def test_a_challenger_displaces_the_rules_depth_only_beyond_the_validation_noise() -> None:
+    # two standard errors of the difference of two accuracies at p = 0.8 on 500 items: 2 sqrt(0.32 / 500)
+    assert incumbent_margin(0.8, 500) == pytest.approx(2 * math.sqrt(2 * 0.8 * 0.2 / 500), rel=1e-12)
+    assert incumbent_margin(0.8, 500) == pytest.approx(0.050596, abs=1e-6)
+    assert incumbent_margin(0.8, None) == 0.0 and incumbent_margin(0.8, 500, z=0) == 0.0
+    assert incumbent_margin(1.0, 500) == 0.0 and incumbent_margin(0.5, 100, z=1) == pytest.approx(math.sqrt(0.005))
+    # 2 candidates, 6 epochs, budget 0.5: one rung at epoch 3
+    lead = {5: 0.80, 6: 0.84}  # the challenger leads by 0.04 < 0.0506: the rule's depth stays
+    res = successive_halving([5, 6], 6, 0.5, lambda c, e: lead[c], n_val=500)
+    assert res.winner == 5 and res.rungs[0]["incumbent_margin"] == pytest.approx(0.050596, abs=1e-6)
+    assert successive_halving([5, 6], 6, 0.5, lambda c, e: lead[c]).winner == 6  # plain halving
+    far = {5: 0.80, 6: 0.86}  # by 0.06: displaced
+    assert successive_halving([5, 6], 6, 0.5, lambda c, e: far[c], n_val=500).winner == 6
+    # the margin is the incumbent's only: among the challengers the better one goes on
+    three = {7: 0.70, 6: 0.72, 8: 0.74}
+    res3 = successive_halving([7, 6, 8], 6, 0.5, lambda c, e: three[c], n_val=lambda: 500)
+    assert res3.rungs[0]["kept"] == [7, 8] and res3.winner == 7
 
 
 @pytest.mark.usefixtures("one_torch_thread")
