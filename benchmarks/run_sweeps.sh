@@ -9,6 +9,10 @@
 # tex-contrast3 / tex-jpeg3 9 min each side by side on a quieter machine, shuffled-tex 11 min (8 runs), each
 # two-depth re-scaled sweep 1.5-8.5 min (4 runs), the gratings backbone 4 min; bench_predict.py --run-missing
 # then adds the depths diag picks (2 runs each).
+# All 46 committed tables: 570 runs, 7.7 h of run time as recorded (runs_wall_time_s; mostly on cores shared
+# with other jobs), so about 4 h on 2 cores two runs at a time. On a quiet machine (2026-11-30, two sweeps side
+# by side) a 32 px texture run took 11-27 s: tex-10pc 3.0 min, tex-20pc 4.5, tex-lite2 7.3, tex-noise1/5 3.3/3.7;
+# the search's candidate curves (below) 15 min + 9 min for the debates.
 set -eu
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -111,7 +115,7 @@ done
 
 # Per-epoch curves for the budgeted-search simulation (bench_search.py) on the tables whose sweeps predate kept
 # runs: the search's candidate depths re-run with the same recipe and seeds into runs/sweeps/curves/NAME (no
-# scratch). 96 runs, about 35 min on 2 cores (two lanes, nice 19, 2026-11-30).
+# scratch). 90 runs, 15 min on 2 cores (two lanes, nice 19, 2026-11-30); the debates (4 MiniLM runs) 9 min more.
 curves() {  # NAME TARGET VAL BACKBONE DEPTHS
   $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size 32 --epochs 6 --depths "$5" --seeds 0,1 \
     --no-scratch --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/curves/$1"
@@ -132,6 +136,8 @@ curves mnist-opencv-10pc $S/opencv-10pc $S/opencv-val efficientnet_lite0 8,9,7
 curves mnist-uci-inverted-10pc $S/uci-inverted-10pc $S/uci-inverted-val efficientnet_lite0 8,9,7
 curves lite1-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite1 8,9,7
 curves dead40-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead40-lite0.safetensors 5,4
+$D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 5,4 --seeds 0,1 --no-scratch \
+  --no-keep-checkpoint --no-save-best -q -o runs/sweeps/curves/speeches-debates
 
 # LP-FT (benchmarks/lpft_column.py): 2 head-only epochs of the 6, seeds 0/1, no scratch runs. At K 0 on six
 # tables, and at diag's recommended depth on the tables where it recommended LP-FT. Each run 25-90 s on the
