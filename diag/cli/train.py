@@ -48,7 +48,9 @@ _EPILOG = (
     "layer.0 ... layer.N. --freeze K freezes the first K blocks (0 tunes all; all/linear = a linear probe); "
     "--freeze blocks.4 freezes every block up to and including blocks.4. List them with --list-blocks. "
     "--freeze search tries the recommended depth, its alternative and their neighbours with short trials "
-    "(successive halving, extra cost at most --search-budget full runs) and trains the winner in full. "
+    "(successive halving, extra cost at most --search-budget full runs; another depth displaces the "
+    "recommended one only by more than two standard errors of the validation accuracy) and trains the "
+    "winner in full. "
     "Create a file named STOP in the output folder to stop cleanly; --resume continues."
 )
 
@@ -321,7 +323,11 @@ def _search(args: argparse.Namespace) -> int:
     if not args.quiet and not args.json:
         for rung in found.rungs:
             scores = ", ".join(f"K {k}: {v:.3f}" for k, v in rung["scores"].items())
-            print(f"rung at epoch {rung['epochs']}: {scores}; kept K {', '.join(map(str, rung['kept']))}")
+            margin = rung.get("incumbent_margin") or 0.0
+            first = found.candidates[0]
+            lead = f" (K {first} keeps its place unless beaten by {margin:.3f})" if margin else ""
+            kept = ", ".join(map(str, rung["kept"]))
+            print(f"rung at epoch {rung['epochs']}: {scores}{lead}; kept K {kept}")
         print(
             f"--freeze search: K = {found.winner} (candidates {found.candidates}); extra cost "
             f"{found.extra_cost:.2f} full runs (budget {found.budget:g}); details in {args.out}/search.json"

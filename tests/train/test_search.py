@@ -136,3 +136,26 @@ def test_freeze_search_trains_trials_and_the_winner(tmp_path: Path) -> None:
     assert FinetuneResult.load(tmp_path / "run") == trials[found.winner]
     again, found2 = freeze_search(digits, tiny, cfg, out=tmp_path / "run", candidates=[3, 5, 4], budget=0.5)
     assert found2 == found and again == res
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cli_freeze_search_prints_its_rungs_and_trains_the_winner(tmp_path: Path, capsys) -> None:
+    """``diag finetune --freeze search`` end to end (Lite0 at 32 px, 2 epochs, budget 0.5: two candidates,
+    one rung at epoch 1): the rung line names the incumbent's margin, the winner's run is the output."""
+    from diag.cli.main import main
+
+    folder = write_digit_folder(tmp_path / "d", per_class=10, classes=("0", "1", "2", "3"))
+    out = tmp_path / "ft"
+    args = ["finetune", "--target", str(folder), "--backbone", "efficientnet_lite0", "--freeze", "search"]
+    args += ["--image-size", "32", "--epochs", "2", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    found = json.loads((out / "search.json").read_text())
+    first, margin = found["candidates"][0], found["rungs"][0]["incumbent_margin"]
+    assert len(found["candidates"]) == 2 and [r["epochs"] for r in found["rungs"]] == [1]
+    assert "rung at epoch 1: " in printed and f"--freeze search: K = {found['winner']}" in printed
+    if margin > 0:
+        assert f"(K {first} keeps its place unless beaten by {margin:.3f})" in printed
+    result = json.loads((out / "result.json").read_text())
+    assert result["freeze"] == found["winner"] and result["epochs_completed"] == 2
+    assert found["extra_cost"] == 0.5
