@@ -121,10 +121,14 @@ SCENARIOS = [
     # Built after the shipped rule was fixed: held out from it.
     *[_tex(f"tex-{b}", f"efficientnet_{b}") for b in ("lite0", "lite1", "lite2")],
     *[_tex(f"tex-{c}", LITE0, f"{SC}/tex-{c}") for c in LADDER],
+    *[_tex(f"tex-{c}{k}", LITE0, f"{SC}/tex-{c}{k}") for c in ("blur", "contrast", "jpeg") for k in (1, 5)],
     # The small-target step (set on digits at 10 per class) on another kind of target, and between the
     # sizes it was set on: the texture target at 10 and 20 crops per photo (validation tex-val).
     *[{**_tex(f"tex-{k}", LITE0, f"{SC}/tex-{k}"), "val": f"{SC}/tex-val"} for k in ("10pc", "20pc")],
     _digits("shuffled-uci", SHUFFLED, held_out=True),
+    # The noise ladder on a second target (OpenCV digits; sd 20, 46, 97 grey levels).
+    *[_digits(f"opencv-noise{k}", LITE0, f"{SC}/opencv-noise{k}", f"{SC}/opencv-noise{k}-val", held_out=True)
+      for k in (1, 3, 5)],
     {**_tex("shuffled-tex", SHUFFLED), "scratch_from": "tex-lite0"},
     # Re-scaled checkpoints (make_scenarios.py; negative transfer only: tune-all and the linear probe,
     # scratch from mnist-uci's runs): conv weights x 0.001 / 0.01, BatchNorm scales 0 (collapse) and

@@ -43,6 +43,9 @@ reported apart, as an out-of-sample check of rules chosen on the tables above):
     the two scenarios above, to check it (with Lite0, and UCI 10 per class with Lite1).
 ``dead40-lite0.safetensors``
     40 % of the ReLU6 channels dead (see above): between the calibrated 60 % (scratch won) and intact.
+``opencv-noise{1,3,5}``, ``opencv-noise{1,3,5}-val``
+    The OpenCV sample and ``opencv-val`` with Gaussian noise of sd 20, 46 and 97 grey levels (the texture
+    ladder's severities 1, 3, 5): the noise ladder on a second kind of target (issue 15).
 
 Issue 15's negative-transfer causes other than dead units (weights re-scaled, no training; every Conv2d
 weight of the checkpoint multiplied by a factor, each BatchNorm's running mean and variance by the factor
@@ -171,6 +174,19 @@ def _held_out(
     S.write_digits(out / "opencv-10pc", sheet, sheet_y, S.choose(sheet_y, 10, seed, start=half))
     S.write_digits(out / "uci-inverted-10pc", 255 - uci, uci_y, S.choose(uci_y, 10, seed))
     _dead_units(out / "dead40-lite0.safetensors", fraction=0.4)
+    _digit_ladder(out, sheet, sheet_y, seed)
+
+
+def _digit_ladder(out: Path, sheet: np.ndarray, sheet_y: np.ndarray, seed: int) -> None:
+    """The noise ladder on a second target: the OpenCV digits (the sample's and ``opencv-val``'s items)
+    with Gaussian noise at the texture ladder's three severities (sd 20, 46, 97 grey levels)."""
+    half = S.HALF_CLASS
+    train = S.choose(sheet_y, SAMPLE_PER_CLASS, seed, start=half)
+    val = S.choose(sheet_y, 50, seed, start=half + SAMPLE_PER_CLASS)
+    for sev, level in zip((1, 3, 5), LADDERS["noise"], strict=True):
+        noisy = _ladder(sheet, "noise", level, 31 + sev)
+        S.write_digits(out / f"opencv-noise{sev}", noisy, sheet_y, train)
+        S.write_digits(out / f"opencv-noise{sev}-val", noisy, sheet_y, val)
 
 
 def _dead_units(path: Path, fraction: float) -> None:

@@ -71,6 +71,8 @@ FAMILY = {
     "tex-blur3": "input corruption",
     "tex-contrast3": "input corruption",
     "tex-jpeg3": "input corruption",
+    **{f"tex-{c}{k}": "input corruption" for c in ("blur", "contrast", "jpeg") for k in (1, 5)},
+    **{f"opencv-noise{k}": "input corruption" for k in (1, 3, 5)},
     "shuffled-uci": "shuffled weights",
     "shuffled-tex": "shuffled weights",
     "tiny001-uci": "collapsed signal",
