@@ -78,13 +78,15 @@ new_families() {  # in the order they were run (about 25 min per 16-run sweep on
   sweep shuffled-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/shuffled-lite0.safetensors 0,1,3,5,9
   sweep tex-lite1 $S/tex $S/tex-val efficientnet_lite1 0,3,5,6,7,8,9
   sweep tex-noise3 $S/tex-noise3 $S/tex-noise3-val efficientnet_lite0 0,5,6,7,8,9
-  for c in noise1 noise5 blur3 contrast3 jpeg3; do
+  for c in noise1 noise5 blur3 contrast3 jpeg3 blur1 blur5 contrast1 contrast5 jpeg1 jpeg5; do
     sweep tex-$c $S/tex-$c $S/tex-$c-val efficientnet_lite0 0,5,6,7,8,9
   done
   sweep tex-lite2 $S/tex $S/tex-val efficientnet_lite2 0,3,5,6,7,8,9
   # The small-target step on another kind of target: textures at 10 and 20 crops per photo.
   sweep tex-10pc $S/tex-10pc $S/tex-val efficientnet_lite0 0,3,5,6,7,8,9
   sweep tex-20pc $S/tex-20pc $S/tex-val efficientnet_lite0 0,3,5,6,7,8,9
+  # The noise ladder on a second target (OpenCV digits).
+  for k in 1 3 5; do sweep opencv-noise$k $S/opencv-noise$k $S/opencv-noise$k-val efficientnet_lite0 0,3,5,6,7,8,9; done
   # (its from-scratch runs are tex-lite0's: same architecture, seeds and budget)
   $D sweep -t $S/tex --val $S/tex-val -b efficientnet_lite0@$S/shuffled-lite0.safetensors --preset small \
     --image-size 32 --epochs 6 --depths 0,1,3,5,9 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best \
