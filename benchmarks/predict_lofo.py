@@ -43,6 +43,7 @@ FAMILY = {
     "lite1-uci": "digits",
     "lite2-uci": "digits",
     "mnist-uci-30ep": "digits",
+    "mnist-uci-large-30ep": "digits",
     "mnist-uci-inverted": "input corruption",
     "mnist-opencv-noisy": "input corruption",
     "mnist-uci-parity": "relabelled",

@@ -53,6 +53,9 @@ sweep30() { $D sweep -t samples:uci-digits --val $S/uci-val -b "$2" --preset sma
 sweep30 noise-memorizer-uci-30ep efficientnet_lite0@$S/noise-memorizer-lite0/last.pt 0,3
 sweep30 memorizer-uci-30ep efficientnet_lite0@$S/memorizer-lite0/last.pt 0,3 --no-scratch
 sweep30 mnist-uci-30ep efficientnet_lite0 0,6 --no-scratch
+# ... on a larger target (every UCI digit outside uci-val: 1,297), where scratch may catch up.
+$D sweep -t $S/uci-large --val $S/uci-val -b efficientnet_lite0 --preset small --image-size 32 --epochs 30 \
+  --depths 0,5 --seeds 0,1 --no-keep-checkpoint --no-save-best -q -o runs/sweeps/v2/mnist-uci-large-30ep
 
 # Text: MiniLM, 128 tokens, seeds 0 and 1 (a run takes 3-15 min on 2 busy cores), the 20 % split as validation.
 $D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 0,1,3,4,5,7 --seeds 0,1 \
