@@ -128,6 +128,9 @@ class Trainer:
         self.train = self._to_device(train)
         self.val = self._to_device(val)
         if image_stats is not None:
+            # Tensors, not Python numbers, as in TimmBackbone.normalize: CUDA divides by a Python number as a
+            # multiplication by its reciprocal, which can differ from extraction's inputs in the last bit.
+            self.scale = torch.tensor(255.0, dtype=torch.float32, device=device)
             self.mean = torch.tensor(image_stats[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
             self.std = torch.tensor(image_stats[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
         n = train.n
@@ -225,7 +228,7 @@ class Trainer:
         when ``gen`` is given and the config asks for it), or padded token ids and their mask."""
         if self.image:
             assert isinstance(split.x, torch.Tensor)
-            x = split.x[idx.to(split.x.device)].float().div_(255.0).sub_(self.mean).div_(self.std)
+            x = split.x[idx.to(split.x.device)].float().div_(self.scale).sub_(self.mean).div_(self.std)
             if gen is not None and self.cfg.augment == "light":
                 x = _augment(x, gen)
             if self.channels_last:

@@ -84,3 +84,29 @@ def test_rgn_needs_labels_and_a_valid_batch_count(tiny_image_backbone, tmp_path)
     one = write_digit_folder(tmp_path / "one", per_class=6, classes=("3",))
     with pytest.raises(DataError, match="same label"):
         relative_gradient_norms(one, tiny_image_backbone, FinetuneConfig(image_size=32))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_training_inputs_equal_the_backbones_own_normalisation(tiny_image_backbone, tmp_path, device) -> None:
+    """The trainer normalises uint8 batches itself; its inputs must be the extraction's, bit for bit
+    (TimmBackbone.normalize: tensor divisors, so CUDA does not turn a division into a reciprocal product)."""
+    from diag.data import open_data
+    from diag.train.blocks import units_of_model
+    from diag.train.data import prepare_data
+    from diag.train.model import build_model
+    from diag.train.trainer import Trainer
+
+    bb = tiny_image_backbone
+    cfg = FinetuneConfig(image_size=32, batch_size=8, augment="none")
+    prep = prepare_data(bb, open_data(write_digit_folder(tmp_path / "d", per_class=6)), None, cfg)
+    model = build_model(copy.deepcopy(bb), len(prep.classes))
+    dev = torch.device(device)
+    tr = Trainer(
+        model, units_of_model(model.body, bb), 0, prep.train, prep.val, cfg, dev, "fp32",
+        bb.input_normalization, bb.pad_token_id,
+    )  # fmt: skip
+    idx = torch.arange(tr.train.n)
+    x = tr.batch_inputs(tr.train, idx, None)
+    assert isinstance(tr.train.x, torch.Tensor) and tr.train.x.dtype == torch.uint8
+    ref = bb.normalize(tr.train.x.to(dev))
+    assert x.dtype == torch.float32 and torch.equal(x.contiguous(), ref.contiguous())
