@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +29,7 @@ __all__ = [
     "Failed",
     "LoadOptions",
     "Modality",
+    "PixelNormalization",
     "ProbePoint",
     "SourceHead",
     "TextBatch",
@@ -311,6 +312,33 @@ class Backbone:
     def __repr__(self) -> str:
         kind = "pretrained" if self.pretrained else f"random-init(seed={self.seed})"
         return f"{type(self).__name__}({self.name!r}, {kind}, {len(self.probes)} probes)"
+
+
+@dataclass(frozen=True)
+class PixelNormalization:
+    """uint8 images ``(B, C, H, W)`` -> float32 ``(x / 255 - mean) / std``, in ``x``'s memory format: the
+    operations (and their order) of torchvision's ``ToTensor`` + ``Normalize``, so the result equals timm's
+    float eval transform bit for bit. Extraction (:meth:`diag.models.TimmBackbone.normalize`) and
+    fine-tuning (:class:`diag.train.trainer.Trainer`) both normalise through it, so their inputs are the
+    same bits. The divisors are tensors, not Python numbers, because CUDA divides by a Python number as a
+    multiplication by its reciprocal (which can differ in the last bit). Build one per device
+    (:meth:`on`): no host-to-device copy (and stream sync) per batch."""
+
+    scale: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def on(cls, mean: Sequence[float], std: Sequence[float], device: torch.device) -> PixelNormalization:
+        """The per-channel ``mean`` and ``std`` (of images scaled to [0, 1]) as tensors on ``device``."""
+        return cls(
+            torch.tensor(255.0, dtype=torch.float32, device=device),
+            torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(self.scale).sub_(self.mean).div_(self.std)
 
 
 def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from diag.models.base import (
     DecodeOptions,
     Failed,
     LoadOptions,
+    PixelNormalization,
     ProbePoint,
     SourceHead,
     seeded,
@@ -92,7 +93,7 @@ class TimmBackbone(Backbone):
         if head is None and num_classes > 0 and kw["pretrained"]:
             head = SourceHead(name=f"{kw['name']} source head", num_classes=num_classes)
         self._has_head = num_classes > 0
-        self._stats: dict[str, tuple[torch.Tensor, ...]] = {}  # normalize's divisors and mean, per device
+        self._stats: dict[str, PixelNormalization] = {}  # normalize's tensors, per device
         super().__init__(probes=[], preprocessing=pre, source_head=head, **kw)
         self.probes = self._discover_probes()
 
@@ -147,21 +148,12 @@ class TimmBackbone(Backbone):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images ``(B, 3, H, W)`` -> float32 normalised ones, on ``x``'s device and in its memory
-        format: ``(x / 255 - mean) / std``, the operations (and their order) of torchvision's
-        ``ToTensor`` + ``Normalize``, so the result equals timm's float eval transform bit for bit. The
-        divisors are tensors, not Python numbers, because CUDA divides by a Python number as a
-        multiplication by its reciprocal (which can differ in the last bit)."""
+        format (:class:`diag.models.base.PixelNormalization`, made once per device)."""
         key = str(x.device)
-        stats = self._stats.get(key)
-        if stats is None:  # made once per device: no host-to-device copy (and stream sync) per batch
-            mean, std = self.input_normalization
-            stats = self._stats[key] = (
-                torch.tensor(255.0, dtype=torch.float32, device=x.device),
-                torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1),
-                torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1),
-            )
-        scale, mean_t, std_t = stats
-        return x.float().div_(scale).sub_(mean_t).div_(std_t)
+        norm = self._stats.get(key)
+        if norm is None:
+            norm = self._stats[key] = PixelNormalization.on(*self.input_normalization, x.device)
+        return norm(x)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

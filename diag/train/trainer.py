@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diag.models import PixelNormalization
 from diag.train.blocks import FreezeUnit
 from diag.train.config import FinetuneConfig
 from diag.train.data import DecodedSplit
@@ -127,12 +128,8 @@ class Trainer:
         self.pad_id = pad_id
         self.train = self._to_device(train)
         self.val = self._to_device(val)
-        if image_stats is not None:
-            # Tensors, not Python numbers, as in TimmBackbone.normalize: CUDA divides by a Python number as a
-            # multiplication by its reciprocal, which can differ from extraction's inputs in the last bit.
-            self.scale = torch.tensor(255.0, dtype=torch.float32, device=device)
-            self.mean = torch.tensor(image_stats[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-            self.std = torch.tensor(image_stats[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        if image_stats is not None:  # the extraction's normalisation, so the inputs are the same bits
+            self.normalize = PixelNormalization.on(*image_stats, device)
         n = train.n
         bs = config.batch_size
         # A last batch of one item breaks BatchNorm in training mode; it is dropped (the order changes
@@ -228,7 +225,7 @@ class Trainer:
         when ``gen`` is given and the config asks for it), or padded token ids and their mask."""
         if self.image:
             assert isinstance(split.x, torch.Tensor)
-            x = split.x[idx.to(split.x.device)].float().div_(self.scale).sub_(self.mean).div_(self.std)
+            x = self.normalize(split.x[idx.to(split.x.device)])
             if gen is not None and self.cfg.augment == "light":
                 x = _augment(x, gen)
             if self.channels_last:
