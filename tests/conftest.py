@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -129,3 +130,16 @@ def dashboard_report(dashboard_runs: Path):
         i["source"], i["target"], i["backbone"], out=out, image_size=i["image_size"],
         n_permutations=i["n_permutations"],
     )  # fmt: skip
+
+
+def run_finetune_cli(tmp_path: Path, capsys: Any, freeze: str, epochs: int) -> tuple[Path, str]:
+    """``diag finetune`` on a 4-class, 10-per-class digit folder with Lite0 at 32 px and ``--freeze
+    freeze``; asserts it exits 0 and returns the run folder and what it printed."""
+    from diag.cli.main import main
+
+    folder = write_digit_folder(tmp_path / "d", per_class=10, classes=("0", "1", "2", "3"))
+    out = tmp_path / "ft"
+    args = ["finetune", "--target", str(folder), "--backbone", "efficientnet_lite0", "--freeze", freeze]
+    args += ["--image-size", "32", "--epochs", str(epochs), "--out", str(out)]
+    assert main(args) == 0
+    return out, capsys.readouterr().out

@@ -152,15 +152,9 @@ def test_rank_is_deterministic_and_pretrained_beats_its_twin(tmp_path: Path) -> 
 def test_finetune_freeze_auto_runs_with_the_recommended_depth(tmp_path: Path, capsys) -> None:
     import json
 
-    from diag.cli.main import main
-    from tests.conftest import write_digit_folder
+    from tests.conftest import run_finetune_cli
 
-    folder = write_digit_folder(tmp_path / "d", per_class=10, classes=("0", "1", "2", "3"))
-    out = tmp_path / "ft"
-    args = ["finetune", "--target", str(folder), "--backbone", "efficientnet_lite0", "--freeze", "auto"]
-    args += ["--image-size", "32", "--epochs", "1", "--out", str(out)]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
+    out, printed = run_finetune_cli(tmp_path, capsys, "auto", epochs=1)
     assert "--freeze auto: K = " in printed and "Linear-probe accuracy of the target by layer" in printed
     assert "Auto-RGN" in printed  # the gradient norms are evidence here too
     k = int(printed.split("--freeze auto: K = ")[1].split()[0])

@@ -20,7 +20,7 @@ from diag.train.search import (
     search_candidates,
     successive_halving,
 )
-from tests.conftest import write_digit_folder
+from tests.conftest import run_finetune_cli, write_digit_folder
 
 TINY = "timm:test_efficientnet"
 
@@ -142,20 +142,16 @@ def test_freeze_search_trains_trials_and_the_winner(tmp_path: Path) -> None:
 def test_cli_freeze_search_prints_its_rungs_and_trains_the_winner(tmp_path: Path, capsys) -> None:
     """``diag finetune --freeze search`` end to end (Lite0 at 32 px, 2 epochs, budget 0.5: two candidates,
     one rung at epoch 1): the rung line names the incumbent's margin, the winner's run is the output."""
-    from diag.cli.main import main
-
-    folder = write_digit_folder(tmp_path / "d", per_class=10, classes=("0", "1", "2", "3"))
-    out = tmp_path / "ft"
-    args = ["finetune", "--target", str(folder), "--backbone", "efficientnet_lite0", "--freeze", "search"]
-    args += ["--image-size", "32", "--epochs", "2", "--out", str(out)]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
+    out, printed = run_finetune_cli(tmp_path, capsys, "search", epochs=2)
     found = json.loads((out / "search.json").read_text())
-    first, margin = found["candidates"][0], found["rungs"][0]["incumbent_margin"]
-    assert len(found["candidates"]) == 2 and [r["epochs"] for r in found["rungs"]] == [1]
-    assert "rung at epoch 1: " in printed and f"--freeze search: K = {found['winner']}" in printed
-    if margin > 0:
-        assert f"(K {first} keeps its place unless beaten by {margin:.3f})" in printed
     result = json.loads((out / "result.json").read_text())
+    first, rung = found["candidates"][0], found["rungs"][0]
+    assert len(found["candidates"]) == 2 and [r["epochs"] for r in found["rungs"]] == [1]
+    # the margin is the incumbent's score's, on the run's own validation items
+    margin = incumbent_margin(rung["scores"][str(first)], result["n_val"])
+    assert rung["incumbent_margin"] == pytest.approx(margin, rel=1e-12)
+    assert "rung at epoch 1: " in printed and f"--freeze search: K = {found['winner']}" in printed
+    if margin > 0:  # 0 only when the incumbent scored 0 or 1 at the rung (nothing to print then)
+        assert f"(K {first} keeps its place unless beaten by {margin:.3f})" in printed
     assert result["freeze"] == found["winner"] and result["epochs_completed"] == 2
     assert found["extra_cost"] == 0.5
