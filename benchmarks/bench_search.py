@@ -59,11 +59,10 @@ def harvest(name: str, sweep_root: Path) -> dict | None:
     return curves or None
 
 
-def simulate(row: dict, curves: dict, budget: float, z: float = DISPLACE_Z) -> dict:
-    """The search on one table's curves; ``z``: the incumbent's margin in standard errors (0: plain)."""
+def simulate(row: dict, curves: dict, budget: float, n_val: int | None, z: float = DISPLACE_Z) -> dict:
+    """The search on one table's curves; ``n_val`` validation items, ``z`` the incumbent's margin in
+    standard errors (0: plain successive halving)."""
     acc = {int(k): float(v) for k, v in row["accuracy_by_depth"].items()}
-    sweep_val = _sweep(row["name"]).get("val")
-    n_val = row.get("val") or (sweep_val.get("n") if isinstance(sweep_val, dict) else None)
     best = max(acc.values())
     alt = row["freeze_evidence"].get("alternative_depth")
     cands_all = search_candidates(row["recommended_depth"], alt, row["n_blocks"])
@@ -153,10 +152,9 @@ def real(name: str, seeds: list[int], budget: float = 0.5) -> dict:
     }
 
 
-def agreement(name: str, curves: dict) -> dict:
+def agreement(sweep: dict, curves: dict) -> dict:
     """How well the curves' best epochs reproduce the committed sweep's values (the same runs, or re-runs
     of the same recipe and seed): the largest difference and how many (depth, seed) cells are equal."""
-    sweep = _sweep(name)
     diffs = []
     for d in sweep["depths"]:
         if d["from_scratch"] or str(d["freeze"]) not in curves:
@@ -201,10 +199,13 @@ def main() -> int:
             curves = json.loads(path.read_text())
         if not curves:
             continue
-        out["tables"][row["name"]] = {str(b): simulate(row, curves, b) for b in BUDGETS}
-        out["tables"][row["name"]]["plain"] = {str(b): simulate(row, curves, b, z=0.0) for b in BUDGETS}
-        out["tables"][row["name"]]["curves_vs_sweep"] = agreement(row["name"], curves)
-    plain = [t for t in out["tables"].values() if t["0.5"]["ratio_search"] is not None]
+        sweep = _sweep(row["name"])
+        val = sweep.get("val")
+        n_val = row.get("val") or (val.get("n") if isinstance(val, dict) else None)
+        table = out["tables"][row["name"]] = {str(b): simulate(row, curves, b, n_val) for b in BUDGETS}
+        table["plain"] = {str(b): simulate(row, curves, b, n_val, z=0.0) for b in BUDGETS}
+        table["curves_vs_sweep"] = agreement(sweep, curves)
+    simulated = [t for t in out["tables"].values() if t["0.5"]["ratio_search"] is not None]
     for b in map(str, BUDGETS):
         rows = [t[b] for t in out["tables"].values() if t[b]["ratio_search"] is not None]
         out[f"budget_{b}"] = {
@@ -217,8 +218,8 @@ def main() -> int:
             "mean_extra_cost": float(np.mean([r["extra_cost"] for r in rows])) if rows else None,
             "max_extra_cost": max((r["extra_cost"] for r in rows), default=None),
             "without_margin": {  # plain successive halving (z = 0), the same tables
-                "mean_ratio_search": float(np.mean([t["plain"][b]["ratio_search"] for t in plain])),
-                "min_ratio_search": min(t["plain"][b]["ratio_search"] for t in plain),
+                "mean_ratio_search": float(np.mean([t["plain"][b]["ratio_search"] for t in simulated])),
+                "min_ratio_search": min(t["plain"][b]["ratio_search"] for t in simulated),
             },
             "curves_vs_sweeps": {  # (depth, seed) cells whose best epoch equals the committed sweep's value
                 "cells": sum(t["curves_vs_sweep"]["cells"] for t in out["tables"].values()),
