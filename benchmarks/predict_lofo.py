@@ -408,27 +408,16 @@ def constant_support(rows: list[dict], fam_of: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def _with_ties(rows: list[dict], shipped: list[float], lofo_p: np.ndarray) -> dict[str, Any]:
-    """The same verdicts scored with "scratch wins or ties" as the truth: negative when the best pretrained
-    depth beats scratch by less than 2 standard errors of the difference of two accuracies on the
-    table's validation set, 2 sqrt(2 p (1 - p) / n) (p the best accuracy; n its items, 66 for the debates'
-    split). A check beside the headline, whose truth is the sign of the gap."""
-    truth = []
+def tie_truth(rows: list[dict]) -> list[bool]:
+    """ "Scratch wins or ties" as the truth: negative when the best pretrained depth beats scratch by less
+    than 2 standard errors of the difference of two accuracies on the table's validation set,
+    2 sqrt(2 p (1 - p) / n) (p the best accuracy; n its items, 66 for the debates' split). A check beside
+    the headline, whose truth is the sign of the gap."""
+    out = []
     for r in rows:
         p, n = float(r["best_accuracy"]), int(r.get("val") or 66)
-        truth.append(bool(r["measured_gap"] < 2.0 * math.sqrt(2.0 * p * (1.0 - p) / n)))
-    return {
-        "n_negative": int(sum(truth)),
-        "ties": sorted(r["name"] for r, t in zip(rows, truth, strict=True) if t and r["measured_gap"] >= 0),
-        "shipped": {
-            "auroc": auroc(list(map(float, shipped)), truth),
-            "balanced_accuracy": balanced_accuracy([x > 0.6 for x in shipped], truth),
-        },
-        "lofo": {
-            "auroc": auroc(list(map(float, lofo_p)), truth),
-            "balanced_accuracy": balanced_accuracy([bool(x > 0.6) for x in lofo_p], truth),
-        },
-    }
+        out.append(bool(r["measured_gap"] < 2.0 * math.sqrt(2.0 * p * (1.0 - p) / n)))
+    return out
 
 
 def lofo_negative(rows: list[dict]) -> dict[str, Any]:
@@ -470,7 +459,7 @@ def lofo_negative(rows: list[dict]) -> dict[str, Any]:
     all_fit = fit(np.ones(len(rows), dtype=bool))
     refit_p = probs[all_fit].mean(axis=0)
 
-    def summary(p: list[float] | np.ndarray) -> dict[str, Any]:
+    def summary(p: list[float] | np.ndarray, truth: list[bool] = truth) -> dict[str, Any]:
         pred = [bool(x > 0.6) for x in p]
         return {
             "auroc": auroc(list(map(float, p)), truth),
@@ -478,6 +467,8 @@ def lofo_negative(rows: list[dict]) -> dict[str, Any]:
             "correct": int(sum(a == b for a, b in zip(pred, truth, strict=True))),
             "n": len(truth),
         }
+
+    ties = tie_truth(rows)
 
     return {
         "n_tables": len(rows),
@@ -487,7 +478,12 @@ def lofo_negative(rows: list[dict]) -> dict[str, Any]:
         "refit_all": summary(refit_p),
         "lofo": summary(lofo_p),
         "lofo_scale_max_held": summary(lofo_p_physics),
-        "with_ties": _with_ties(rows, shipped, lofo_p),
+        "with_ties": {
+            "n_negative": int(sum(ties)),
+            "ties": [r["name"] for r, t in zip(rows, ties, strict=True) if t and r["measured_gap"] >= 0],
+            "shipped": summary(shipped, ties),
+            "lofo": summary(lofo_p, ties),
+        },
         "support": _nt_support(rows, fam_of),
         "reproduces_stored_probability": all(
             s is None or abs(a - s) < 1e-3 for a, s in zip(shipped, stored, strict=True)
