@@ -39,11 +39,8 @@ def rows() -> list[dict]:
 def test_the_shipped_freeze_rule_reproduces_every_stored_depth(lofo, rows) -> None:
     judged = [r for r in rows if r.get("freeze_evidence") and "recommended_depth" in r]
     assert len(judged) >= 40
-    moved = {
-        r["name"]: (r["recommended_depth"], lofo.freeze_depth(r, FreezeRule()))
-        for r in judged
-        if lofo.freeze_depth(r, FreezeRule()) != r["recommended_depth"]
-    }
+    now = {r["name"]: (r["recommended_depth"], lofo.freeze_depth(r, FreezeRule())) for r in judged}
+    moved = {name: pair for name, pair in now.items() if pair[0] != pair[1]}
     assert moved == {}, f"stored depth -> diag's depth now (re-diagnose these rows): {moved}"
 
 
@@ -52,9 +49,9 @@ def test_the_refit_formula_reproduces_every_stored_probability(lofo, rows) -> No
     constants it must give the probability ``diagnose`` stored."""
     with_nt = [r for r in rows if r.get("nt_signals")]
     assert len(with_nt) >= 40 and sum(r["measured_gap"] < 0 for r in with_nt) >= 8
-    off = {
-        r["name"]: (r["probability"], round(lofo.nt_probability(r["nt_signals"], lofo.NT_DEFAULT), 4))
+    now = {
+        r["name"]: (float(r["probability"]), lofo.nt_probability(r["nt_signals"], lofo.NT_DEFAULT))
         for r in with_nt
-        if abs(lofo.nt_probability(r["nt_signals"], lofo.NT_DEFAULT) - float(r["probability"])) > 1e-3
     }
+    off = {name: (a, round(b, 4)) for name, (a, b) in now.items() if abs(a - b) > 1e-3}
     assert off == {}, f"stored p -> the formula's p now: {off}"
