@@ -101,12 +101,12 @@ def _how_sure(basis: str, text: bool, input_level: bool) -> tuple[str | None, di
             "`diag finetune --freeze search` checks the depth for a fraction of a run.",
             {"families": []},
         )
-    ratios: dict[str, float] = {}
-    for f in fams:
-        v = cal["families"][f]
-        # the tables this step of the rule decided (a calibration without per-table bases: all of them)
-        decided = v.get("basis_by_table") or dict.fromkeys(v["lofo_by_table"], basis)
-        ratios.update({t: r for t, r in v["lofo_by_table"].items() if decided.get(t) == basis})
+    ratios = {  # the tables this step of the rule decided
+        t: r
+        for f in fams
+        for t, r in cal["families"][f]["lofo_by_table"].items()
+        if cal["families"][f]["basis_by_table"][t] == basis
+    }
     worst = min(ratios, key=lambda t: ratios[t])
     mean = sum(ratios.values()) / len(ratios)
     note = (
