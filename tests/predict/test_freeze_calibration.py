@@ -212,3 +212,33 @@ def test_freeze_auto_reads_the_weight_scale_of_the_checkpoint(tmp_path: Path, li
     assert "× the He-initialisation scale" in big.rationale[1]
     plain = recommend_for_target(folder, lite0, rgn=False)
     assert plain.evidence["basis"] != "lost plasticity" and plain.depth < plain.n_blocks
+
+
+#: Measured (``benchmarks/results/predict.json``): Lite2 on the texture target (scikit-image photos' crops,
+#: 30 per class) — the probe at its ceiling from blocks.2 to blocks.6 (fold spread 0.022). Swept: K 4
+#: (through the argmax, blocks.2) 0.770, K 6 (through blocks.4) 0.843, the best.
+TEX_LITE2 = [0.913, 0.85, 0.937, 0.99, 0.983, 0.98, 0.977, 0.973, 0.523]
+
+
+def test_a_probe_at_its_ceiling_freezes_through_the_middle_of_the_span() -> None:
+    rec = recommend_freeze(curve(TEX_LITE2, std=0.022), BLOCKS, n_target=300, n_classes=10)
+    # the span within the fold spread of the peak: blocks.2 .. blocks.6 (positions 3..7); middle blocks.4
+    assert rec.evidence["basis"] == "probe ceiling" and rec.evidence["peak_layer"] == "blocks.2"
+    assert rec.depth == 6 and rec.frozen == BLOCKS[:6]
+    assert rec.evidence["alternative_depth"] == 4  # the argmax's depth
+    why = " ".join(rec.rationale)
+    assert "ceiling: 0.99 at blocks.2" in why and "5 layers from blocks.2 to blocks.6" in why
+    # an even span takes the deeper middle: blocks.2 .. blocks.5 (positions 3..6) -> blocks.4, K 6
+    even = [*TEX_LITE2[:7], 0.90, 0.52]
+    assert recommend_freeze(curve(even, std=0.022), BLOCKS, n_target=300, n_classes=10).depth == 6
+    # the span, not its members: a dip inside it does not move the middle
+    dip = [*TEX_LITE2[:5], 0.90, *TEX_LITE2[6:]]
+    assert recommend_freeze(curve(dip, std=0.022), BLOCKS, n_target=300, n_classes=10).depth == 6
+    # below the ceiling (peak + fold spread < 1) the argmax decides: the same shape at 0.95
+    lower = [v - 0.04 for v in TEX_LITE2]
+    rec = recommend_freeze(curve(lower, std=0.022), BLOCKS, n_target=300, n_classes=10)
+    assert rec.evidence["basis"] == "probe" and rec.depth == 4
+    # a single layer at the ceiling: its middle is itself, the argmax's depth, no alternative
+    sharp = [0.5, 0.6, 0.7, 0.8, 0.995, 0.9, 0.85, 0.8, 0.7]
+    rec = recommend_freeze(curve(sharp, std=0.01), BLOCKS, n_target=300, n_classes=10)
+    assert rec.depth == 5 and rec.evidence["alternative_depth"] is None
