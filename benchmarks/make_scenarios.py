@@ -241,21 +241,26 @@ def _photo(name: str) -> np.ndarray:
 
 
 def _crops(
-    img: np.ndarray, n: int, rows: tuple[float, float], side: tuple[float, float], rng: np.random.Generator
+    img: np.ndarray,
+    n: int,
+    rows: tuple[float, float],
+    side: tuple[float, float],
+    rng: np.random.Generator,
+    size: int = 32,
 ) -> np.ndarray:
     """``n`` square crops (side a uniform fraction of the shorter side) inside the band of rows
-    ``rows`` (fractions of the height), resized to 32 px (bicubic, antialiased)."""
+    ``rows`` (fractions of the height), resized to ``size`` px (bicubic, antialiased)."""
     from PIL import Image
 
     h, w = img.shape[:2]
     top, bottom = int(rows[0] * h), int(rows[1] * h)
-    out = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
     for i in range(n):
         s = int(rng.uniform(*side) * min(h, w))
         s = min(s, bottom - top, w)
         y = int(rng.integers(top, bottom - s + 1))
         x = int(rng.integers(0, w - s + 1))
-        crop = Image.fromarray(img[y : y + s, x : x + s]).resize((32, 32), Image.Resampling.BICUBIC)
+        crop = Image.fromarray(img[y : y + s, x : x + s]).resize((size, size), Image.Resampling.BICUBIC)
         out[i] = np.asarray(crop)
     return out
 
@@ -313,17 +318,23 @@ def _new_families(out: Path, seed: int) -> None:
     """Issue 15's families: natural-photo textures (classified by source photo, 32 px; train crops from
     the top 55 % of each photo, validation crops from the bottom 45 %, so no pixel is shared), their
     corruption ladders, and the weight-shuffled negative control."""
-    rng = np.random.default_rng(1500 + seed)
     photos = [_photo(p) for p in TEXTURE_PHOTOS]
     labels30 = np.repeat(np.arange(len(photos)), SAMPLE_PER_CLASS)
     labels50 = np.repeat(np.arange(len(photos)), 50)
-    train = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 0.55), (0.12, 0.3), rng) for p in photos])
-    val = np.concatenate([_crops(p, 50, (0.55, 1.0), (0.12, 0.3), rng) for p in photos])
-    # The diagnose source: the same photos zoomed out (crops of 0.4-0.55 of the shorter side).
-    src = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 1.0), (0.4, 0.55), rng) for p in photos])
-    S.write_digits(out / "tex", train, labels30, np.arange(len(train)))
-    S.write_digits(out / "tex-val", val, labels50, np.arange(len(val)))
-    S.write_digits(out / "tex-src", src, labels30, np.arange(len(src)))
+    # The same crops (same boxes: the generator restarts) at 32 px and, for a second input size, 64 px.
+    for size, prefix in ((64, "tex64"), (32, "tex")):
+        rng = np.random.default_rng(1500 + seed)
+        train = np.concatenate(
+            [_crops(p, SAMPLE_PER_CLASS, (0.0, 0.55), (0.12, 0.3), rng, size) for p in photos]
+        )
+        val = np.concatenate([_crops(p, 50, (0.55, 1.0), (0.12, 0.3), rng, size) for p in photos])
+        # The diagnose source: the same photos zoomed out (crops of 0.4-0.55 of the shorter side).
+        src = np.concatenate(
+            [_crops(p, SAMPLE_PER_CLASS, (0.0, 1.0), (0.4, 0.55), rng, size) for p in photos]
+        )
+        S.write_digits(out / prefix, train, labels30, np.arange(len(train)))
+        S.write_digits(out / f"{prefix}-val", val, labels50, np.arange(len(val)))
+        S.write_digits(out / f"{prefix}-src", src, labels30, np.arange(len(src)))
     # Small targets of the same kind: the first 10 / 20 of each photo's crops (each drawn at random).
     for k in (10, 20):
         first = np.concatenate(

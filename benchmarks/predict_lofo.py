@@ -76,6 +76,8 @@ FAMILY = {
     **{f"opencv-noise{k}": "input corruption" for k in (1, 3, 5)},
     "shuffled-uci": "shuffled weights",
     "shuffled-tex": "shuffled weights",
+    **{n: "64 px" for n in ("tex64-lite0", "tex64-lite1", "tex64-lite2", "uci64-lite0", "uci64-lite2")},
+    "opencv64-lite0": "64 px",
     "tiny001-uci": "collapsed signal",
     "tiny01-uci": "collapsed signal",
     "gamma0-uci": "collapsed signal",

@@ -20,8 +20,8 @@ D=.venv/bin/diag
 S=runs/scenarios
 .venv/bin/python benchmarks/make_scenarios.py --out $S
 
-sweep() {  # NAME TARGET VAL BACKBONE DEPTHS
-  $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size 32 --epochs 6 --depths "$5" \
+sweep() {  # NAME TARGET VAL BACKBONE DEPTHS (input size: $SIZE, default 32 px)
+  $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size "${SIZE:-32}" --epochs 6 --depths "$5" \
     --seeds 0,1 --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
 }
 damage() {  # OUT DATA [--from-scratch]: train every layer on random labels, keep the last weights
@@ -96,6 +96,14 @@ new_families() {  # in the order they were run (about 25 min per 16-run sweep on
     -q -o runs/sweeps/v2/shuffled-tex
 }
 new_families
+
+# A second input size (64 px; the rules were set at 32 px): the texture crops drawn again at 64 px from the
+# same boxes (make_scenarios.py: tex64), through the three backbones, and UCI / OpenCV digits upsampled.
+# 20 runs each (9 depths and scratch, two seeds); 13-31 s a run on 2 idle cores, two sweeps side by side.
+for b in lite0 lite1 lite2; do SIZE=64 sweep tex64-$b $S/tex64 $S/tex64-val efficientnet_$b 0,2,3,4,5,6,7,8,9; done
+SIZE=64 sweep uci64-lite0 samples:uci-digits $S/uci-val efficientnet_lite0 0,2,3,4,5,6,7,8,9
+SIZE=64 sweep uci64-lite2 samples:uci-digits $S/uci-val efficientnet_lite2 0,2,3,4,5,6,7,8,9
+SIZE=64 sweep opencv64-lite0 samples:opencv-digits $S/opencv-val efficientnet_lite0 0,2,3,4,5,6,7,8,9
 
 # Re-scaled checkpoints (make_scenarios.py: conv weights x 0.001 / 0.01 / 100 / 10; running statistics scaled
 # with them; BatchNorm scales zeroed): negative transfer only, tune-all and the linear probe; the from-scratch
