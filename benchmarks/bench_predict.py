@@ -149,6 +149,10 @@ SCENARIOS = [
     _digits("uci64-lite0", LITE0, size=64, held_out=True),
     _digits("uci64-lite2", "efficientnet_lite2", size=64, held_out=True),
     _digits("opencv64-lite0", LITE0, "samples:opencv-digits", f"{SC}/opencv-val", size=64, held_out=True),
+    # A second natural-image target of another kind (scientific, document and graphic images; built after
+    # the probe-ceiling step was fixed), the three backbones at 32 px.
+    *[{**_tex(f"sci-{b}", f"efficientnet_{b}", f"{SC}/sci"), "source": f"{SC}/sci-src"}
+      for b in ("lite0", "lite1", "lite2")],
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",

@@ -76,6 +76,14 @@ and its square, so the checkpoint's statistics describe the network it holds):
     The texture target at 10 and 20 crops per photo (the first of each photo's 30): the small-target step
     of the freeze rule, set on digits at 10 per class, tried on another kind of target and between the
     sizes it was set on (issue 15; validation ``tex-val``).
+``tex64``, ``tex64-val``, ``tex64-src``
+    The texture target's crops (same boxes) resized to 64 px instead of 32: a second input size.
+``sci``, ``sci-val``, ``sci-src``
+    A second natural-image target of another kind, built after the freeze rule's probe-ceiling step was
+    fixed: 10 scientific, document and graphic images bundled with scikit-image (microscopy, a clock, the
+    Hubble deep field, immunohistochemistry, a scanned page, a retina, text, a motorcycle, a logo,
+    microaneurysms), one class each, cropped as the textures are (train from the top 55 % of each image,
+    validation from the bottom 45 %, the diagnose source zoomed out), 32 px.
 ``gratings``
     1,000 synthetic images (100 per class), a far synthetic pre-training domain: sinusoidal gratings at
     10 orientations (the class; random frequency 1.5-6 cycles per image, phase and contrast, Gaussian
@@ -220,6 +228,11 @@ def _dead_units(path: Path, fraction: float) -> None:
 TEXTURE_PHOTOS = (
     "brick", "grass", "gravel", "coins", "moon", "camera", "astronaut", "chelsea", "coffee", "rocket",
 )  # fmt: skip
+#: The images of the second natural-image target (scientific, document and graphic images; issue 15).
+SCIENCE_PHOTOS = (
+    "cell", "clock", "hubble_deep_field", "immunohistochemistry", "page", "retina", "text",
+    "stereo_motorcycle", "logo", "microaneurysms",
+)  # fmt: skip
 #: Corruption ladders on the texture target, three severities each (ImageNet-C's 1, 3 and 5, Hendrycks &
 #: Dietterich 2019, scaled to 32 px): noise sd in grey levels, blur sigma in px, contrast factor, JPEG
 #: quality.
@@ -234,7 +247,8 @@ LADDERS = {
 def _photo(name: str) -> np.ndarray:
     from skimage import data
 
-    img = np.asarray(getattr(data, name)())
+    img = getattr(data, name)()
+    img = np.asarray(img[0] if isinstance(img, tuple) else img)  # stereo_motorcycle: (left, right, disp)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3]).astype(np.uint8)
@@ -349,6 +363,15 @@ def _new_families(out: Path, seed: int) -> None:
                 out / f"{name}-val", _ladder(val, kind, level, 21 + sev), labels50, np.arange(len(val))
             )
     _shuffled_weights(out / "shuffled-lite0.safetensors")
+    # The second natural-image target: other images, the same protocol, its own generator.
+    science = [_photo(p) for p in SCIENCE_PHOTOS]
+    rng = np.random.default_rng(2500 + seed)
+    train = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 0.55), (0.12, 0.3), rng) for p in science])
+    val = np.concatenate([_crops(p, 50, (0.55, 1.0), (0.12, 0.3), rng) for p in science])
+    src = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 1.0), (0.4, 0.55), rng) for p in science])
+    S.write_digits(out / "sci", train, labels30, np.arange(len(train)))
+    S.write_digits(out / "sci-val", val, labels50, np.arange(len(val)))
+    S.write_digits(out / "sci-src", src, labels30, np.arange(len(src)))
 
 
 def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0", pretrained: bool = True) -> None:

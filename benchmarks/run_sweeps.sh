@@ -104,6 +104,9 @@ for b in lite0 lite1 lite2; do SIZE=64 sweep tex64-$b $S/tex64 $S/tex64-val effi
 SIZE=64 sweep uci64-lite0 samples:uci-digits $S/uci-val efficientnet_lite0 0,2,3,4,5,6,7,8,9
 SIZE=64 sweep uci64-lite2 samples:uci-digits $S/uci-val efficientnet_lite2 0,2,3,4,5,6,7,8,9
 SIZE=64 sweep opencv64-lite0 samples:opencv-digits $S/opencv-val efficientnet_lite0 0,2,3,4,5,6,7,8,9
+# A second natural-image target (scientific, document and graphic images from scikit-image; make_scenarios.py:
+# sci), the three backbones at 32 px.
+for b in lite0 lite1 lite2; do sweep sci-$b $S/sci $S/sci-val efficientnet_$b 0,2,3,4,5,6,7,8,9; done
 
 # Re-scaled checkpoints (make_scenarios.py: conv weights x 0.001 / 0.01 / 100 / 10; running statistics scaled
 # with them; BatchNorm scales zeroed): negative transfer only, tune-all and the linear probe; the from-scratch
