@@ -140,7 +140,7 @@ curves mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0 5,6
 curves mnist-opencv samples:opencv-digits $S/opencv-val efficientnet_lite0 5,6
 curves mnist-uci-inverted $S/uci-inverted $S/uci-inverted-val efficientnet_lite0 5,6,4
 curves lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1 6,5,7
-curves lite2-uci samples:uci-digits $S/uci-val efficientnet_lite2 5,4,6
+curves lite2-uci samples:uci-digits $S/uci-val efficientnet_lite2 5,4,6,7
 curves damaged-light-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-light-lite0/last.pt 5,6
 curves damaged-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-lite0/last.pt 5,6
 curves memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/memorizer-lite0/last.pt 3,1,2
