@@ -88,7 +88,11 @@ def _how_sure_lost(cal: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return note, {"families": sorted({t["family"] for t in tables.values()}), "n_tables": len(tables)}
 
 
-def _how_sure(basis: str, text: bool, input_level: bool) -> tuple[str | None, dict[str, Any] | None]:
+def _how_sure(
+    basis: str, text: bool, input_level: bool, alternative: bool = False
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The "How sure" sentence and its figures; ``alternative``: the caller names an alternative depth and
+    the search that settles it, so an unmeasured step does not point to the search a second time."""
     cal = calibration()
     if not cal:
         return None, None
@@ -97,8 +101,12 @@ def _how_sure(basis: str, text: bool, input_level: bool) -> tuple[str | None, di
     fams = _similar_families(cal, basis, text, input_level)
     if not fams:
         return (
-            "How sure: no truth table was decided by this step of the rule (unmeasured); "
-            "`diag finetune --freeze search` checks the depth for a fraction of a run.",
+            "How sure: no truth table was decided by this step of the rule (unmeasured)"
+            + (
+                "."
+                if alternative
+                else "; `diag finetune --freeze search` checks the depth for a fraction of a run."
+            ),
             {"families": []},
         )
     ratios = {  # the tables this step of the rule decided
@@ -398,7 +406,7 @@ def recommend_freeze(
         )
     text = any(b.startswith(("layer.", "embeddings")) for b in blocks)
     input_level = bool(shift and shift.get("is_shift") and shift.get("level") == "input-level")
-    sure, cal = _how_sure(basis, text, input_level)
+    sure, cal = _how_sure(basis, text, input_level, alternative is not None)
     if sure:
         rationale.append(
             sure

@@ -242,3 +242,25 @@ def test_a_probe_at_its_ceiling_freezes_through_the_middle_of_the_span() -> None
     sharp = [0.5, 0.6, 0.7, 0.8, 0.995, 0.9, 0.85, 0.8, 0.7]
     rec = recommend_freeze(curve(sharp, std=0.01), BLOCKS, n_target=300, n_classes=10)
     assert rec.depth == 5 and rec.evidence["alternative_depth"] is None
+
+
+def test_an_unmeasured_step_with_an_alternative_points_to_the_search_once() -> None:
+    # A text backbone decided by the probe step: no text table in the shipped calibration was (the one
+    # text table is decided by the gradient norms), so "How sure" says unmeasured; the alternative names
+    # the search.
+    text_blocks = ["embeddings", *[f"layer.{i}" for i in range(6)]]
+    values = [0.60, 0.70, 0.80, 0.86, 0.88, 0.84, 0.80]
+    pre = {
+        name: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": 0.03}
+        for name, v in zip(text_blocks, values, strict=True)
+    }
+    rec = recommend_freeze(pre, text_blocks, n_target=1000, n_classes=2)
+    assert rec.evidence["basis"] == "probe" and rec.depth == 5 and rec.evidence["alternative_depth"] == 4
+    line = next(x for x in rec.rationale if x.startswith("How sure"))
+    assert "(unmeasured)." in line and line.count("--freeze search") == 1
+    # without an alternative the unmeasured line itself points to the search
+    sharp = {k: {**v, "linear_probe_std": 0.01} for k, v in pre.items()}
+    rec = recommend_freeze(sharp, text_blocks, n_target=1000, n_classes=2)
+    line = next(x for x in rec.rationale if x.startswith("How sure"))
+    assert rec.evidence["alternative_depth"] is None and line.count("--freeze search") == 1
+    assert "checks the depth for a fraction of a run" in line
