@@ -267,9 +267,8 @@ def recommend_freeze(
        constant, added after two texture tables were missed by the argmax (photos' crops at 30 per
        class, a band from blocks.2 to blocks.6): Lite1 K 4 0.798 against K 6 0.848, Lite2 K 4 0.770
        against K 6 0.843; over the 38 tables of the day it gave 0.983 of the best depth on average against
-       the argmax's 0.979, in sample. Out of sample (nine tables built after it, five at the ceiling), it
-       moved three off the argmax: for it Lite2 on the textures at 64 px (K 6 0.884 against K 4 0.871) and
-       Lite0 on scientific images (0.885 against 0.857), against it Lite2 on those (0.835 against 0.848).
+       the argmax's 0.979, in sample. Out of sample (thirteen tables built after it, eight at the ceiling) it
+       moved six off the argmax, three each way, +0.6 points on average: no evidence either way yet.
 
     LP-FT (Kumar et al., ICLR 2022) is not recommended: where it is usually advised — good pretrained
     features (peak accuracy ≥ 0.8) and a large shift (AUC ≥ 0.9) — it was measured worse than the
