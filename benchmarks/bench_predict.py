@@ -153,9 +153,10 @@ SCENARIOS = [
     # the probe-ceiling step was fixed), the three backbones at 32 px.
     *[{**_tex(f"sci-{b}", f"efficientnet_{b}", f"{SC}/sci"), "source": f"{SC}/sci-src"}
       for b in ("lite0", "lite1", "lite2")],
-    # ... and the corruption ladders' severity 3 on it (Lite0): input-level shift on a third target.
-    *[{**_tex(f"sci-{c}3", LITE0, f"{SC}/sci-{c}3"), "source": f"{SC}/sci-src"}
-      for c in ("noise", "blur", "contrast", "jpeg")],
+    # ... and the corruption ladders on it (Lite0): input-level shift on a third target (severity 3 first,
+    # then 1 and 5).
+    *[{**_tex(f"sci-{c}{k}", LITE0, f"{SC}/sci-{c}{k}"), "source": f"{SC}/sci-src"}
+      for k in (3, 1, 5) for c in ("noise", "blur", "contrast", "jpeg")],
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",

@@ -84,7 +84,7 @@ and its square, so the checkpoint's statistics describe the network it holds):
     Hubble deep field, immunohistochemistry, a scanned page, a retina, text, a motorcycle, a logo,
     microaneurysms), one class each, cropped as the textures are (train from the top 55 % of each image,
     validation from the bottom 45 %, the diagnose source zoomed out), 32 px.
-    ``sci-{noise,blur,contrast,jpeg}3`` (and ``-val``): the corruption ladders' severity 3 on it.
+    ``sci-{noise,blur,contrast,jpeg}{1,3,5}`` (and ``-val``): the corruption ladders on it.
 ``gratings``
     1,000 synthetic images (100 per class), a far synthetic pre-training domain: sinusoidal gratings at
     10 orientations (the class; random frequency 1.5-6 cycles per image, phase and contrast, Gaussian
@@ -373,11 +373,14 @@ def _new_families(out: Path, seed: int) -> None:
     S.write_digits(out / "sci", train, labels30, np.arange(len(train)))
     S.write_digits(out / "sci-val", val, labels50, np.arange(len(val)))
     S.write_digits(out / "sci-src", src, labels30, np.arange(len(src)))
-    # The corruption ladders' middle severity on it: input-level shift on a third target.
+    # The corruption ladders on it: input-level shift on a third target.
     for kind, levels in LADDERS.items():
-        name = f"sci-{kind}3"
-        S.write_digits(out / name, _ladder(train, kind, levels[1], 31), labels30, np.arange(len(train)))
-        S.write_digits(out / f"{name}-val", _ladder(val, kind, levels[1], 41), labels50, np.arange(len(val)))
+        for sev, level in zip((1, 3, 5), levels, strict=True):
+            name = f"sci-{kind}{sev}"
+            S.write_digits(out / name, _ladder(train, kind, level, 28 + sev), labels30, np.arange(len(train)))
+            S.write_digits(
+                out / f"{name}-val", _ladder(val, kind, level, 38 + sev), labels50, np.arange(len(val))
+            )
 
 
 def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0", pretrained: bool = True) -> None:

@@ -79,7 +79,7 @@ FAMILY = {
     **{n: "64 px" for n in ("tex64-lite0", "tex64-lite1", "tex64-lite2", "uci64-lite0", "uci64-lite2")},
     "opencv64-lite0": "64 px",
     **{f"sci-{b}": "science images" for b in ("lite0", "lite1", "lite2")},
-    **{f"sci-{c}3": "input corruption" for c in ("noise", "blur", "contrast", "jpeg")},
+    **{f"sci-{c}{k}": "input corruption" for c in ("noise", "blur", "contrast", "jpeg") for k in (1, 3, 5)},
     "tiny001-uci": "collapsed signal",
     "tiny01-uci": "collapsed signal",
     "gamma0-uci": "collapsed signal",

@@ -109,8 +109,12 @@ SIZE=64 sweep opencv64-lite0 samples:opencv-digits $S/opencv-val efficientnet_li
 # A second natural-image target (scientific, document and graphic images from scikit-image; make_scenarios.py:
 # sci), the three backbones at 32 px.
 for b in lite0 lite1 lite2; do sweep sci-$b $S/sci $S/sci-val efficientnet_$b 0,2,3,4,5,6,7,8,9; done
-# ... and the corruption ladders' severity 3 on it (Lite0; family input corruption).
-for c in noise3 blur3 contrast3 jpeg3; do sweep sci-$c $S/sci-$c $S/sci-$c-val efficientnet_lite0 0,2,3,4,5,6,7,8,9; done
+# ... and the corruption ladders on it (Lite0; family input corruption): severity 3, then 1 and 5.
+for k in 3 1 5; do
+  for c in noise blur contrast jpeg; do
+    sweep sci-$c$k $S/sci-$c$k $S/sci-$c$k-val efficientnet_lite0 0,2,3,4,5,6,7,8,9
+  done
+done
 
 # Re-scaled checkpoints (make_scenarios.py: conv weights x 0.001 / 0.01 / 100 / 10; running statistics scaled
 # with them; BatchNorm scales zeroed): negative transfer only, tune-all and the linear probe; the from-scratch
