@@ -267,8 +267,9 @@ def recommend_freeze(
        constant, added after two texture tables were missed by the argmax (photos' crops at 30 per
        class, a band from blocks.2 to blocks.6): Lite1 K 4 0.798 against K 6 0.848, Lite2 K 4 0.770
        against K 6 0.843; over the 38 tables of the day it gave 0.983 of the best depth on average against
-       the argmax's 0.979, in sample. Out of sample (thirteen tables built after it, eight at the ceiling) it
-       moved six off the argmax, three each way, +0.6 points on average: no evidence either way yet.
+       the argmax's 0.979, in sample. Out of sample (21 tables built after it, eleven at the ceiling) it
+       moved nine off the argmax, five for it and four against, +0.5 points on average: no evidence
+       either way yet.
 
     LP-FT (Kumar et al., ICLR 2022) is not recommended: where it is usually advised — good pretrained
     features (peak accuracy ≥ 0.8) and a large shift (AUC ≥ 0.9) — it was measured worse than the

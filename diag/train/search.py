@@ -18,10 +18,10 @@ The rule's depth (the first candidate) is the incumbent: a challenger displaces 
 than the validation noise, ``DISPLACE_Z`` standard errors of the difference of two accuracies on the same
 ``n`` validation items, ``sqrt(2 p (1 - p) / n)`` (:func:`incumbent_margin`). Early epochs favour deeper
 freezing — fewer tuned parameters converge first, and the curves cross later — so without the margin the
-search lost to the rule alone on the 51 benchmark tables (simulated from their per-epoch curves at budget
-0.5: 0.970 of the best depth against the rule's 0.980; with the margin 0.978, still a little below the rule;
+search lost to the rule alone on the 59 benchmark tables (simulated from their per-epoch curves at budget
+0.5: 0.969 of the best depth against the rule's 0.976; with the margin 0.976, level with the rule;
 ``benchmarks/bench_search.py``). The search pays with a bigger budget: plain halving at budget 1 reached
-0.987 for 0.88 extra runs on average.
+0.985 for 0.87 extra runs on average.
 """
 
 from __future__ import annotations
