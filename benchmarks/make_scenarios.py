@@ -334,52 +334,55 @@ def _new_families(out: Path, seed: int) -> None:
     the top 55 % of each photo, validation crops from the bottom 45 %, so no pixel is shared), their
     corruption ladders, and the weight-shuffled negative control."""
     photos = [_photo(p) for p in TEXTURE_PHOTOS]
+    # The same crops (same boxes: the generator restarts) at 64 px for a second input size, and at 32 px.
+    _photo_target(out, "tex64", photos, 1500 + seed, size=64)
+    train, val = _photo_target(out, "tex", photos, 1500 + seed)
     labels30 = np.repeat(np.arange(len(photos)), SAMPLE_PER_CLASS)
-    labels50 = np.repeat(np.arange(len(photos)), 50)
-    # The same crops (same boxes: the generator restarts) at 32 px and, for a second input size, 64 px.
-    for size, prefix in ((64, "tex64"), (32, "tex")):
-        rng = np.random.default_rng(1500 + seed)
-        train = np.concatenate(
-            [_crops(p, SAMPLE_PER_CLASS, (0.0, 0.55), (0.12, 0.3), rng, size) for p in photos]
-        )
-        val = np.concatenate([_crops(p, 50, (0.55, 1.0), (0.12, 0.3), rng, size) for p in photos])
-        # The diagnose source: the same photos zoomed out (crops of 0.4-0.55 of the shorter side).
-        src = np.concatenate(
-            [_crops(p, SAMPLE_PER_CLASS, (0.0, 1.0), (0.4, 0.55), rng, size) for p in photos]
-        )
-        S.write_digits(out / prefix, train, labels30, np.arange(len(train)))
-        S.write_digits(out / f"{prefix}-val", val, labels50, np.arange(len(val)))
-        S.write_digits(out / f"{prefix}-src", src, labels30, np.arange(len(src)))
     # Small targets of the same kind: the first 10 / 20 of each photo's crops (each drawn at random).
     for k in (10, 20):
         first = np.concatenate(
             [np.arange(p * SAMPLE_PER_CLASS, p * SAMPLE_PER_CLASS + k) for p in range(len(photos))]
         )
         S.write_digits(out / f"tex-{k}pc", train, labels30, first)
-    for kind, levels in LADDERS.items():
-        for sev, level in zip((1, 3, 5), levels, strict=True):
-            name = f"tex-{kind}{sev}"
-            S.write_digits(out / name, _ladder(train, kind, level, 11 + sev), labels30, np.arange(len(train)))
-            S.write_digits(
-                out / f"{name}-val", _ladder(val, kind, level, 21 + sev), labels50, np.arange(len(val))
-            )
+    _ladders(out, "tex", train, val, seed=11)
     _shuffled_weights(out / "shuffled-lite0.safetensors")
-    # The second natural-image target: other images, the same protocol, its own generator.
+    # The second natural-image target: other images, the same protocol, its own generator; its ladders.
     science = [_photo(p) for p in SCIENCE_PHOTOS]
-    rng = np.random.default_rng(2500 + seed)
-    train = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 0.55), (0.12, 0.3), rng) for p in science])
-    val = np.concatenate([_crops(p, 50, (0.55, 1.0), (0.12, 0.3), rng) for p in science])
-    src = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 1.0), (0.4, 0.55), rng) for p in science])
-    S.write_digits(out / "sci", train, labels30, np.arange(len(train)))
-    S.write_digits(out / "sci-val", val, labels50, np.arange(len(val)))
-    S.write_digits(out / "sci-src", src, labels30, np.arange(len(src)))
-    # The corruption ladders on it: input-level shift on a third target.
+    _ladders(out, "sci", *_photo_target(out, "sci", science, 2500 + seed), seed=28)
+
+
+def _photo_target(
+    out: Path, prefix: str, photos: list[np.ndarray], seed: int, size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """A target classified by source image (one class per photo): 30 train crops per photo from its top
+    55 %, 50 validation crops from its bottom 45 % (no pixel shared) and, for ``diagnose``, a source of the
+    same photos zoomed out (crops of 0.4-0.55 of the shorter side); written to ``prefix``, ``prefix-val``
+    and ``prefix-src``. Returns the train and validation images."""
+    rng = np.random.default_rng(seed)
+    n = len(photos)
+    train = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 0.55), (0.12, 0.3), rng, size) for p in photos])
+    val = np.concatenate([_crops(p, 50, (0.55, 1.0), (0.12, 0.3), rng, size) for p in photos])
+    src = np.concatenate([_crops(p, SAMPLE_PER_CLASS, (0.0, 1.0), (0.4, 0.55), rng, size) for p in photos])
+    labels30 = np.repeat(np.arange(n), SAMPLE_PER_CLASS)
+    S.write_digits(out / prefix, train, labels30, np.arange(len(train)))
+    S.write_digits(out / f"{prefix}-val", val, np.repeat(np.arange(n), 50), np.arange(len(val)))
+    S.write_digits(out / f"{prefix}-src", src, labels30, np.arange(len(src)))
+    return train, val
+
+
+def _ladders(out: Path, prefix: str, train: np.ndarray, val: np.ndarray, seed: int) -> None:
+    """The corruption ladders (``LADDERS``, severities 1, 3, 5) on a photo target: ``prefix-{kind}{sev}``
+    and its ``-val``, the noise drawn with seed ``seed + sev`` (train) and ``seed + 10 + sev`` (val)."""
+    n = len(train) // SAMPLE_PER_CLASS
+    labels30, labels50 = np.repeat(np.arange(n), SAMPLE_PER_CLASS), np.repeat(np.arange(n), 50)
     for kind, levels in LADDERS.items():
         for sev, level in zip((1, 3, 5), levels, strict=True):
-            name = f"sci-{kind}{sev}"
-            S.write_digits(out / name, _ladder(train, kind, level, 28 + sev), labels30, np.arange(len(train)))
+            name = f"{prefix}-{kind}{sev}"
             S.write_digits(
-                out / f"{name}-val", _ladder(val, kind, level, 38 + sev), labels50, np.arange(len(val))
+                out / name, _ladder(train, kind, level, seed + sev), labels30, np.arange(len(train))
+            )
+            S.write_digits(
+                out / f"{name}-val", _ladder(val, kind, level, seed + 10 + sev), labels50, np.arange(len(val))
             )
 
 
