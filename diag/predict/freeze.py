@@ -192,13 +192,6 @@ class FreezeRecommendation:
         return asdict(self)
 
 
-def _through(layer: str, blocks: list[str], names: list[str], offset: int, cap: int) -> int:
-    """K that freezes the blocks up to and including ``layer`` (``offset`` more), at most ``cap``; a probe
-    point that is not a block (e.g. "cls" for text) maps by depth order."""
-    k = blocks.index(layer) + 1 if layer in blocks else min(len(blocks), names.index(layer) + 1)
-    return max(0, min(k + offset, cap))
-
-
 def _best_layer(curve: dict[str, float], names: list[str], tol: float) -> tuple[str, float, str]:
     """The argmax layer, and the shallowest layer within ``tol`` of it."""
     best = max(names, key=lambda n: curve[n])
@@ -320,6 +313,13 @@ def recommend_freeze(
     cap = n - rule.min_tuned if n > rule.min_tuned else n
     alternative: int | None = None
     alt_layer = peak  # the layer the alternative freezes through
+
+    def through(layer: str) -> int:
+        """K that freezes the blocks up to and including ``layer`` (``peak_offset`` more), at most ``cap``;
+        a probe point that is not a block (e.g. "cls" for text) maps by depth order."""
+        k = blocks.index(layer) + 1 if layer in blocks else min(n, names.index(layer) + 1)
+        return max(0, min(k + rule.peak_offset, cap))
+
     if weight_scale is not None and weight_scale > rule.scale_max:
         depth = n
         basis = "lost plasticity"
@@ -376,9 +376,9 @@ def recommend_freeze(
         band = [k for k in names if lp[k] >= top - tol]
         first, last = names.index(band[0]), names.index(band[-1])
         middle = names[(first + last + 1) // 2]  # the middle of the span; of two, the deeper
-        depth = _through(middle, blocks, names, rule.peak_offset, cap)
-        if _through(best, blocks, names, rule.peak_offset, cap) != depth:
-            alternative, alt_layer = _through(best, blocks, names, rule.peak_offset, cap), best
+        depth, at_argmax = through(middle), through(best)
+        if at_argmax != depth:
+            alternative, alt_layer = at_argmax, best
         rationale.append(
             f"The probe reaches its ceiling: {top:.2f} at {best}, within the fold spread ({tol:.2f}) of "
             f"perfect, and {len(band)} layers from {band[0]} to {band[-1]} probe within that spread of it, "
@@ -389,9 +389,9 @@ def recommend_freeze(
             "best depth, blocks.4.)"
         )
     else:
-        depth = _through(best, blocks, names, rule.peak_offset, cap)
-        if peak != best and _through(peak, blocks, names, rule.peak_offset, cap) != depth:
-            alternative = _through(peak, blocks, names, rule.peak_offset, cap)
+        depth, at_peak = through(best), through(peak)
+        if at_peak != depth:
+            alternative = at_peak
         rationale.append(
             f"Target-useful features peak at {best} ({top:.2f}): keep the blocks up to "
             f"{blocks[depth - 1] if depth > 0 else 'none'} frozen and tune the {n - depth} block(s) after, "
