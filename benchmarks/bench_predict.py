@@ -65,11 +65,13 @@ def _digits(
     }  # fmt: skip
 
 
-def _tex(name: str, backbone: str, target: str = f"{SC}/tex", size: int = 32) -> dict:
-    """A texture table: scikit-image photos' crops by source photo (make_scenarios.py), source = the same
-    photos zoomed out (at 64 px: the same crops resized to 64 px, ``tex64``)."""
-    src = f"{SC}/tex-src" if size == 32 else f"{SC}/tex{size}-src"
-    return {**_digits(name, backbone, target, f"{target}-val", size=size, held_out=True), "source": src}
+def _tex(name: str, backbone: str, target: str = f"{SC}/tex", size: int = 32, photos: str = "tex") -> dict:
+    """A photo table: scikit-image images' crops by source image (make_scenarios.py), source = the same
+    images zoomed out (``photos``-src: ``tex``, ``tex64`` the same crops at 64 px, ``sci``)."""
+    return {
+        **_digits(name, backbone, target, f"{target}-val", size=size, held_out=True),
+        "source": f"{SC}/{photos}-src",
+    }
 
 
 def _rescaled(name: str, weights: str = "") -> dict:
@@ -86,6 +88,7 @@ def _tex_damaged(name: str) -> dict:
 
 
 LITE0 = "efficientnet_lite0"
+LITES = ("lite0", "lite1", "lite2")  # the three ImageNet backbones of the photo tables
 SHUFFLED = f"efficientnet_lite0@{SC}/shuffled-lite0.safetensors"
 LADDER = ("noise1", "noise3", "noise5", "blur3", "contrast3", "jpeg3")
 INV = f"{SC}/uci-inverted"
@@ -123,7 +126,7 @@ SCENARIOS = [
     # Issue 15's families (leave-one-family-out, predict_lofo.py): natural-photo textures with three
     # backbones, corruption ladders on them, and the weight-shuffled Lite0 (Transfusion control).
     # Built after the shipped rule was fixed: held out from it.
-    *[_tex(f"tex-{b}", f"efficientnet_{b}") for b in ("lite0", "lite1", "lite2")],
+    *[_tex(f"tex-{b}", f"efficientnet_{b}") for b in LITES],
     *[_tex(f"tex-{c}", LITE0, f"{SC}/tex-{c}") for c in LADDER],
     *[_tex(f"tex-{c}{k}", LITE0, f"{SC}/tex-{c}{k}") for c in ("blur", "contrast", "jpeg") for k in (1, 5)],
     # The small-target step (set on digits at 10 per class) on another kind of target, and between the
@@ -145,17 +148,16 @@ SCENARIOS = [
     # A second input size (the rules were set at 32 px; built and swept after the probe-ceiling step was
     # fixed): the texture crops resized to 64 px from the photos (more of their detail) through the three
     # backbones, and the digits upsampled to 64 px.
-    *[_tex(f"tex64-{b}", f"efficientnet_{b}", f"{SC}/tex64", size=64) for b in ("lite0", "lite1", "lite2")],
+    *[_tex(f"tex64-{b}", f"efficientnet_{b}", f"{SC}/tex64", 64, "tex64") for b in LITES],
     _digits("uci64-lite0", LITE0, size=64, held_out=True),
     _digits("uci64-lite2", "efficientnet_lite2", size=64, held_out=True),
     _digits("opencv64-lite0", LITE0, "samples:opencv-digits", f"{SC}/opencv-val", size=64, held_out=True),
     # A second natural-image target of another kind (scientific, document and graphic images; built after
     # the probe-ceiling step was fixed), the three backbones at 32 px.
-    *[{**_tex(f"sci-{b}", f"efficientnet_{b}", f"{SC}/sci"), "source": f"{SC}/sci-src"}
-      for b in ("lite0", "lite1", "lite2")],
+    *[_tex(f"sci-{b}", f"efficientnet_{b}", f"{SC}/sci", photos="sci") for b in LITES],
     # ... and the corruption ladders on it (Lite0): input-level shift on a third target (severity 3 first,
     # then 1 and 5).
-    *[{**_tex(f"sci-{c}{k}", LITE0, f"{SC}/sci-{c}{k}"), "source": f"{SC}/sci-src"}
+    *[_tex(f"sci-{c}{k}", LITE0, f"{SC}/sci-{c}{k}", photos="sci")
       for k in (3, 1, 5) for c in ("noise", "blur", "contrast", "jpeg")],
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,

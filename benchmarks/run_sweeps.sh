@@ -10,12 +10,13 @@
 # two-depth re-scaled sweep 1.5-8.5 min (4 runs), the gratings backbone 4 min; bench_predict.py --run-missing
 # then adds the depths diag picks (2 runs each).
 # All 77 committed sweeps (benchmarks/results/sweeps/*.json, 2026-11-30): 1,150 runs, 12.2 h of run time as
-# recorded (runs_wall_time_s; mostly on cores shared with other jobs), so about 6-7 h on 2 cores two runs at a time. On a quiet machine (2026-11-30, two sweeps side
-# by side) a 32 px texture run took 11-27 s: tex-10pc 3.0 min, tex-20pc 4.5, tex-lite2 7.3, tex-noise1/5 3.3/3.7;
-# the search's candidate curves (below) 15 min + 9 min for the debates. The nine tables added 2026-11-30 06:33-07:17
-# UTC (two sweeps side by side, nice 19, the cores otherwise idle but for diagnoses): each 64 px sweep 8.5-11.5 min
-# (20 runs), each science-image sweep at 32 px 5.6-6.9 min (20 runs) -- 1 h 20 min of sweeps, 45 min of wall time;
-# then the science-image ladders, 4.9-8.0 min each (20 runs; 07:22-08:14 UTC, 12 sweeps two at a time).
+# recorded (runs_wall_time_s; mostly on cores shared with other jobs), so about 6-7 h on 2 cores two runs at a
+# time. On a quiet machine (2026-11-30, two sweeps side by side) a 32 px texture run took 11-27 s: tex-10pc
+# 3.0 min, tex-20pc 4.5, tex-lite2 7.3, tex-noise1/5 3.3/3.7; the search's candidate curves (below) 15 min + 9 min
+# for the debates. The nine tables added 2026-11-30 06:33-07:17 UTC (two sweeps side by side, nice 19, the cores
+# otherwise idle but for diagnoses): each 64 px sweep 8.5-11.5 min (20 runs), each science-image sweep at 32 px
+# 5.6-6.9 min (20 runs) -- 1 h 20 min of sweeps, 45 min of wall time; then the science-image ladders, 4.9-8.0 min
+# each (20 runs; 07:22-08:14 UTC, 12 sweeps two at a time).
 set -eu
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
