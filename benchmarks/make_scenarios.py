@@ -330,9 +330,10 @@ def _shuffled_weights(path: Path, seed: int = 0) -> None:
 
 
 def _new_families(out: Path, seed: int) -> None:
-    """Issue 15's families: natural-photo textures (classified by source photo, 32 px; train crops from
-    the top 55 % of each photo, validation crops from the bottom 45 %, so no pixel is shared), their
-    corruption ladders, and the weight-shuffled negative control."""
+    """Issue 15's families: natural-photo textures (classified by source photo, 32 px and 64 px; train crops
+    from the top 55 % of each photo, validation crops from the bottom 45 %, so no pixel is shared), their
+    corruption ladders, the weight-shuffled negative control, and the science-image target with its
+    ladders."""
     photos = [_photo(p) for p in TEXTURE_PHOTOS]
     # The same crops (same boxes: the generator restarts) at 64 px for a second input size, and at 32 px.
     _photo_target(out, "tex64", photos, 1500 + seed, size=64)
