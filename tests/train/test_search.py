@@ -43,10 +43,15 @@ def test_plan_rungs_hand_computed() -> None:
 
 
 def test_search_candidates() -> None:
-    assert search_candidates(5, 4, 9) == [5, 4, 6]
-    assert search_candidates(5, None, 9) == [5, 6, 4]
-    assert search_candidates(9, None, 9) == [9, 8]
-    assert search_candidates(8, 5, 9, limit=2) == [8, 5]
+    """The rule's depth, the last two blocks tuned, every block tuned, the alternative, then neighbours."""
+    assert search_candidates(5, 4, 9) == [5, 7, 0]
+    assert search_candidates(5, 4, 9, limit=4) == [5, 7, 0, 4]
+    assert search_candidates(5, None, 9, limit=4) == [5, 7, 0, 6]
+    assert search_candidates(7, 4, 9) == [7, 0, 4]  # the rule already tunes the last two blocks
+    assert search_candidates(0, None, 9) == [0, 7, 1]
+    assert search_candidates(9, None, 9, limit=4) == [9, 7, 0, 8]
+    assert search_candidates(8, 5, 9, limit=2) == [8, 7]
+    assert search_candidates(1, None, 1) == [1, 0]  # one block: no "last two"
     with pytest.raises(ConfigError, match="depth"):
         search_candidates(10, None, 9)
 
