@@ -6,9 +6,10 @@ per-epoch validation accuracy), the per-epoch curves are saved to ``benchmarks/r
 (:func:`diag.train.search.successive_halving`): a trial stopped at epoch e of the full schedule scores the
 best validation accuracy of epochs 1..e of that depth's recorded run, the winner's full run is its recorded
 run. This is a *simulation*: exact for the truncated-schedule trials the search runs (same recipe, same
-seed, stopped at the rung), up to the nondeterminism of resuming from a checkpoint. Candidates are the
-rule's depth, its alternative and their neighbours (``search_candidates``); one the sweep did not measure
-is dropped (and counted).
+seed, stopped at the rung), up to the nondeterminism of resuming from a checkpoint. Candidates are
+``search_candidates``'s (the rule's depth, the last two blocks tuned, every block tuned, the rule's
+alternative), beside the previous design's (the rule's depth, its alternative and their neighbours); one
+without a curve is dropped (and counted).
 
 Reported per table and seed: the search's depth, accuracy / best depth's (the table's mean over seeds), the
 rule's ratio, and the extra cost in full runs; at budgets 0.25, 0.5 and 1.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,13 +61,34 @@ def harvest(name: str, sweep_root: Path) -> dict | None:
     return curves or None
 
 
-def simulate(row: dict, curves: dict, budget: float, n_val: int | None, z: float = DISPLACE_Z) -> dict:
+def neighbour_candidates(depth: int, alternative: int | None, n_blocks: int) -> list[int]:
+    """The candidates before 2026-11-30, kept for the comparison: the rule's depth, its alternative, then
+    the depths one block deeper and one shallower (at most four)."""
+    out: list[int] = []
+    for k in (depth, alternative, depth + 1, depth - 1):
+        if k is not None and 0 <= k <= n_blocks and k not in out:
+            out.append(k)
+    return out[:4]
+
+
+def simulate(
+    row: dict,
+    curves: dict,
+    budget: float,
+    n_val: int | None,
+    z: float = DISPLACE_Z,
+    candidates: Callable[[int, int | None, int], list[int]] = search_candidates,
+) -> dict:
     """The search on one table's curves; ``n_val`` validation items, ``z`` the incumbent's margin in
-    standard errors (0: plain successive halving)."""
+    standard errors (0: plain successive halving). The best depth is the sweep's, or a depth only the
+    curves measured (re-runs of the same recipe) where that one is better."""
     acc = {int(k): float(v) for k, v in row["accuracy_by_depth"].items()}
+    for k, runs in curves.items():  # depths the sweep did not measure: the mean of their best epochs
+        if int(k) not in acc and len(runs) >= 2:
+            acc[int(k)] = float(np.mean([max(v) for v in runs.values()]))
     best = max(acc.values())
     alt = row["freeze_evidence"].get("alternative_depth")
-    cands_all = search_candidates(row["recommended_depth"], alt, row["n_blocks"])
+    cands_all = candidates(row["recommended_depth"], alt, row["n_blocks"])
     cands = [c for c in cands_all if str(c) in curves]
     seeds = sorted(set.intersection(*(set(curves[str(c)]) for c in cands))) if cands else []
     per_seed = []
@@ -204,6 +227,9 @@ def main() -> int:
         n_val = row.get("val") or (val.get("n") if isinstance(val, dict) else None)
         table = out["tables"][row["name"]] = {str(b): simulate(row, curves, b, n_val) for b in BUDGETS}
         table["plain"] = {str(b): simulate(row, curves, b, n_val, z=0.0) for b in BUDGETS}
+        table["neighbours"] = {
+            str(b): simulate(row, curves, b, n_val, candidates=neighbour_candidates) for b in BUDGETS
+        }
         table["curves_vs_sweep"] = agreement(sweep, curves)
     simulated = [t for t in out["tables"].values() if t["0.5"]["ratio_search"] is not None]
     for b in map(str, BUDGETS):
@@ -217,9 +243,20 @@ def main() -> int:
             else None,
             "mean_extra_cost": float(np.mean([r["extra_cost"] for r in rows])) if rows else None,
             "max_extra_cost": max((r["extra_cost"] for r in rows), default=None),
+            "below_0.95": sum(r["ratio_search"] < 0.95 for r in rows),
+            "mean_ratio_best_candidate": float(np.mean([r["ratio_best_candidate"] for r in rows])),
+            "dropped_unmeasured": sum(len(r["dropped_unmeasured"]) for r in rows),
             "without_margin": {  # plain successive halving (z = 0), the same tables
                 "mean_ratio_search": float(np.mean([t["plain"][b]["ratio_search"] for t in simulated])),
                 "min_ratio_search": min(t["plain"][b]["ratio_search"] for t in simulated),
+            },
+            "neighbour_candidates": {  # the previous candidates: rule, alternative, rule ± 1 block
+                k: float(np.mean([t["neighbours"][b][k] for t in simulated]))
+                for k in ("ratio_search", "extra_cost", "ratio_best_candidate")
+            }
+            | {
+                "below_0.95": sum(t["neighbours"][b]["ratio_search"] < 0.95 for t in simulated),
+                "dropped_unmeasured": sum(len(t["neighbours"][b]["dropped_unmeasured"]) for t in simulated),
             },
             "curves_vs_sweeps": {  # (depth, seed) cells whose best epoch equals the committed sweep's value
                 "cells": sum(t["curves_vs_sweep"]["cells"] for t in out["tables"].values()),

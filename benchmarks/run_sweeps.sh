@@ -142,27 +142,30 @@ done
 # Per-epoch curves for the budgeted-search simulation (bench_search.py) on the tables whose sweeps predate kept
 # runs: the search's candidate depths re-run with the same recipe and seeds into runs/sweeps/curves/NAME (no
 # scratch). 90 runs, 15 min on 2 cores (two lanes, nice 19, 2026-11-30); the debates (4 MiniLM runs) 9 min more.
+# Then K 0 and K n-2 (the search's candidates since 2026-11-30 09:00): 58 more Lite runs, 9 min two lanes, and
+# 4 more MiniLM runs, 7 min.
 curves() {  # NAME TARGET VAL BACKBONE DEPTHS
   $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size 32 --epochs 6 --depths "$5" --seeds 0,1 \
     --no-scratch --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/curves/$1"
 }
-curves mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0 5,6
-curves mnist-opencv samples:opencv-digits $S/opencv-val efficientnet_lite0 5,6
-curves mnist-uci-inverted $S/uci-inverted $S/uci-inverted-val efficientnet_lite0 5,6,4
-curves lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1 6,5,7
-curves lite2-uci samples:uci-digits $S/uci-val efficientnet_lite2 5,4,6,7
-curves damaged-light-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-light-lite0/last.pt 5,6
-curves damaged-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-lite0/last.pt 5,6
-curves memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/memorizer-lite0/last.pt 3,1,2
-curves noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/noise-memorizer-lite0/last.pt 3,1,4,2
-curves mnist-opencv-noisy $S/opencv-noisy $S/opencv-noisy-val efficientnet_lite0 5,6,4
-curves mnist-uci-parity $S/uci-parity $S/uci-parity-val efficientnet_lite0 7,3,8,6
-curves mnist-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite0 8,9,7
-curves mnist-opencv-10pc $S/opencv-10pc $S/opencv-val efficientnet_lite0 8,9,7
-curves mnist-uci-inverted-10pc $S/uci-inverted-10pc $S/uci-inverted-val efficientnet_lite0 8,9,7
-curves lite1-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite1 8,9,7
-curves dead40-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead40-lite0.safetensors 5,4
-$D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 5,4 --seeds 0,1 --no-scratch \
+curves mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0 5,6,7,0
+curves mnist-opencv samples:opencv-digits $S/opencv-val efficientnet_lite0 5,6,7,0
+curves mnist-uci-inverted $S/uci-inverted $S/uci-inverted-val efficientnet_lite0 5,6,4,7,0
+curves lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1 6,5,7,0
+curves lite2-uci samples:uci-digits $S/uci-val efficientnet_lite2 5,4,6,7,0
+curves damaged-light-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-light-lite0/last.pt 5,6,7,0
+curves damaged-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-lite0/last.pt 5,6,7,0
+curves memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/memorizer-lite0/last.pt 3,1,2,7,0
+curves noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/noise-memorizer-lite0/last.pt 3,1,4,2,7,0
+curves mnist-opencv-noisy $S/opencv-noisy $S/opencv-noisy-val efficientnet_lite0 5,6,4,7,0
+curves mnist-uci-parity $S/uci-parity $S/uci-parity-val efficientnet_lite0 7,3,8,6,0
+curves mnist-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite0 8,9,7,0
+curves mnist-opencv-10pc $S/opencv-10pc $S/opencv-val efficientnet_lite0 8,9,7,0
+curves mnist-uci-inverted-10pc $S/uci-inverted-10pc $S/uci-inverted-val efficientnet_lite0 8,9,7,0
+curves lite1-uci-10pc $S/uci-10pc $S/uci-val efficientnet_lite1 8,9,7,0
+curves dead40-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead40-lite0.safetensors 5,4,7,0
+curves shuffled-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/shuffled-lite0.safetensors 7
+$D sweep -t samples:debates -b minilm --preset small --epochs 6 --depths 5,4,6,0 --seeds 0,1 --no-scratch \
   --no-keep-checkpoint --no-save-best -q -o runs/sweeps/curves/speeches-debates
 
 # LP-FT (benchmarks/lpft_column.py): 2 head-only epochs of the 6, seeds 0/1, no scratch runs. At K 0 on six
