@@ -47,11 +47,11 @@ _EPILOG = (
     "(blocks.0 ... blocks.6 for EfficientNet-Lite), pooled (conv_head + bn2); text encoders: embeddings, "
     "layer.0 ... layer.N. --freeze K freezes the first K blocks (0 tunes all; all/linear = a linear probe); "
     "--freeze blocks.4 freezes every block up to and including blocks.4. List them with --list-blocks. "
-    "--freeze search tries the recommended depth against tuning the last two blocks, tuning all of them and "
-    "the recommendation's alternative, with short trials "
-    "(successive halving, extra cost at most --search-budget full runs; another depth displaces the "
-    "recommended one only by more than two standard errors of the validation accuracy) and trains the "
-    "winner in full. "
+    "--freeze search tries the recommended depth against tuning only the last two blocks and tuning every "
+    "block (the recommendation's alternative where the depth is one of those) with short trials "
+    "(successive halving, extra cost at most --search-budget full runs; a depth that freezes more "
+    "displaces the recommended one only by more than two standard errors of the validation accuracy) and "
+    "trains the winner in full. "
     "Create a file named STOP in the output folder to stop cleanly; --resume continues."
 )
 
@@ -326,7 +326,7 @@ def _search(args: argparse.Namespace) -> int:
             scores = ", ".join(f"K {k}: {v:.3f}" for k, v in rung["scores"].items())
             margin = rung.get("incumbent_margin") or 0.0
             first = found.candidates[0]
-            lead = f" (K {first} keeps its place unless beaten by {margin:.3f})" if margin else ""
+            lead = f" (a depth freezing more than K {first} must beat it by {margin:.3f})" if margin else ""
             kept = ", ".join(map(str, rung["kept"]))
             print(f"rung at epoch {rung['epochs']}: {scores}{lead}; kept K {kept}")
         print(

@@ -15,15 +15,17 @@ candidates that lost, divided by ``epochs``; the winner's run is the one the rul
 :func:`plan_rungs` picks the most candidates, then the longest first rung, whose extra cost stays within the
 budget — exactly, in whole epochs.
 
-The rule's depth (the first candidate) is the incumbent: a challenger displaces it at a rung only by more
-than the validation noise, ``DISPLACE_Z`` standard errors of the difference of two accuracies on the same
-``n`` validation items, ``sqrt(2 p (1 - p) / n)`` (:func:`incumbent_margin`). Early epochs favour deeper
-freezing — fewer tuned parameters converge first, and the curves cross later — so with the rule's
-neighbours as challengers and no margin the search lost to the rule alone on the 59 benchmark tables
+The rule's depth (the first candidate) is the incumbent. Early epochs favour deeper freezing — fewer tuned
+parameters converge first, and the curves cross later — so a challenger that freezes *more* blocks than the
+incumbent displaces it at a rung only by more than the validation noise, ``DISPLACE_Z`` standard errors of
+the difference of two accuracies on the same ``n`` validation items, ``sqrt(2 p (1 - p) / n)``
+(:func:`incumbent_margin`); one that freezes *fewer* (the bias runs against it) only has to lead. With the
+rule's neighbours as challengers and no margin the search lost to the rule alone on the 59 benchmark tables
 (simulated from their per-epoch curves at budget 0.5: 0.969 of the best depth against the rule's 0.976;
-``benchmarks/bench_search.py``). With the margin and the candidates of :func:`search_candidates` it reached
-0.980 / 0.979 / 0.983 at budgets 0.25 / 0.5 / 1 (the neighbours with the margin: 0.970 / 0.976 / 0.978);
-the best of the three candidates averages 0.992, but the early rungs cannot always tell which it is.
+``benchmarks/bench_search.py``). With the candidates of :func:`search_candidates` and this one-sided margin
+it reached 0.979 / 0.981 / 0.988 at budgets 0.25 / 0.5 / 1 (the neighbours under a margin for every
+challenger: 0.970 / 0.976 / 0.978); the best of the three candidates averages 0.992, but the early rungs
+cannot always tell which one it is.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ __all__ = [
 
 #: Extra compute of ``--freeze search`` by default, in units of one full run.
 DEFAULT_BUDGET = 0.5
-#: Standard errors by which a challenger must beat the rule's depth at a rung (the usual two: ~95 %).
+#: Standard errors by which a depth that freezes more must beat the rule's at a rung (the usual two: ~95 %).
 DISPLACE_Z = 2.0
 SEARCH_FILE = "search.json"
 
@@ -113,7 +115,7 @@ class SearchResult:
         Depths tried, most trusted first (ties go to the earlier one).
     rungs : list of dict
         Per rung: ``epochs``, ``scores`` (best validation accuracy so far, per depth),
-        ``incumbent_margin`` (the first candidate's handicap in its favour), ``kept``.
+        ``incumbent_margin`` (the handicap of the depths that freeze more than the first candidate), ``kept``.
     winner : int
     winner_score : float
         The winner's best validation accuracy after the full run.
@@ -173,8 +175,9 @@ def successive_halving(
     (:func:`freeze_search`) and a simulation from recorded per-epoch curves.
 
     ``n_val`` (the validation items, or a function that tells them once a trial has run) sets the
-    incumbent's margin (:func:`incumbent_margin`): the first candidate ranks as if its score were that much
-    higher. None: no margin (plain successive halving).
+    incumbent's margin (:func:`incumbent_margin`): a candidate that freezes more blocks than the first one
+    ranks as if its score were that much lower; one that freezes fewer ranks on its score. None: no margin
+    (plain successive halving).
     """
     if not candidates:
         raise param_error("candidates", "must name at least one depth", list(candidates))
@@ -191,7 +194,8 @@ def successive_halving(
         keep = math.ceil(len(alive) / eta)
         size = n_val() if callable(n_val) else n_val
         margin = incumbent_margin(scores[incumbent], size, z) if incumbent in scores else 0.0
-        ranked = sorted(alive, key=lambda c: (-(scores[c] + (margin if c == incumbent else 0.0)), order[c]))
+        # a depth that freezes more than the incumbent is handicapped by the margin (early epochs favour it)
+        ranked = sorted(alive, key=lambda c: (-(scores[c] - (margin if c > incumbent else 0.0)), order[c]))
         alive = ranked[:keep]
         log.append({"epochs": r, "scores": scores, "incumbent_margin": margin, "kept": list(alive)})
     winner = alive[0]

@@ -111,10 +111,16 @@ def test_a_challenger_displaces_the_rules_depth_only_beyond_the_validation_noise
     assert successive_halving([5, 6], 6, 0.5, lambda c, e: lead[c]).winner == 6  # plain halving
     far = {5: 0.80, 6: 0.86}  # by 0.06: displaced
     assert successive_halving([5, 6], 6, 0.5, lambda c, e: far[c], n_val=500).winner == 6
-    # the margin is the incumbent's only: among the challengers the better one goes on
+    # a depth that freezes fewer blocks is not handicapped (early epochs favour freezing more): it only
+    # has to lead
+    assert successive_halving([5, 4], 6, 0.5, lambda c, e: {5: 0.80, 4: 0.81}[c], n_val=500).winner == 4
+    assert successive_halving([5, 4], 6, 0.5, lambda c, e: {5: 0.80, 4: 0.80}[c], n_val=500).winner == 5
+    # the handicap is the deeper depths' at every comparison: K 8's 0.74 ranks as 0.74 - 0.058 (the margin
+    # at the incumbent's 0.70) = 0.682, below the incumbent's 0.70 and K 6's 0.72
     three = {7: 0.70, 6: 0.72, 8: 0.74}
     res3 = successive_halving([7, 6, 8], 6, 0.5, lambda c, e: three[c], n_val=lambda: 500)
-    assert res3.rungs[0]["kept"] == [7, 8] and res3.winner == 7
+    assert res3.rungs[0]["incumbent_margin"] == pytest.approx(2 * math.sqrt(2 * 0.7 * 0.3 / 500), rel=1e-12)
+    assert res3.rungs[0]["kept"] == [6, 7] and res3.winner == 6
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -157,6 +163,6 @@ def test_cli_freeze_search_prints_its_rungs_and_trains_the_winner(tmp_path: Path
     assert rung["incumbent_margin"] == pytest.approx(margin, rel=1e-12)
     assert "rung at epoch 1: " in printed and f"--freeze search: K = {found['winner']}" in printed
     if margin > 0:  # 0 only when the incumbent scored 0 or 1 at the rung (nothing to print then)
-        assert f"(K {first} keeps its place unless beaten by {margin:.3f})" in printed
+        assert f"(a depth freezing more than K {first} must beat it by {margin:.3f})" in printed
     assert result["freeze"] == found["winner"] and result["epochs_completed"] == 2
     assert found["extra_cost"] == 0.5
