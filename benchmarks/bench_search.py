@@ -268,6 +268,8 @@ def main() -> int:
                 ),
             },
         }
+    for b in map(str, BUDGETS):
+        out[f"budget_{b}"]["design_chosen_lofo"] = design_lofo(out["tables"], b)
     dst = ROOT / "benchmarks" / "results" / "search.json"
     if dst.is_file():
         out["real"] = json.loads(dst.read_text()).get("real", {})
@@ -285,6 +287,37 @@ def main() -> int:
         print(b, out[f"budget_{b}"])
     print(f"wrote {dst}")
     return 0
+
+
+def design_lofo(tables: dict, budget: str) -> dict:
+    """The search's design chosen leave-one-family-out: for each family, the design (these candidates with
+    the margin, the same without it, the rule's neighbours with it) with the best mean ratio on the other
+    families, scored on the family held out (ties averaged) — whether choosing the design on these tables
+    holds beyond the family it is scored on."""
+    from predict_lofo import family
+
+    designs = {
+        "candidates, margin": {n: t[budget]["ratio_search"] for n, t in tables.items()},
+        "candidates, no margin": {n: t["plain"][budget]["ratio_search"] for n, t in tables.items()},
+        "neighbours, margin": {n: t["neighbours"][budget]["ratio_search"] for n, t in tables.items()},
+    }
+    held: dict[str, float] = {}
+    chosen = {}
+    for fam in sorted({family(n) for n in tables}):
+        train = [n for n in tables if family(n) != fam]
+        score = {k: float(np.mean([v[n] for n in train])) for k, v in designs.items()}
+        top = [k for k, x in score.items() if x >= max(score.values()) - 1e-12]
+        chosen[fam] = top
+        for n in tables:
+            if family(n) == fam:
+                held[n] = float(np.mean([designs[k][n] for k in top]))
+    values = list(held.values())
+    return {
+        "mean_ratio_search": float(np.mean(values)),
+        "min_ratio_search": min(values),
+        "below_0.95": sum(v < 0.95 for v in values),
+        "chosen_elsewhere": {f: k for f, k in chosen.items() if k != ["candidates, margin"]},
+    }
 
 
 def data_k(data: dict, name: str) -> int:
