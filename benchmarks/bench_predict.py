@@ -142,6 +142,7 @@ SCENARIOS = [
     # x 100 / x 10 (lost plasticity).
     *[_rescaled(n) for n in ("tiny001", "tiny01", "big-shuffled", "big", "gamma0")],
     *[_rescaled(n) for n in ("big-random", "big10-shuffled")],
+    _rescaled("sgd-hot"),  # one epoch of plain SGD at learning rate 1 on random labels: norms blown up
     _rescaled("gratings", "gratings-lite0/last.pt"),  # random init, trained on synthetic gratings
     # The same damage on the texture target (scratch from tex-lite0's runs).
     *[_tex_damaged(n) for n in ("tiny001", "big-shuffled", "big10-shuffled")],
@@ -159,6 +160,10 @@ SCENARIOS = [
     # then 1 and 5).
     *[_tex(f"sci-{c}{k}", LITE0, f"{SC}/sci-{c}{k}", photos="sci")
       for k in (3, 1, 5) for c in ("noise", "blur", "contrast", "jpeg")],
+    # A memoriser trained at a high learning rate without weight decay (random labels, AdamW lr 0.05, 30
+    # epochs): its weights grow by themselves under BatchNorm's scale invariance — lost plasticity from
+    # training, not from re-scaling (Lyle et al. 2023); built after the lost-plasticity threshold was fixed.
+    _digits("hot-memorizer-uci", f"efficientnet_lite0@{SC}/hot-memorizer-lite0/last.pt", held_out=True),
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",

@@ -68,6 +68,11 @@ and its square, so the checkpoint's statistics describe the network it holds):
     The lost-plasticity ladder and its control: the shuffled weights x 10, and Lite0's random init
     (seed 0, the from-scratch runs' architecture and initialiser) x 100 — the same features scratch
     starts from, only a 100 times smaller relative step.
+``sgd-hot-lite0.safetensors``
+    Lite0's ImageNet weights trained one epoch (29 steps of 32) on ``mnist-shuffled`` by plain SGD at
+    learning rate 1 — no warm-up, momentum or weight decay — with a new 10-class head, then the head
+    dropped: the first steps blow the weight norms up (median x 8.6 of the pretrained scale) and wreck the
+    features. Lost plasticity made by training, not by re-scaling: a botched fine-tune.
 ``gamma0-lite0.safetensors``
     Lite0's ImageNet weights with every BatchNorm scale (gamma) set to 0: each layer outputs its bias
     whatever the input, and no gradient reaches a convolution until the scales above it have grown back
@@ -150,6 +155,7 @@ def main() -> int:
     _held_out(out, uci, uci_y, sample_idx, val_idx, sheet, sheet_y, args.seed)
     _new_families(out, args.seed)
     _rescaled_family(out)
+    _sgd_hot(out / "sgd-hot-lite0.safetensors", out / "mnist-shuffled")
     print(f"wrote the scenario folders under {out}")
     return 0
 
@@ -410,6 +416,54 @@ def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0", pretr
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(path))
     print(f"{path.name}: {n_conv} conv weights x {factor:g} ({base})")
+
+
+def _sgd_hot(path: Path, data: Path, lr: float = 1.0, epochs: int = 1, seed: int = 0) -> None:
+    """Lite0's ImageNet weights after ``epochs`` of plain SGD at learning rate ``lr`` (no warm-up, momentum
+    or weight decay; batches of 32, one thread, seeded) on ``data`` with a new linear head, which is then
+    dropped. Under BatchNorm a weight's gradient is orthogonal to it, so each step adds ``lr² |g|²`` to its
+    squared norm (van Laarhoven 2017): at a learning rate this high the first steps multiply the norms."""
+    import torch
+    from safetensors.torch import save_file
+
+    from diag.data.folders import open_image_folder
+    from diag.models import load
+    from diag.predict.negative import weight_scale
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same sums in the same order on any machine with this torch
+    try:
+        torch.manual_seed(seed)
+        bb = load("efficientnet_lite0", image_size=32)
+        images = open_image_folder(data)
+        x = bb.decode_all(images, image_size=32, crop_pct=None, max_length=None, num_workers=0)
+        assert isinstance(x, torch.Tensor)
+        y = torch.as_tensor(images.labels)
+        body = bb.model.train()
+        with torch.no_grad():
+            dim = bb.pooled_features(body, bb.normalize(x[:2])).shape[1]
+        head = torch.nn.Linear(dim, int(y.max()) + 1)
+        opt = torch.optim.SGD([*body.parameters(), *head.parameters()], lr=lr, momentum=0.0, weight_decay=0.0)
+        before = weight_scale(body)
+        order = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            perm = torch.randperm(len(y), generator=order)
+            for i in range(0, len(y), 32):
+                idx = perm[i : i + 32]
+                loss = torch.nn.functional.cross_entropy(
+                    head(bb.pooled_features(body, bb.normalize(x[idx]))), y[idx]
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        sd = {k: v.detach().contiguous() for k, v in body.state_dict().items()}
+        save_file(sd, str(path))
+        print(
+            f"{path.name}: weight scale {before:.2f} -> {weight_scale(body):.2f} "
+            f"({epochs} epoch(s) of SGD at lr {lr:g})"
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _rescaled_family(out: Path) -> None:

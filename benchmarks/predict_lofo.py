@@ -57,6 +57,8 @@ FAMILY = {
     "noise-memorizer-uci": "damaged checkpoint",
     "memorizer-uci-30ep": "damaged checkpoint",
     "noise-memorizer-uci-30ep": "damaged checkpoint",
+    "hot-memorizer-uci": "damaged checkpoint",
+    "sgd-hot-uci": "damaged checkpoint",
     "dead40-uci": "dead units",
     "dead60-uci": "dead units",
     "dead-uci": "dead units",

@@ -47,6 +47,12 @@ damage memorizer-lite0 mnist-shuffled --from-scratch
 sweep memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/memorizer-lite0/last.pt 0,3,5,7,9
 damage noise-memorizer-lite0 noise-shuffled --from-scratch
 sweep noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/noise-memorizer-lite0/last.pt 0,3,5,7,9
+# A memoriser at a high learning rate and no weight decay: the weights grow by themselves (lost plasticity
+# from training; 30 epochs, HOT_S s on 2 cores shared with a test run).
+[ -f "$S/hot-memorizer-lite0/last.pt" ] && grep -q '"completed"' "$S/hot-memorizer-lite0/result.json" ||
+  $D finetune -t "$S/mnist-shuffled" -b efficientnet_lite0 --from-scratch --freeze 0 --image-size 32 --epochs 30 \
+    --lr 0.05 --weight-decay 0 --augment none --val-fraction 0.1 --keep-checkpoint -q -o "$S/hot-memorizer-lite0" --overwrite
+sweep hot-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/hot-memorizer-lite0/last.pt 0,3,5,7,9
 # Dead units (make_scenarios.py): the depths include those bench_predict.py --run-missing added.
 sweep dead60-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead60-lite0.safetensors 0,3,4,5,7,9
 sweep dead-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead-lite0.safetensors 0,1,2,3,5,9
@@ -124,7 +130,7 @@ done
 rescaled() { $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/$1-lite0.safetensors" \
   --preset small --image-size 32 --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint \
   --no-save-best -q -o "runs/sweeps/v2/$1-uci"; }
-for w in tiny001 big-shuffled tiny01 big gamma0 big-random big10-shuffled; do rescaled $w; done
+for w in tiny001 big-shuffled tiny01 big gamma0 big-random big10-shuffled sgd-hot; do rescaled $w; done
 # A far synthetic source: Lite0 from random init, 10 epochs on 1,000 gratings (orientation = class, real labels;
 # validation accuracy 0.69, 4 min), then tune-all and K 3 on UCI.
 [ -f "$S/gratings-lite0/last.pt" ] || $D finetune -t $S/gratings -b efficientnet_lite0 --from-scratch --freeze 0 \
