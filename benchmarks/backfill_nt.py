@@ -53,7 +53,13 @@ def _twin_final_probe(sc: dict, reports: Path, cache: dict[tuple, tuple[str, flo
     return cache[key]
 
 
-def _call(row: dict, twin_last: tuple[str, float], scale: float | None, twin_scale: float | None) -> Any:
+def _call(
+    row: dict,
+    twin_last: tuple[str, float],
+    scale: float | None,
+    twin_scale: float | None,
+    scale_top: float | None = None,
+) -> Any:
     """diag's negative_transfer on the evidence the row stored."""
     from diag.predict.negative import negative_transfer
 
@@ -73,18 +79,18 @@ def _call(row: dict, twin_last: tuple[str, float], scale: float | None, twin_sca
     per_class = float(sig["examples_per_class"])
     return negative_transfer(
         pre, rnd, n_target=round(per_class * 1000), n_classes=1000, shift=shift, rgn=ev.get("rgn"),
-        scale=scale, twin_scale=twin_scale,
+        scale=scale, twin_scale=twin_scale, scale_top=scale_top,
     )  # fmt: skip
 
 
 def backfill(rows: list[dict], scenarios: list[dict], reports: Path) -> list[dict]:
     """Rows with the negative-transfer verdict of diag's current rule (module docstring)."""
     from diag.models import load
-    from diag.predict.negative import weight_scale
+    from diag.predict.negative import SCALE_QUANTILE, weight_scale
 
     by_name = {sc["name"]: sc for sc in scenarios}
     cache: dict[tuple, tuple[str, float]] = {}
-    scales: dict[str, tuple[float | None, float | None]] = {}
+    scales: dict[str, tuple[float | None, float | None, float | None]] = {}
     for row in rows:
         if "nt_signals" not in row or row["name"] not in by_name:
             continue
@@ -93,17 +99,25 @@ def backfill(rows: list[dict], scenarios: list[dict], reports: Path) -> list[dic
         if sc["backbone"] not in scales:
             bb = load(sc["backbone"], **sc["options"])
             twin = load(sc["backbone"], pretrained=False, seed=0, **sc["options"])
-            scales[sc["backbone"]] = (weight_scale(bb.model), weight_scale(twin.model))
-        scale, twin_scale = scales[sc["backbone"]]
+            scales[sc["backbone"]] = (
+                weight_scale(bb.model), weight_scale(twin.model), weight_scale(bb.model, SCALE_QUANTILE)
+            )  # fmt: skip
+        scale, twin_scale, top = scales[sc["backbone"]]
         twin_last = _twin_final_probe(sc, reports, cache)
         sig = row["nt_signals"]  # a row backfilled before reproduces with its own weight scale
-        old = _call(row, twin_last, sig.get("weight_scale"), sig.get("weight_scale_random_init"))
+        old = _call(
+            row,
+            twin_last,
+            sig.get("weight_scale"),
+            sig.get("weight_scale_random_init"),
+            sig.get("weight_scale_top"),
+        )
         if abs(old.probability - float(row["probability"])) > 1e-3:
             raise RuntimeError(
                 f"{row['name']}: the stored evidence gives p = {old.probability:.4f}, the table stored "
                 f"{row['probability']}: not the evidence diagnose used; rerun bench_predict.py for it."
             )
-        nt = _call(row, twin_last, scale, twin_scale)
+        nt = _call(row, twin_last, scale, twin_scale, top)
         gap = float(row["measured_gap"])
         row.update(
             risk=nt.risk,

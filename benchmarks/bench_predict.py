@@ -142,7 +142,18 @@ SCENARIOS = [
     # x 100 / x 10 (lost plasticity).
     *[_rescaled(n) for n in ("tiny001", "tiny01", "big-shuffled", "big", "gamma0")],
     *[_rescaled(n) for n in ("big-random", "big10-shuffled")],
-    _rescaled("sgd-hot"),  # one epoch of plain SGD at learning rate 1 on random labels: norms blown up
+    # Too high a learning rate (make_scenarios.py, run_sweeps.sh): one epoch of plain SGD at learning rate 1
+    # on random labels from ImageNet / random init; AdamW at 0.05 without weight decay from ImageNet on
+    # random labels (10 epochs) and from random init on real MNIST labels (30 epochs).
+    *[_rescaled(n) for n in ("sgd-hot", "sgd-hot-random")],
+    _rescaled("hot-pretrained", "hot-pretrained-lite0/last.pt"),
+    _rescaled("hot-mnist", "hot-mnist-lite0/last.pt"),
+    # Built after the lost-plasticity test was widened to the largest tenth of the layers (out of sample for
+    # it): SGD at 0.5 for 5 epochs from random init and at 0.05 for 3 from ImageNet (random labels); AdamW
+    # without weight decay from ImageNet on real MNIST labels at 0.02 (10 epochs) and at the usual 0.002 (30).
+    *[_rescaled(n) for n in ("sgd-half-random", "sgd-mild")],
+    _rescaled("hot-adam-mnist", "hot-adam-mnist-lite0/last.pt"),
+    _rescaled("adam-nowd-mnist", "adam-nowd-mnist-lite0/last.pt"),
     _rescaled("gratings", "gratings-lite0/last.pt"),  # random init, trained on synthetic gratings
     # The same damage on the texture target (scratch from tex-lite0's runs).
     *[_tex_damaged(n) for n in ("tiny001", "big-shuffled", "big10-shuffled")],
@@ -160,9 +171,8 @@ SCENARIOS = [
     # then 1 and 5).
     *[_tex(f"sci-{c}{k}", LITE0, f"{SC}/sci-{c}{k}", photos="sci")
       for k in (3, 1, 5) for c in ("noise", "blur", "contrast", "jpeg")],
-    # A memoriser trained at a high learning rate without weight decay (random labels, AdamW lr 0.05, 30
-    # epochs): its weights grow by themselves under BatchNorm's scale invariance — lost plasticity from
-    # training, not from re-scaling (Lyle et al. 2023); built after the lost-plasticity threshold was fixed.
+    # A memoriser trained at too high a learning rate without weight decay (random labels, AdamW lr 0.05, 30
+    # epochs; 25 times the memoriser's learning rate); built after the negative-transfer rule was fixed.
     _digits("hot-memorizer-uci", f"efficientnet_lite0@{SC}/hot-memorizer-lite0/last.pt", held_out=True),
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,

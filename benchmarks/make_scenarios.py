@@ -73,6 +73,11 @@ and its square, so the checkpoint's statistics describe the network it holds):
     learning rate 1 — no warm-up, momentum or weight decay — with a new 10-class head, then the head
     dropped: the first steps blow the weight norms up (median x 8.6 of the pretrained scale) and wreck the
     features. Lost plasticity made by training, not by re-scaling: a botched fine-tune.
+``sgd-hot-random-lite0.safetensors``
+    The same from Lite0's random init (seed 0).
+``sgd-half-random-lite0.safetensors``, ``sgd-mild-lite0.safetensors``
+    Five epochs at learning rate 0.5 from the random init, and three at 0.05 from ImageNet: built after
+    diag's lost-plasticity test was widened (out of sample for it).
 ``gamma0-lite0.safetensors``
     Lite0's ImageNet weights with every BatchNorm scale (gamma) set to 0: each layer outputs its bias
     whatever the input, and no gradient reaches a convolution until the scales above it have grown back
@@ -156,6 +161,10 @@ def main() -> int:
     _new_families(out, args.seed)
     _rescaled_family(out)
     _sgd_hot(out / "sgd-hot-lite0.safetensors", out / "mnist-shuffled")
+    _sgd_hot(out / "sgd-hot-random-lite0.safetensors", out / "mnist-shuffled", pretrained=False)
+    # built after the rule's lost-plasticity test was widened to the largest tenth of the layers:
+    _sgd_hot(out / "sgd-half-random-lite0.safetensors", out / "mnist-shuffled", 0.5, 5, pretrained=False)
+    _sgd_hot(out / "sgd-mild-lite0.safetensors", out / "mnist-shuffled", 0.05, 3)
     print(f"wrote the scenario folders under {out}")
     return 0
 
@@ -418,11 +427,14 @@ def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0", pretr
     print(f"{path.name}: {n_conv} conv weights x {factor:g} ({base})")
 
 
-def _sgd_hot(path: Path, data: Path, lr: float = 1.0, epochs: int = 1, seed: int = 0) -> None:
-    """Lite0's ImageNet weights after ``epochs`` of plain SGD at learning rate ``lr`` (no warm-up, momentum
-    or weight decay; batches of 32, one thread, seeded) on ``data`` with a new linear head, which is then
-    dropped. Under BatchNorm a weight's gradient is orthogonal to it, so each step adds ``lr² |g|²`` to its
-    squared norm (van Laarhoven 2017): at a learning rate this high the first steps multiply the norms."""
+def _sgd_hot(
+    path: Path, data: Path, lr: float = 1.0, epochs: int = 1, seed: int = 0, *, pretrained: bool = True
+) -> None:
+    """Lite0's ImageNet weights (``pretrained=False``: its random init) after ``epochs`` of plain SGD at
+    learning rate ``lr`` (no warm-up, momentum or weight decay; batches of 32, one thread, seeded) on ``data``
+    with a new linear head, which is then dropped. Under BatchNorm a weight's gradient is orthogonal to it, so
+    each step adds ``lr² |g|²`` to its squared norm (van Laarhoven 2017): at a learning rate this high the
+    first steps multiply the norms."""
     import torch
     from safetensors.torch import save_file
 
@@ -434,7 +446,7 @@ def _sgd_hot(path: Path, data: Path, lr: float = 1.0, epochs: int = 1, seed: int
     torch.set_num_threads(1)  # the same sums in the same order on any machine with this torch
     try:
         torch.manual_seed(seed)
-        bb = load("efficientnet_lite0", image_size=32)
+        bb = load("efficientnet_lite0", pretrained=pretrained, seed=seed, image_size=32)
         images = open_image_folder(data)
         x = bb.decode_all(images, image_size=32, crop_pct=None, max_length=None, num_workers=0)
         assert isinstance(x, torch.Tensor)

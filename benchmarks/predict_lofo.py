@@ -57,8 +57,15 @@ FAMILY = {
     "noise-memorizer-uci": "damaged checkpoint",
     "memorizer-uci-30ep": "damaged checkpoint",
     "noise-memorizer-uci-30ep": "damaged checkpoint",
-    "hot-memorizer-uci": "damaged checkpoint",
-    "sgd-hot-uci": "damaged checkpoint",
+    "hot-memorizer-uci": "too-high learning rate",
+    "sgd-hot-uci": "too-high learning rate",
+    "sgd-hot-random-uci": "too-high learning rate",
+    "hot-pretrained-uci": "too-high learning rate",
+    "hot-mnist-uci": "too-high learning rate",
+    "sgd-half-random-uci": "too-high learning rate",
+    "hot-adam-mnist-uci": "too-high learning rate",
+    "sgd-mild-uci": "damaged checkpoint",
+    "adam-nowd-mnist-uci": "fine-tuned elsewhere",
     "dead40-uci": "dead units",
     "dead60-uci": "dead units",
     "dead-uci": "dead units",
@@ -106,13 +113,25 @@ FREEZE_GRID: dict[str, tuple[float, ...]] = {
 #: The negative-transfer rule's constants: head start at 30 per class, its shrink per doubling, the
 #: gradient-reach floor (p = sigmoid(20(-a - head_start) + 0.5 shift + 8 blocked), high above 0.6) and the
 #: weight scale above which plasticity is lost (then p = sigmoid(-20 a_final); diag's value √10 is set from
-#: the physics, the grid spans 2 to 100 times the He-initialisation scale and "never").
-NT_DEFAULT = {"head_start_30": 0.30, "per_doubling": 0.04, "reach_min": 0.1, "scale_max": math.sqrt(10.0)}
+#: the physics, the grid spans 2 to 100 times the He-initialisation scale and "never"), read at the median
+#: layer and, with ``top_tenth``, at the largest tenth of the layers too (diag: on; set after the first five
+#: tables of the too-high learning rate family were seen).
+NT_DEFAULT = {
+    "head_start_30": 0.30,
+    "per_doubling": 0.04,
+    "reach_min": 0.1,
+    "scale_max": math.sqrt(10.0),
+    "top_tenth": 1.0,
+}
 NT_GRID: dict[str, tuple[float, ...]] = {
     "head_start_30": (0.1, 0.2, 0.3, 0.4, 0.5),
     "per_doubling": (0.0, 0.02, 0.04, 0.08),
     "reach_min": (0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
     "scale_max": (2.0, math.sqrt(10.0), 10.0, 30.0, 100.0, math.inf),
+    "top_tenth": (
+        0.0,
+        1.0,
+    ),  # 1: the largest tenth of the layers is tested too (weight_scale_top), 0: the median only
 }
 
 
@@ -233,7 +252,10 @@ def nt_probability(sig: dict, c: dict[str, float]) -> float:
     """The negative-transfer probability from a table's stored signals, with constants ``c`` (the formula
     of :func:`diag.predict.negative.negative_transfer`, written out)."""
     scale, final = sig.get("weight_scale"), sig.get("final_advantage")
-    if scale is not None and final is not None and scale > c["scale_max"]:  # lost plasticity
+    top = sig.get("weight_scale_top") if c.get("top_tenth", 0.0) else None
+    if final is not None and any(
+        x is not None and x > c["scale_max"] for x in (scale, top)
+    ):  # lost plasticity
         return 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, 20.0 * float(final)))))
     per_class = float(sig["examples_per_class"])
     start = max(0.0, c["head_start_30"] - c["per_doubling"] * math.log2(max(per_class, 1e-9) / 30.0))

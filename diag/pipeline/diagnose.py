@@ -28,7 +28,7 @@ from diag.predict.attribution import drift_attribution
 from diag.predict.effect import graded_effect
 from diag.predict.freeze import recommend_freeze
 from diag.predict.layers import TRANSFER_MAX_ITEMS, layer_transfer, transfer_subsample
-from diag.predict.negative import negative_transfer, weight_scale
+from diag.predict.negative import SCALE_QUANTILE, negative_transfer, weight_scale
 from diag.predict.profile import check_permutations, min_permutations, shift_profile
 from diag.progress import ProgressCallback, stage
 from diag.provenance import report_provenance
@@ -515,6 +515,7 @@ def _transfer_sections(
     nt = negative_transfer(
         pre, rnd, n_target=len(target), n_classes=n_classes, shift=shift, rgn=rgn,
         scale=weight_scale(bb.model), twin_scale=weight_scale(twin.model),
+        scale_top=weight_scale(bb.model, SCALE_QUANTILE),
     )  # fmt: skip
     fr = recommend_freeze(
         pre, freeze_blocks(bb), n_target=len(target), n_classes=n_classes, shift=shift,

@@ -36,6 +36,7 @@ __all__ = [
     "HEAD_START_PER_DOUBLING",
     "REACH_MIN",
     "SCALE_MAX",
+    "SCALE_QUANTILE",
     "NegativeTransfer",
     "gradient_reach",
     "head_start",
@@ -99,6 +100,13 @@ _B_REACH = 8.0
 #: (ImageNet EfficientNet-Lite0/1/2 0.80/0.67/0.68, MiniLM 0.99, timm's and Hugging Face's random inits
 #: 1.00 / 0.28, checkpoints fine-tuned here with AdamW 0.78-1.00).
 SCALE_MAX = math.sqrt(10.0)
+#: Plasticity can be lost in part of a network: the rule reads the weight scale of the tenth of the conv and
+#: linear layers with the largest weights (this quantile of the per-layer scales) beside the median. Healthy
+#: checkpoints measure at most 2.49 there (ImageNet Lite0/1/2 1.76/1.68/1.63, MiniLM 1.27, the random inits
+#: 2.45, the ones trained here on shuffled labels, noise or gratings 1.78-2.49); five trained at too high a
+#: learning rate (AdamW at 0.05 without weight decay, or one epoch of SGD at 1) 3.96-32.2 — all negative,
+#: four of them with medians of 1.25-2.56 the median test let through. Set after those five were seen.
+SCALE_QUANTILE = 0.9
 _CONV_OR_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -109,12 +117,13 @@ def gradient_reach(rgn: dict[str, float]) -> float:
     return float(np.mean(half)) if half else 1.0
 
 
-def weight_scale(model: nn.Module) -> float | None:
-    """How large a network's weights are: the median, over its conv and linear layers, of ``RMS(w)`` in
-    units of He initialisation's ``sqrt(2 / fan_in)`` (He, Zhang, Ren & Sun, "Delving Deep into
-    Rectifiers", ICCV 2015), ``fan_in`` being the inputs of one output unit (in-channels per group × kernel
-    size). 1 at He initialisation; the median keeps a new head or an odd layer from moving it. None when
-    the model has no conv or linear layer.
+def weight_scale(model: nn.Module, q: float = 0.5) -> float | None:
+    """How large a network's weights are: the ``q`` quantile (default the median), over its conv and
+    linear layers, of ``RMS(w)`` in units of He initialisation's ``sqrt(2 / fan_in)`` (He, Zhang, Ren &
+    Sun, "Delving Deep into Rectifiers", ICCV 2015), ``fan_in`` being the inputs of one output unit
+    (in-channels per group × kernel size). 1 at He initialisation; the median keeps a new head or an odd
+    layer from moving it, ``q = SCALE_QUANTILE`` reads the largest tenth of the layers. None when the model
+    has no conv or linear layer.
 
     No data is needed: it reads the weights. Multiplying every conv and linear weight by ``c`` multiplies it
     by ``c`` exactly. A normalised network (BatchNorm, LayerNorm) computes the same function at any scale
@@ -128,7 +137,7 @@ def weight_scale(model: nn.Module) -> float | None:
             continue
         rms = float(w.detach().double().pow(2).mean().sqrt())
         values.append(rms / math.sqrt(2.0 / w[0].numel()))
-    return float(np.median(values)) if values else None
+    return float(np.quantile(values, q)) if values else None
 
 
 def head_start(per_class: float) -> float:
@@ -146,6 +155,7 @@ def negative_transfer(
     rgn: dict[str, float] | None = None,
     scale: float | None = None,
     twin_scale: float | None = None,
+    scale_top: float | None = None,
 ) -> NegativeTransfer:
     """Will fine-tuning from the pretrained weights end worse than training from scratch?
 
@@ -162,6 +172,9 @@ def negative_transfer(
     scale, twin_scale : float, optional
         :func:`weight_scale` of the pretrained backbone and of its random-init twin (the twin's is
         reported, not used).
+    scale_top : float, optional
+        :func:`weight_scale` of the pretrained backbone at ``q = SCALE_QUANTILE``: the largest tenth of
+        its layers.
 
     The rule: the *feature advantage* ``a`` is the best-layer linear-probe accuracy of the pretrained
     features minus that of the random-init twin. Transfer fails only when ``a`` falls below minus the
@@ -183,7 +196,9 @@ def negative_transfer(
     after Lite0 × 0.01 was missed: its probe at blocks.3 beat the twin's by 0.11 while the deep blocks had
     collapsed (final probe 0.10 against the twin's 0.75), and scratch training won by 0.44.
 
-    *Lost plasticity*: when the weights are above ``SCALE_MAX`` times the He-initialisation scale,
+    *Lost plasticity*: when the weights — the median layer's, or those of the largest tenth of the layers
+    (``scale_top``: plasticity lost in part of the network, as training at too high a learning rate leaves
+    it) — are above ``SCALE_MAX`` times the He-initialisation scale,
     fine-tuning cannot move the features and amounts to a linear probe of the final (pooled) features, so
     the advantage is read there instead — the final-layer probe minus the twin's final-layer probe,
     ``a_final`` — alone: ``p = sigmoid(-20 a_final)``. No head start (its calibration, scratch training
@@ -213,7 +228,7 @@ def negative_transfer(
     last = list(pretrained)[-1]
     rnd_last = rnd_lp.get(last, math.nan)
     adv_final = pre_lp[last] - rnd_last if math.isfinite(pre_lp[last]) and math.isfinite(rnd_last) else None
-    lost = scale is not None and scale > SCALE_MAX and adv_final is not None
+    lost = adv_final is not None and any(x is not None and x > SCALE_MAX for x in (scale, scale_top))
     # A blocked gradient cannot rebuild the path from the best layer's features to the head, which sees the
     # final features: the advantage moves, by the blocked fraction, to the final layer's when that is worse.
     used = adv
@@ -244,7 +259,9 @@ def negative_transfer(
         + (" (more data shrinks the head start)." if per_class > 30 else "."),
     ]
     if scale is not None:
-        evidence.append(_scale_sentence(scale, twin_scale, lost, last, pre_lp[last], rnd_last, adv_final))
+        evidence.append(
+            _scale_sentence(scale, twin_scale, lost, last, pre_lp[last], rnd_last, adv_final, scale_top)
+        )
     contributions = {
         "feature advantage": 0.0 if lost else abs(_SLOPE * used),
         "target size": 0.0 if lost else abs(_SLOPE * start),
@@ -311,6 +328,7 @@ def negative_transfer(
             "logme_random_init": logme_rnd,
             "weight_scale": scale,
             "weight_scale_random_init": twin_scale,
+            "weight_scale_top": scale_top,
             "final_layer": last,
             "pretrained_final_probe": pre_lp[last] if math.isfinite(pre_lp[last]) else None,
             "random_init_final_probe": rnd_last if math.isfinite(rnd_last) else None,
@@ -322,7 +340,8 @@ def negative_transfer(
             f" + {_B_REACH:g}·blocked), advantage moved towards the final layer's by blocked when worse, "
             f"head_start = max(0, {HEAD_START_30} - {HEAD_START_PER_DOUBLING}"
             "·log2(examples per class / 30)), "
-            f"blocked = max(0, 1 - gradient_reach / {REACH_MIN}); with weight_scale > {SCALE_MAX:.2f} "
+            f"blocked = max(0, 1 - gradient_reach / {REACH_MIN}); with weight_scale or weight_scale_top > "
+            f"{SCALE_MAX:.2f} "
             f"(lost plasticity) p = sigmoid({_SLOPE:g}·(-final_advantage)); high > 0.6, medium > 0.3"
         ),
     )
@@ -336,10 +355,19 @@ def _scale_sentence(
     pre_last: float,
     rnd_last: float,
     adv_final: float | None,
+    scale_top: float | None = None,
 ) -> str:
     """The weight-scale evidence, in words."""
     twin = f"; the random-init twin's {twin_scale:.2f}" if twin_scale is not None else ""
     head = f"Weight scale: conv/linear weights at {scale:.2f}× the He-initialisation scale{twin} — "
+    if lost and scale <= SCALE_MAX and scale_top is not None:
+        return head + (
+            f"normal for the median layer, but the largest tenth of the layers is at {scale_top:.2f}×, above "
+            f"{SCALE_MAX:.2f}: those layers can hardly move (lost plasticity in part of the network, as "
+            "training at too high a learning rate leaves it), so fine-tuning cannot repair the features "
+            f"that pass through them; the final features are judged: {pre_last:.2f} at {last} against the "
+            f"twin's {rnd_last:.2f} ({adv_final:+.2f})."
+        )
     if lost:
         return head + (
             f"above {SCALE_MAX:.2f}: the forward pass is unchanged but the optimiser's step relative to "

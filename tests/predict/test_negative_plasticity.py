@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from diag.predict.negative import SCALE_MAX, negative_transfer, weight_scale
+from diag.predict.negative import SCALE_MAX, SCALE_QUANTILE, negative_transfer, weight_scale
 from tests.predict.test_predict import BLOCKS, curve
 
 
@@ -69,6 +69,20 @@ def test_weight_scale_is_the_median_rms_in_he_units_and_scales_exactly() -> None
     assert weight_scale(nn.Sequential(nn.BatchNorm1d(3), nn.ReLU())) is None
 
 
+def test_weight_scale_quantile_reads_the_largest_layers() -> None:
+    # Ten layers whose weights are c times He scale exactly (constant c·sqrt(2 / 50)), c = 1 ... 10: the
+    # median is 5.5, the 0.9 quantile (numpy's linear interpolation: position 8.1 of 0 ... 9) 9.1, the
+    # largest 10.
+    model = nn.Sequential(*[nn.Linear(50, 20) for _ in range(10)])
+    with torch.no_grad():
+        for c, m in enumerate(model, start=1):
+            m.weight.fill_(c * math.sqrt(2.0 / 50))
+    assert weight_scale(model) == pytest.approx(5.5, rel=1e-6)
+    assert weight_scale(model, SCALE_QUANTILE) == pytest.approx(9.1, rel=1e-6)
+    assert weight_scale(model, 1.0) == pytest.approx(10.0, rel=1e-6)
+    assert weight_scale(model, 0.0) == pytest.approx(1.0, rel=1e-6)
+
+
 def _scale_sentence(nt) -> str:
     return next(e for e in nt.evidence if e.startswith("Weight scale"))
 
@@ -117,6 +131,29 @@ def test_large_weights_move_the_judgement_to_the_final_layer() -> None:
     ]
 
 
+def test_plasticity_lost_in_part_of_the_network() -> None:
+    """A normal median but the largest tenth of the layers above the threshold (training at too high a
+    learning rate): the final layer decides, as when every layer is large."""
+    shuffled = curve([0.72, 0.64, 0.65, 0.63, 0.69, 0.67, 0.61, 0.60, 0.57])
+    twin = curve([0.55, 0.6, 0.7, 0.78, 0.82, 0.8, 0.78, 0.77, 0.75])
+    plastic = negative_transfer(shuffled, twin, n_target=300, n_classes=10, scale=1.25)
+    part = negative_transfer(shuffled, twin, n_target=300, n_classes=10, scale=1.25, scale_top=4.1)
+    whole = negative_transfer(shuffled, twin, n_target=300, n_classes=10, scale=80.0)
+    assert not plastic.signals["plasticity_lost"] and plastic.risk == "low"
+    assert part.signals["plasticity_lost"] and part.signals["weight_scale_top"] == 4.1
+    # Closed form, the same as with every layer large: sigmoid(-20 a_final), a_final = 0.57 - 0.75.
+    assert part.probability == whole.probability
+    assert part.probability == pytest.approx(1 / (1 + np.exp(20 * (0.57 - 0.75))), abs=1e-4)
+    assert part.risk == "high" and part.drivers[0] == "weight scale"
+    words = _scale_sentence(part)
+    assert "largest tenth of the layers is at 4.10" in words and "0.57 at pooled" in words
+    # The threshold is the same: a top tenth just below it changes nothing.
+    below = negative_transfer(
+        shuffled, twin, n_target=300, n_classes=10, scale=1.25, scale_top=SCALE_MAX * 0.999
+    )
+    assert below.probability == plastic.probability and not below.signals["plasticity_lost"]
+
+
 def test_real_checkpoints(lite0, minilm) -> None:
     from diag.models import load
 
@@ -134,3 +171,8 @@ def test_real_checkpoints(lite0, minilm) -> None:
     twin = weight_scale(load("minilm", pretrained=False).model)
     assert m is not None and twin is not None
     assert 0.9 < m < 1.1 < SCALE_MAX < m / twin
+    # The largest tenth of the layers of healthy checkpoints stays below the threshold (Lite0 1.76, MiniLM
+    # 1.27; their random inits 2.45 / 0.55).
+    for model in (lite0.model, minilm.model, load("minilm", pretrained=False).model):
+        top = weight_scale(model, SCALE_QUANTILE)
+        assert top is not None and top < 0.8 * SCALE_MAX
