@@ -142,6 +142,7 @@ SCENARIOS = [
     # x 100 / x 10 (lost plasticity).
     *[_rescaled(n) for n in ("tiny001", "tiny01", "big-shuffled", "big", "gamma0")],
     *[_rescaled(n) for n in ("big-random", "big10-shuffled")],
+    _rescaled("big10-deep-shuffled"),  # x 10 on the last third of the convs only (after the widened test)
     # Too high a learning rate (make_scenarios.py, run_sweeps.sh): one epoch of plain SGD at learning rate 1
     # on random labels from ImageNet / random init; AdamW at 0.05 without weight decay from ImageNet on
     # random labels (10 epochs) and from random init on real MNIST labels (30 epochs).

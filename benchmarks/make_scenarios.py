@@ -78,6 +78,10 @@ and its square, so the checkpoint's statistics describe the network it holds):
 ``sgd-half-random-lite0.safetensors``, ``sgd-mild-lite0.safetensors``
     Five epochs at learning rate 0.5 from the random init, and three at 0.05 from ImageNet: built after
     diag's lost-plasticity test was widened (out of sample for it).
+``big10-deep-shuffled-lite0.safetensors``
+    The shuffled weights with only the last third of the convs (16 of 49: blocks.5, blocks.6 and the head
+    conv, with their BatchNorm statistics) x 10: plasticity lost in part of the network, by re-scaling;
+    built after the lost-plasticity test was widened to the largest tenth of the layers.
 ``gamma0-lite0.safetensors``
     Lite0's ImageNet weights with every BatchNorm scale (gamma) set to 0: each layer outputs its bias
     whatever the input, and no gradient reaches a convolution until the scales above it have grown back
@@ -402,10 +406,16 @@ def _ladders(out: Path, prefix: str, train: np.ndarray, val: np.ndarray, seed: i
             )
 
 
-def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0", pretrained: bool = True) -> None:
+def _rescaled(
+    path: Path,
+    factor: float,
+    base: str = "efficientnet_lite0",
+    pretrained: bool = True,
+    only: tuple[str, ...] | None = None,
+) -> None:
     """``base``'s weights with every Conv2d weight x ``factor`` and each BatchNorm's running mean x
     ``factor`` and running variance x ``factor``**2 (deterministic; ``pretrained=False``: the random init
-    of seed 0)."""
+    of seed 0); ``only``: the modules whose names start with one of these prefixes, the rest unchanged."""
     import torch
     from safetensors.torch import save_file
 
@@ -414,7 +424,9 @@ def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0", pretr
     model = load(base, pretrained=pretrained, seed=0).model
     n_conv = 0
     with torch.no_grad():
-        for mod in model.modules():
+        for name, mod in model.named_modules():
+            if only is not None and not name.startswith(only):
+                continue
             if isinstance(mod, torch.nn.Conv2d):
                 mod.weight.mul_(factor)
                 n_conv += 1
@@ -424,7 +436,7 @@ def _rescaled(path: Path, factor: float, base: str = "efficientnet_lite0", pretr
                 mod.running_var.mul_(factor * factor)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(path))
-    print(f"{path.name}: {n_conv} conv weights x {factor:g} ({base})")
+    print(f"{path.name}: {n_conv} conv weights x {factor:g} ({base}{', ' + ' '.join(only) if only else ''})")
 
 
 def _sgd_hot(
@@ -478,6 +490,9 @@ def _sgd_hot(
         torch.set_num_threads(threads)
 
 
+DEEP = ("blocks.5", "blocks.6", "conv_head", "bn2")
+
+
 def _rescaled_family(out: Path) -> None:
     """The re-scaled checkpoints (see the module docstring): too small (collapse) and too large (lost
     plasticity), on ImageNet Lite0 and on the weight-shuffled one (built first by ``_new_families``)."""
@@ -488,6 +503,8 @@ def _rescaled_family(out: Path) -> None:
     _rescaled(out / "big-shuffled-lite0.safetensors", 100.0, base=shuffled)
     _rescaled(out / "big10-shuffled-lite0.safetensors", 10.0, base=shuffled)
     _rescaled(out / "big-random-lite0.safetensors", 100.0, pretrained=False)
+    # lost plasticity in part of the network: the last third of the convs (blocks.5, blocks.6, the head conv)
+    _rescaled(out / "big10-deep-shuffled-lite0.safetensors", 10.0, base=shuffled, only=DEEP)
     _gamma0(out / "gamma0-lite0.safetensors")
     _gratings(out / "gratings")
 

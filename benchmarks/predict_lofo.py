@@ -99,6 +99,7 @@ FAMILY = {
     "big-random-uci": "large weights",
     "big-shuffled-tex": "large weights",
     "big10-shuffled-tex": "large weights",
+    "big10-deep-shuffled-uci": "large weights",
     "tiny001-tex": "collapsed signal",
 }
 
