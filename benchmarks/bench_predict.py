@@ -142,7 +142,9 @@ SCENARIOS = [
     # x 100 / x 10 (lost plasticity).
     *[_rescaled(n) for n in ("tiny001", "tiny01", "big-shuffled", "big", "gamma0")],
     *[_rescaled(n) for n in ("big-random", "big10-shuffled")],
-    _rescaled("big10-deep-shuffled"),  # x 10 on the last third of the convs only (after the widened test)
+    # x 10 on the last third of the convs only, over shuffled and over ImageNet weights (after the widened
+    # lost-plasticity test)
+    *[_rescaled(n) for n in ("big10-deep-shuffled", "big10-deep")],
     # Too high a learning rate (make_scenarios.py, run_sweeps.sh): one epoch of plain SGD at learning rate 1
     # on random labels from ImageNet / random init; AdamW at 0.05 without weight decay from ImageNet on
     # random labels (10 epochs) and from random init on real MNIST labels (30 epochs).
@@ -157,7 +159,7 @@ SCENARIOS = [
     _rescaled("adam-nowd-mnist", "adam-nowd-mnist-lite0/last.pt"),
     _rescaled("gratings", "gratings-lite0/last.pt"),  # random init, trained on synthetic gratings
     # The same damage on the texture target (scratch from tex-lite0's runs).
-    *[_tex_damaged(n) for n in ("tiny001", "big-shuffled", "big10-shuffled")],
+    *[_tex_damaged(n) for n in ("tiny001", "big-shuffled", "big10-shuffled", "big10-deep-shuffled")],
     # A second input size (the rules were set at 32 px; built and swept after the probe-ceiling step was
     # fixed): the texture crops resized to 64 px from the photos (more of their detail) through the three
     # backbones, and the digits upsampled to 64 px.

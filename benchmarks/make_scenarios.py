@@ -82,6 +82,8 @@ and its square, so the checkpoint's statistics describe the network it holds):
     The shuffled weights with only the last third of the convs (16 of 49: blocks.5, blocks.6 and the head
     conv, with their BatchNorm statistics) x 10: plasticity lost in part of the network, by re-scaling;
     built after the lost-plasticity test was widened to the largest tenth of the layers.
+``big10-deep-lite0.safetensors``
+    The same over Lite0's ImageNet weights (good final features): the control.
 ``gamma0-lite0.safetensors``
     Lite0's ImageNet weights with every BatchNorm scale (gamma) set to 0: each layer outputs its bias
     whatever the input, and no gradient reaches a convolution until the scales above it have grown back
@@ -505,6 +507,7 @@ def _rescaled_family(out: Path) -> None:
     _rescaled(out / "big-random-lite0.safetensors", 100.0, pretrained=False)
     # lost plasticity in part of the network: the last third of the convs (blocks.5, blocks.6, the head conv)
     _rescaled(out / "big10-deep-shuffled-lite0.safetensors", 10.0, base=shuffled, only=DEEP)
+    _rescaled(out / "big10-deep-lite0.safetensors", 10.0, only=DEEP)  # ... over ImageNet's features
     _gamma0(out / "gamma0-lite0.safetensors")
     _gratings(out / "gratings")
 

@@ -100,6 +100,8 @@ FAMILY = {
     "big-shuffled-tex": "large weights",
     "big10-shuffled-tex": "large weights",
     "big10-deep-shuffled-uci": "large weights",
+    "big10-deep-uci": "large weights",
+    "big10-deep-shuffled-tex": "large weights",
     "tiny001-tex": "collapsed signal",
 }
 

@@ -130,7 +130,8 @@ done
 rescaled() { $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/$1-lite0.safetensors" \
   --preset small --image-size 32 --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint \
   --no-save-best -q -o "runs/sweeps/v2/$1-uci"; }
-for w in tiny001 big-shuffled tiny01 big gamma0 big-random big10-shuffled sgd-hot sgd-hot-random big10-deep-shuffled; do
+for w in tiny001 big-shuffled tiny01 big gamma0 big-random big10-shuffled sgd-hot sgd-hot-random big10-deep-shuffled \
+  big10-deep; do
   rescaled $w
 done
 # Too high a learning rate (2026-11-30; the sgd-hot checkpoints are make_scenarios.py's): AdamW at 0.05 without
@@ -168,7 +169,7 @@ $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/gratin
   --image-size 32 --epochs 6 --depths 0,3 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q \
   -o runs/sweeps/v2/gratings-uci
 # The collapse and lost plasticity on the texture target (scratch from tex-lite0's runs).
-for w in tiny001 big-shuffled big10-shuffled; do
+for w in tiny001 big-shuffled big10-shuffled big10-deep-shuffled; do
   $D sweep -t $S/tex --val $S/tex-val -b "efficientnet_lite0@$S/$w-lite0.safetensors" --preset small --image-size 32 \
     --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$w-tex"
 done
