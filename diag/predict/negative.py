@@ -106,6 +106,10 @@ SCALE_MAX = math.sqrt(10.0)
 #: 2.45, the ones trained here on shuffled labels, noise or gratings 1.78-2.49); five trained at too high a
 #: learning rate (AdamW at 0.05 without weight decay, or one epoch of SGD at 1) 3.96-32.2 — all negative,
 #: four of them with medians of 1.25-2.56 the median test let through. Set after those five were seen.
+#: Checked after: seven more checkpoints (too-high learning rates, controls, and the last third of the convs
+#: re-scaled x 10), all right (benchmarks/README.md). Not checked: the pretrained weights of other
+#: architectures (ResNet, ConvNeXt, ViT; none offline here) - a healthy one with large top layers would be
+#: judged on its final features, which only matters where they probe below random ones.
 SCALE_QUANTILE = 0.9
 _CONV_OR_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
