@@ -491,9 +491,15 @@ def recommend_freeze(
 
 def _search_line(depth: int, alternative: int | None, n: int) -> str:
     """What ``diag finetune --freeze search`` would try against ``depth``, in words."""
-    words = {alternative: "the alternative", n - 2: "tuning only the last two blocks"}
-    words[0] = "tuning every block"
-    others = [words.get(k, f"K = {k}") for k in search_candidates(depth, alternative, n)[1:]]
+
+    def name(k: int) -> str:
+        if k == 0:
+            return "tuning every block"
+        if k == n - 2:
+            return "tuning only the last two blocks"
+        return "the alternative" if k == alternative else f"K = {k}"
+
+    others = [name(k) for k in search_candidates(depth, alternative, n)[1:]]
     return (
         f"`diag finetune --freeze search` checks K = {depth} against {' and '.join(others)} for about half "
         "a run more."
