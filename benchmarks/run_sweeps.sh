@@ -9,7 +9,7 @@
 # tex-contrast3 / tex-jpeg3 9 min each side by side on a quieter machine, shuffled-tex 11 min (8 runs), each
 # two-depth re-scaled sweep 1.5-8.5 min (4 runs), the gratings backbone 4 min; bench_predict.py --run-missing
 # then adds the depths diag picks (2 runs each).
-# All 77 committed sweeps (benchmarks/results/sweeps/*.json, 2026-11-30): 1,150 runs, 12.2 h of run time as
+# All 89 committed sweeps (benchmarks/results/sweeps/*.json, 2026-11-30 10:00): 1,208 runs, 12.4 h of run time as
 # recorded (runs_wall_time_s; mostly on cores shared with other jobs), so about 6-7 h on 2 cores two runs at a
 # time. On a quiet machine (2026-11-30, two sweeps side by side) a 32 px texture run took 11-27 s: tex-10pc
 # 3.0 min, tex-20pc 4.5, tex-lite2 7.3, tex-noise1/5 3.3/3.7; the search's candidate curves (below) 15 min + 9 min
