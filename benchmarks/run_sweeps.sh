@@ -130,10 +130,13 @@ done
 rescaled() { $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/$1-lite0.safetensors" \
   --preset small --image-size 32 --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint \
   --no-save-best -q -o "runs/sweeps/v2/$1-uci"; }
-for w in tiny001 big-shuffled tiny01 big gamma0 big-random big10-shuffled sgd-hot sgd-hot-random big10-deep-shuffled \
-  big10-deep; do
+for w in tiny001 big-shuffled tiny01 big gamma0 big-random big10-shuffled sgd-hot sgd-hot-random big10-deep-shuffled; do
   rescaled $w
 done
+# ImageNet weights with the last third of the convs x 10: also K 5 and K 7, to see what the freeze rule should say
+$D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/big10-deep-lite0.safetensors" --preset small \
+  --image-size 32 --epochs 6 --depths 0,5,7,9 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q \
+  -o runs/sweeps/v2/big10-deep-uci
 # Too high a learning rate (2026-11-30; the sgd-hot checkpoints are make_scenarios.py's): AdamW at 0.05 without
 # weight decay, from ImageNet on the shuffled-label set (10 epochs) and from random init on the 300 real MNIST
 # samples (30 epochs); then tune-all and the linear probe, as above.
