@@ -199,4 +199,6 @@ def test_a_checkpoint_with_dead_units_is_flagged_for_negative_transfer(tmp_path:
     assert any("block the gradient" in e for e in nt["evidence"])
     # Dead units leave the conv weights at ImageNet's scale: plasticity is not what is lost here.
     assert 0.75 < nt["signals"]["weight_scale"] < 0.85 and not nt["signals"]["plasticity_lost"]
+    # ... nor in part of the network: the largest tenth of its layers is ImageNet Lite0's, 1.76
+    assert 1.7 < nt["signals"]["weight_scale_top"] < 1.8
     assert "--from-scratch" in rep.sections["freeze"]["rationale"][-1]
