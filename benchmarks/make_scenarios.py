@@ -71,8 +71,9 @@ and its square, so the checkpoint's statistics describe the network it holds):
 ``sgd-hot-lite0.safetensors``
     Lite0's ImageNet weights trained one epoch (29 steps of 32) on ``mnist-shuffled`` by plain SGD at
     learning rate 1 — no warm-up, momentum or weight decay — with a new 10-class head, then the head
-    dropped: the first steps blow the weight norms up (median x 8.6 of the pretrained scale) and wreck the
-    features. Lost plasticity made by training, not by re-scaling: a botched fine-tune.
+    dropped: the first steps blow the weight norms up (the median layer from 0.80 to 2.56 times He scale,
+    the largest tenth to 10.8) and wreck the features. Lost plasticity made by training, not by
+    re-scaling: a botched fine-tune.
 ``sgd-hot-random-lite0.safetensors``
     The same from Lite0's random init (seed 0).
 ``sgd-half-random-lite0.safetensors``, ``sgd-mild-lite0.safetensors``
@@ -466,7 +467,7 @@ def _sgd_hot(
         assert isinstance(x, torch.Tensor)
         y = torch.as_tensor(images.labels)
         body = bb.model.train()
-        with torch.no_grad():
+        with torch.no_grad():  # (in train mode: this pass also moves the BatchNorm running statistics once)
             dim = bb.pooled_features(body, bb.normalize(x[:2])).shape[1]
         head = torch.nn.Linear(dim, int(y.max()) + 1)
         opt = torch.optim.SGD([*body.parameters(), *head.parameters()], lr=lr, momentum=0.0, weight_decay=0.0)
