@@ -131,10 +131,8 @@ NT_GRID: dict[str, tuple[float, ...]] = {
     "per_doubling": (0.0, 0.02, 0.04, 0.08),
     "reach_min": (0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
     "scale_max": (2.0, math.sqrt(10.0), 10.0, 30.0, 100.0, math.inf),
-    "top_tenth": (
-        0.0,
-        1.0,
-    ),  # 1: the largest tenth of the layers is tested too (weight_scale_top), 0: the median only
+    # 1: the largest tenth of the layers is tested too (weight_scale_top), 0: the median only
+    "top_tenth": (0.0, 1.0),
 }
 
 
@@ -255,10 +253,9 @@ def nt_probability(sig: dict, c: dict[str, float]) -> float:
     """The negative-transfer probability from a table's stored signals, with constants ``c`` (the formula
     of :func:`diag.predict.negative.negative_transfer`, written out)."""
     scale, final = sig.get("weight_scale"), sig.get("final_advantage")
-    top = sig.get("weight_scale_top") if c.get("top_tenth", 0.0) else None
-    if final is not None and any(
-        x is not None and x > c["scale_max"] for x in (scale, top)
-    ):  # lost plasticity
+    top = sig.get("weight_scale_top") if c["top_tenth"] else None
+    lost = final is not None and any(x is not None and x > c["scale_max"] for x in (scale, top))
+    if lost:
         return 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, 20.0 * float(final)))))
     per_class = float(sig["examples_per_class"])
     start = max(0.0, c["head_start_30"] - c["per_doubling"] * math.log2(max(per_class, 1e-9) / 30.0))
