@@ -222,9 +222,13 @@ def lost_plasticity_support(rows: list[dict]) -> dict[str, Any]:
 def ratio_at(row: dict, k: int | None) -> tuple[float | None, bool]:
     """(accuracy at depth k / best, measured?); an unmeasured k takes the lower of its measured
     neighbours (pessimistic)."""
+    return ratio_in({int(d): float(a) for d, a in row["accuracy_by_depth"].items()}, k)
+
+
+def ratio_in(acc: dict[int, float], k: int | None) -> tuple[float | None, bool]:
+    """:func:`ratio_at` on accuracies by depth ``acc``."""
     if k is None:
         return None, False
-    acc = {int(d): float(a) for d, a in row["accuracy_by_depth"].items()}
     best = max(acc.values())
     if k in acc:
         return acc[k] / best, True
@@ -350,6 +354,10 @@ def lofo_freeze(rows: list[dict]) -> dict[str, Any]:
             per_table[name]["lofo_ratio"] = float(q.mean())
             per_table[name]["lofo_worst"] = float(q.min())
             per_table[name]["lofo_depths"] = sorted({int(x) for x in depth[chosen, j]})
+            ks, counts = np.unique(depth[chosen, j], return_counts=True)
+            per_table[name]["lofo_depth_share"] = {
+                str(int(k)): float(c / len(chosen)) for k, c in zip(ks, counts, strict=True)
+            }
             per_table[name]["lofo_unmeasured_share"] = float(1 - measured[chosen, j].mean())
             per_table[name]["lofo_regret_points"] = float((1 - q.mean()) * rows[j]["best_accuracy"] * 100)
         consts = {
@@ -545,10 +553,85 @@ def _nt_support(rows: list[dict], fam_of: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def evaluate(rows: list[dict]) -> dict[str, Any]:
+def seed_values(sweep: dict) -> dict[int, dict[int, float]]:
+    """Per seed, the best validation accuracy of each pretrained depth of a sweep (``sweep.json``):
+    ``{seed: {K: accuracy}}``, over the depths every seed finished."""
+    runs: dict[int, dict[int, float]] = {}
+    for d in sweep["depths"]:
+        if d["from_scratch"]:
+            continue
+        for s, v in zip(d["seeds"], d["values"], strict=True):
+            if v is not None:
+                runs.setdefault(int(s), {})[int(d["freeze"])] = float(v)
+    common = set.intersection(*(set(v) for v in runs.values())) if runs else set()
+    return {s: {k: v[k] for k in sorted(common)} for s, v in sorted(runs.items())}
+
+
+def split_half(values: dict[int, dict[int, float]], depth_share: dict[int, float]) -> dict[str, Any] | None:
+    """How well a depth can be told at the measurement noise of half the seeds.
+
+    For every split of the seeds into halves A and B (every A of ``m // 2`` seeds, B the rest): the
+    depth with the best mean accuracy on A — an oracle that ran the whole sweep — and the rule's depths
+    (``depth_share``: depth -> weight, e.g. the tied refits of a leave-one-family-out fold) are scored on
+    B as a ratio to B's best depth (an unmeasured depth takes the lower of its measured neighbours, as in
+    :func:`ratio_at`). Both are measured with the same noise, so the oracle's figure is what any rule can
+    be expected to reach at that noise, and the rule's is comparable to it. None with fewer than 2 seeds.
+    """
+    seeds = sorted(values)
+    if len(seeds) < 2:
+        return None
+    oracle, rule = [], []
+    for a in itertools.combinations(seeds, len(seeds) // 2):
+        b = [s for s in seeds if s not in a]
+        depths = list(values[seeds[0]])
+        mean_a = {k: float(np.mean([values[s][k] for s in a])) for k in depths}
+        mean_b = {k: float(np.mean([values[s][k] for s in b])) for k in depths}
+        pick = max(depths, key=lambda k: mean_a[k])  # ties: the first (shallowest) depth
+        oracle.append(mean_b[pick] / max(mean_b.values()))
+        rule.append(sum(w * float(ratio_in(mean_b, k)[0] or 0.0) for k, w in depth_share.items()))
+    return {
+        "n_seeds": len(seeds),
+        "n_splits": len(oracle),
+        "oracle": float(np.mean(oracle)),
+        "rule": float(np.mean(rule)),
+    }
+
+
+def noise_ceiling(tables: dict[str, dict[str, Any]], sweeps: Path) -> dict[str, Any]:
+    """:func:`split_half` on every judged table (its committed ``sweep.json`` under ``sweeps``), the
+    rule's depths being its leave-one-family-out ones; grouped by how many seeds a table has."""
+    per: dict[str, Any] = {}
+    for name, t in tables.items():
+        path = sweeps / f"{name}.json"
+        if not path.is_file() or "lofo_depth_share" not in t:
+            continue
+        share = {int(k): w for k, w in t["lofo_depth_share"].items()}
+        found = split_half(seed_values(json.loads(path.read_text())), share)
+        if found is not None:
+            per[name] = found
+    groups: dict[str, Any] = {}
+    for m in sorted({v["n_seeds"] for v in per.values()}):
+        names = [n for n, v in per.items() if v["n_seeds"] == m]
+        groups[f"{m}_seeds"] = {
+            "n_tables": len(names),
+            "half": m // 2,
+            **{
+                k: {
+                    "mean": float(np.mean([per[n][k] for n in names])),
+                    "min": min(per[n][k] for n in names),
+                    "below_0.95": sum(per[n][k] < 0.95 for n in names),
+                }
+                for k in ("oracle", "rule")
+            },
+        }
+    return {"tables": per, "by_seeds": groups}
+
+
+def evaluate(rows: list[dict], sweeps: Path = ROOT / "benchmarks" / "results" / "sweeps") -> dict[str, Any]:
     freeze = lofo_freeze(rows)
     freeze["first_layer_peak"] = first_layer_peak_support(rows)
     freeze["lost_plasticity"] = lost_plasticity_support(rows)
+    freeze["noise_ceiling"] = noise_ceiling(freeze["tables"], sweeps)
     return {"freeze": freeze, "negative_transfer": lofo_negative(rows)}
 
 
@@ -647,6 +730,7 @@ def print_tables(res: dict[str, Any]) -> None:
         print(k, v)
     print("first-layer peak (K 0):", json.dumps(fr.get("first_layer_peak", {})))
     print("lost plasticity (K n):", json.dumps(fr.get("lost_plasticity", {})))
+    print("noise ceiling (split halves of the seeds):", json.dumps(fr["noise_ceiling"]["by_seeds"]))
     print(json.dumps(fr["folds"], indent=None))
     nt = res["negative_transfer"]
     keys = ("n_tables", "n_negative", "negative_families", "shipped", "refit_all", "lofo")
