@@ -9,9 +9,9 @@
 # tex-contrast3 / tex-jpeg3 9 min each side by side on a quieter machine, shuffled-tex 11 min (8 runs), each
 # two-depth re-scaled sweep 1.5-8.5 min (4 runs), the gratings backbone 4 min; bench_predict.py --run-missing
 # then adds the depths diag picks (2 runs each).
-# All 89 committed sweeps (benchmarks/results/sweeps/*.json, 2026-11-30 10:00): 1,208 runs, 12.4 h of run time as
-# recorded (runs_wall_time_s; mostly on cores shared with other jobs), so about 6-7 h on 2 cores two runs at a
-# time. On a quiet machine (2026-11-30, two sweeps side by side) a 32 px texture run took 11-27 s: tex-10pc
+# All 89 committed sweeps (benchmarks/results/sweeps/*.json, 2026-11-30 12:05, after the four-seed pass below):
+# 1,768 runs (each depth's seeds and the scratch runs), 14.8 h of run time as recorded (runs_wall_time_s; mostly
+# on cores shared with other jobs), so about 7.5-8 h on 2 cores two runs at a time. On a quiet machine (2026-11-30, two sweeps side by side) a 32 px texture run took 11-27 s: tex-10pc
 # 3.0 min, tex-20pc 4.5, tex-lite2 7.3, tex-noise1/5 3.3/3.7; the search's candidate curves (below) 15 min + 9 min
 # for the debates. The nine tables added 2026-11-30 06:33-07:17 UTC (two sweeps side by side, nice 19, the cores
 # otherwise idle but for diagnoses): each 64 px sweep 8.5-11.5 min (20 runs), each science-image sweep at 32 px
@@ -176,6 +176,28 @@ for w in tiny001 big-shuffled big10-shuffled big10-deep-shuffled; do
   $D sweep -t $S/tex --val $S/tex-val -b "efficientnet_lite0@$S/$w-lite0.safetensors" --preset small --image-size 32 \
     --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$w-tex"
 done
+
+# Four seeds (0-3) on the input-corruption and science-image families (2026-11-30): two seeds at 500 validation
+# images leave a depth's mean some 0.02-0.03 uncertain, about the distance between neighbouring depths, and those
+# two families held six of the seven tables below 0.95 of the best depth. Each sweep above is extended at its
+# committed depths (seeds 0/1 reused, seeds 2/3 and their scratch runs added). mnist-uci-inverted and
+# mnist-opencv-noisy stay at two seeds: their runs predate kept run folders, so seeds 0/1 would be re-run.
+# Time: 30 tables, 556 new runs (14-20 a table, scratch included) at 11-20 s each: 75 min on two lanes (nice 19,
+# 2026-11-30 10:45-12:01 UTC; 4.3-7 min a table).
+four_seeds() {  # NAME TARGET VAL BACKBONE: the committed sweep's depths, seeds 0-3
+  local depths
+  depths=$(.venv/bin/python -c "import json,sys; s=json.load(open(sys.argv[1])); print(','.join(str(d['freeze']) for d in s['depths'] if not d['from_scratch']))" "benchmarks/results/sweeps/$1.json")
+  $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size 32 --epochs 6 --depths "$depths" \
+    --seeds 0,1,2,3 --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
+}
+for b in lite0 lite1 lite2; do four_seeds sci-$b $S/sci $S/sci-val efficientnet_$b; done
+for c in noise blur contrast jpeg; do
+  for k in 1 3 5; do
+    four_seeds sci-$c$k $S/sci-$c$k $S/sci-$c$k-val efficientnet_lite0
+    four_seeds tex-$c$k $S/tex-$c$k $S/tex-$c$k-val efficientnet_lite0
+  done
+done
+for k in 1 3 5; do four_seeds opencv-noise$k $S/opencv-noise$k $S/opencv-noise$k-val efficientnet_lite0; done
 
 # Per-epoch curves for the budgeted-search simulation (bench_search.py) on the tables whose sweeps predate kept
 # runs: the search's candidate depths re-run with the same recipe and seeds into runs/sweeps/curves/NAME (no
