@@ -9,9 +9,10 @@
 # tex-contrast3 / tex-jpeg3 9 min each side by side on a quieter machine, shuffled-tex 11 min (8 runs), each
 # two-depth re-scaled sweep 1.5-8.5 min (4 runs), the gratings backbone 4 min; bench_predict.py --run-missing
 # then adds the depths diag picks (2 runs each).
-# All 89 committed sweeps (benchmarks/results/sweeps/*.json, 2026-11-30 12:05, after the four-seed pass below):
-# 1,768 runs (each depth's seeds and the scratch runs), 14.8 h of run time as recorded (runs_wall_time_s; mostly
-# on cores shared with other jobs), so about 7.5-8 h on 2 cores two runs at a time. On a quiet machine (2026-11-30, two sweeps side by side) a 32 px texture run took 11-27 s: tex-10pc
+# All 89 committed sweeps (benchmarks/results/sweeps/*.json, 2026-11-30 12:30, after the four-seed pass below):
+# 1,856 runs (each depth's seeds and the scratch runs), 15.3 h of run time as recorded (runs_wall_time_s; mostly
+# on cores shared with other jobs), so about 7.5-8 h on 2 cores two runs at a time. On a quiet machine
+# (2026-11-30, two sweeps side by side) a 32 px texture run took 11-27 s: tex-10pc
 # 3.0 min, tex-20pc 4.5, tex-lite2 7.3, tex-noise1/5 3.3/3.7; the search's candidate curves (below) 15 min + 9 min
 # for the debates. The nine tables added 2026-11-30 06:33-07:17 UTC (two sweeps side by side, nice 19, the cores
 # otherwise idle but for diagnoses): each 64 px sweep 8.5-11.5 min (20 runs), each science-image sweep at 32 px
@@ -198,6 +199,10 @@ for c in noise blur contrast jpeg; do
   done
 done
 for k in 1 3 5; do four_seeds opencv-noise$k $S/opencv-noise$k $S/opencv-noise$k-val efficientnet_lite0; done
+# ... then the textures family (88 runs, 17 min on two lanes, 12:08-12:25 UTC). tex-lite0's scratch runs are also
+# those of shuffled-tex and the re-scaled texture checkpoints (bench_predict.py: scratch_from), re-evaluated after.
+for b in lite0 lite1 lite2; do four_seeds tex-$b $S/tex $S/tex-val efficientnet_$b; done
+for n in 10 20; do four_seeds tex-${n}pc $S/tex-${n}pc $S/tex-val efficientnet_lite0; done
 
 # Per-epoch curves for the budgeted-search simulation (bench_search.py) on the tables whose sweeps predate kept
 # runs: the search's candidate depths re-run with the same recipe and seeds into runs/sweeps/curves/NAME (no
