@@ -9,9 +9,9 @@
 # tex-contrast3 / tex-jpeg3 9 min each side by side on a quieter machine, shuffled-tex 11 min (8 runs), each
 # two-depth re-scaled sweep 1.5-8.5 min (4 runs), the gratings backbone 4 min; bench_predict.py --run-missing
 # then adds the depths diag picks (2 runs each).
-# All 89 committed sweeps (benchmarks/results/sweeps/*.json, 2026-11-30 12:30, after the four-seed pass below):
-# 1,856 runs (each depth's seeds and the scratch runs), 15.3 h of run time as recorded (runs_wall_time_s; mostly
-# on cores shared with other jobs), so about 7.5-8 h on 2 cores two runs at a time. On a quiet machine
+# All 89 committed sweeps (benchmarks/results/sweeps/*.json, 2026-11-30 13:05, after the four-seed pass below):
+# 1,976 runs (each depth's seeds and the scratch runs), 16.3 h of run time as recorded (runs_wall_time_s; mostly
+# on cores shared with other jobs), so about 8-8.5 h on 2 cores two runs at a time. On a quiet machine
 # (2026-11-30, two sweeps side by side) a 32 px texture run took 11-27 s: tex-10pc
 # 3.0 min, tex-20pc 4.5, tex-lite2 7.3, tex-noise1/5 3.3/3.7; the search's candidate curves (below) 15 min + 9 min
 # for the debates. The nine tables added 2026-11-30 06:33-07:17 UTC (two sweeps side by side, nice 19, the cores
@@ -188,7 +188,7 @@ done
 four_seeds() {  # NAME TARGET VAL BACKBONE: the committed sweep's depths, seeds 0-3
   local depths
   depths=$(.venv/bin/python -c "import json,sys; s=json.load(open(sys.argv[1])); print(','.join(str(d['freeze']) for d in s['depths'] if not d['from_scratch']))" "benchmarks/results/sweeps/$1.json")
-  $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size 32 --epochs 6 --depths "$depths" \
+  $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size "${SIZE:-32}" --epochs 6 --depths "$depths" \
     --seeds 0,1,2,3 --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
 }
 for b in lite0 lite1 lite2; do four_seeds sci-$b $S/sci $S/sci-val efficientnet_$b; done
@@ -203,6 +203,11 @@ for k in 1 3 5; do four_seeds opencv-noise$k $S/opencv-noise$k $S/opencv-noise$k
 # those of shuffled-tex and the re-scaled texture checkpoints (bench_predict.py: scratch_from), re-evaluated after.
 for b in lite0 lite1 lite2; do four_seeds tex-$b $S/tex $S/tex-val efficientnet_$b; done
 for n in 10 20; do four_seeds tex-${n}pc $S/tex-${n}pc $S/tex-val efficientnet_lite0; done
+# ... and the 64 px family (120 runs, 33 min on two lanes, 12:30-13:02 UTC, 8-13 min a table).
+for b in lite0 lite1 lite2; do SIZE=64 four_seeds tex64-$b $S/tex64 $S/tex64-val efficientnet_$b; done
+SIZE=64 four_seeds uci64-lite0 samples:uci-digits $S/uci-val efficientnet_lite0
+SIZE=64 four_seeds uci64-lite2 samples:uci-digits $S/uci-val efficientnet_lite2
+SIZE=64 four_seeds opencv64-lite0 samples:opencv-digits $S/opencv-val efficientnet_lite0
 
 # Per-epoch curves for the budgeted-search simulation (bench_search.py) on the tables whose sweeps predate kept
 # runs: the search's candidate depths re-run with the same recipe and seeds into runs/sweeps/curves/NAME (no

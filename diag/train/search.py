@@ -25,8 +25,8 @@ rule's neighbours as challengers and no margin the search lost to the rule alone
 ``benchmarks/bench_search.py``). With the candidates of :func:`search_candidates` and this one-sided margin
 it reached 0.979 / 0.981 / 0.988 at budgets 0.25 / 0.5 / 1 (the neighbours under a margin for every
 challenger: 0.970 / 0.976 / 0.978); the best of the three candidates averages 0.992, but the early rungs
-cannot always tell which one it is. With four seeds on 35 of those tables (three families; the rule alone
-0.977): 0.978 / 0.981 / 0.988, the neighbours 0.970 / 0.975 / 0.984, no margin 0.976 / 0.979 / 0.989.
+cannot always tell which one it is. With four seeds on 41 of those tables (four families; the rule alone
+0.978): 0.979 / 0.982 / 0.988, the neighbours 0.971 / 0.976 / 0.984, no margin 0.976 / 0.979 / 0.989.
 """
 
 from __future__ import annotations
