@@ -29,10 +29,10 @@ sweep() {  # NAME TARGET VAL BACKBONE DEPTHS (input size: $SIZE, default 32 px)
   $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size "${SIZE:-32}" --epochs 6 --depths "$5" \
     --seeds 0,1 --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
 }
-damage() {  # OUT DATA [--from-scratch]: train every layer on random labels, keep the last weights
+damage() {  # OUT DATA [--from-scratch] [EPOCHS] [LR]: train every layer on random labels, keep the last weights
   [ -f "$S/$1/last.pt" ] && [ -f "$S/$1/result.json" ] && grep -q '"completed"' "$S/$1/result.json" && return
   $D finetune -t "$S/$2" -b efficientnet_lite0 ${3:-} --freeze 0 --image-size 32 --epochs "${4:-30}" \
-    --lr 0.002 --weight-decay 0 --augment none --val-fraction 0.1 --keep-checkpoint -q -o "$S/$1" --overwrite
+    --lr "${5:-0.002}" --weight-decay 0 --augment none --val-fraction 0.1 --keep-checkpoint -q -o "$S/$1" --overwrite
 }
 
 sweep mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0 0,3,5,6,7,8,9
@@ -50,9 +50,7 @@ damage noise-memorizer-lite0 noise-shuffled --from-scratch
 sweep noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/noise-memorizer-lite0/last.pt 0,3,5,7,9
 # Too high a learning rate: the memoriser's recipe at 25 times its learning rate (AdamW 0.05, no weight decay;
 # 30 epochs, 3.3 min on 2 cores shared with a test run), then a full sweep (4 min). Negative; weight scale 1.25.
-[ -f "$S/hot-memorizer-lite0/last.pt" ] && grep -q '"completed"' "$S/hot-memorizer-lite0/result.json" ||
-  $D finetune -t "$S/mnist-shuffled" -b efficientnet_lite0 --from-scratch --freeze 0 --image-size 32 --epochs 30 \
-    --lr 0.05 --weight-decay 0 --augment none --val-fraction 0.1 --keep-checkpoint -q -o "$S/hot-memorizer-lite0" --overwrite
+damage hot-memorizer-lite0 mnist-shuffled --from-scratch 30 0.05
 sweep hot-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/hot-memorizer-lite0/last.pt 0,3,5,7,9
 # Dead units (make_scenarios.py): the depths include those bench_predict.py --run-missing added.
 sweep dead60-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/dead60-lite0.safetensors 0,3,4,5,7,9
@@ -141,27 +139,19 @@ $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/big10-
 # Too high a learning rate (2026-11-30; the sgd-hot checkpoints are make_scenarios.py's): AdamW at 0.05 without
 # weight decay, from ImageNet on the shuffled-label set (10 epochs) and from random init on the 300 real MNIST
 # samples (30 epochs); then tune-all and the linear probe, as above.
-hot() {  # NAME DATA EPOCHS [--from-scratch]
+tuned() {  # NAME DATA EPOCHS LR [--from-scratch]: AdamW without weight decay, then tune-all and the linear probe
   [ -f "$S/$1-lite0/last.pt" ] && grep -q '"completed"' "$S/$1-lite0/result.json" ||
-    $D finetune -t "$2" -b efficientnet_lite0 ${4:-} --freeze 0 --image-size 32 --epochs "$3" --lr 0.05 \
+    $D finetune -t "$2" -b efficientnet_lite0 ${5:-} --freeze 0 --image-size 32 --epochs "$3" --lr "$4" \
       --weight-decay 0 --augment none --val-fraction 0.1 --keep-checkpoint -q -o "$S/$1-lite0" --overwrite
   $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/$1-lite0/last.pt" --preset small \
     --image-size 32 --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q \
     -o "runs/sweeps/v2/$1-uci"
 }
-hot hot-pretrained $S/mnist-shuffled 10
-hot hot-mnist samples:mnist 30 --from-scratch
+tuned hot-pretrained $S/mnist-shuffled 10 0.05
+tuned hot-mnist samples:mnist 30 0.05 --from-scratch
 # Out of sample for the widened lost-plasticity test: SGD checkpoints (make_scenarios.py) and AdamW without
 # weight decay from ImageNet on real MNIST labels at 0.02 (10 epochs) and at the usual 0.002 (30 epochs).
 for w in sgd-half-random sgd-mild; do rescaled $w; done
-tuned() {  # NAME DATA EPOCHS LR: AdamW from ImageNet, no weight decay
-  [ -f "$S/$1-lite0/last.pt" ] && grep -q '"completed"' "$S/$1-lite0/result.json" ||
-    $D finetune -t "$2" -b efficientnet_lite0 --freeze 0 --image-size 32 --epochs "$3" --lr "$4" \
-      --weight-decay 0 --augment none --val-fraction 0.1 --keep-checkpoint -q -o "$S/$1-lite0" --overwrite
-  $D sweep -t samples:uci-digits --val $S/uci-val -b "efficientnet_lite0@$S/$1-lite0/last.pt" --preset small \
-    --image-size 32 --epochs 6 --depths 0,9 --seeds 0,1 --no-scratch --no-keep-checkpoint --no-save-best -q \
-    -o "runs/sweeps/v2/$1-uci"
-}
 tuned hot-adam-mnist samples:mnist 10 0.02
 tuned adam-nowd-mnist samples:mnist 30 0.002
 # A far synthetic source: Lite0 from random init, 10 epochs on 1,000 gratings (orientation = class, real labels;
