@@ -580,10 +580,10 @@ def split_half(values: dict[int, dict[int, float]], depth_share: dict[int, float
     seeds = sorted(values)
     if len(seeds) < 2:
         return None
+    depths = list(values[seeds[0]])  # seed_values keeps the depths every seed finished
     oracle, rule = [], []
     for a in itertools.combinations(seeds, len(seeds) // 2):
         b = [s for s in seeds if s not in a]
-        depths = list(values[seeds[0]])
         mean_a = {k: float(np.mean([values[s][k] for s in a])) for k in depths}
         mean_b = {k: float(np.mean([values[s][k] for s in b])) for k in depths}
         pick = max(depths, key=lambda k: mean_a[k])  # ties: the first (shallowest) depth
