@@ -112,6 +112,8 @@ FREEZE_GRID: dict[str, tuple[float, ...]] = {
     "small_target": (10, 15, 20, 25, 31, 40),  # 10 = no small-target step; 31 catches 30 per class
     "min_tuned": (0, 1, 2, 3),
     "peak_offset": (-1, 0, 1),
+    # blocks tuned when the pretrained features probe no better than the random-init twin's; 0: step off
+    "no_advantage_tuned": (0, 1, 2, 3),
 }
 #: The negative-transfer rule's constants: head start at 30 per class, its shrink per doubling, the
 #: gradient-reach floor (p = sigmoid(20(-a - head_start) + 0.5 shift + 8 blocked), high above 0.6) and the
@@ -148,10 +150,10 @@ def freeze_recommendation(row: dict, rule: FreezeRule) -> FreezeRecommendation:
         for k, v in ev["linear_probe"].items()
     }
     per_class = float(ev["examples_per_class"])
-    scale = (row.get("nt_signals") or {}).get("weight_scale")
+    sig = row.get("nt_signals") or {}
     return recommend_freeze(
         curve, row["blocks"], n_target=round(per_class * 1000), n_classes=1000, rgn=ev.get("rgn"),
-        weight_scale=scale, rule=rule,
+        weight_scale=sig.get("weight_scale"), feature_advantage=sig.get("feature_advantage"), rule=rule,
     )  # fmt: skip
 
 

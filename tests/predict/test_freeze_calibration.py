@@ -269,3 +269,77 @@ def test_an_unmeasured_step_with_an_alternative_points_to_the_search_once() -> N
     line = next(x for x in rec.rationale if x.startswith("How sure"))
     assert rec.evidence["alternative_depth"] is None and line.count("--freeze search") == 1
     assert "checks the depth for a fraction of a run" in line
+
+
+#: Measured (``benchmarks/results/predict.json``): Lite0 on the science images with Gaussian noise of sd 97
+#: grey levels (sci-noise5), 30 per class. The probe peaks at blocks.0 (fold spread 0.053) and ImageNet's
+#: features beat the random-init twin's by 0.007 at their best layers. Measured over four seeds: freezing
+#: through blocks.0 (K 2) 0.431, the last two blocks tuned (K 7) 0.494, the best depth (K 6) 0.495.
+SCI_NOISE5 = [0.87, 0.877, 0.84, 0.797, 0.823, 0.77, 0.763, 0.743, 0.47]
+
+
+def test_no_feature_advantage_tunes_only_the_last_blocks() -> None:
+    n = len(BLOCKS)
+    pre = curve(SCI_NOISE5, std=0.053)
+    probe = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10)  # no twin: the probe step, K 2
+    assert probe.depth == 2 and probe.evidence["basis"] == "probe"
+    rec = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, feature_advantage=0.007)
+    assert rec.depth == n - 2 and rec.tune == BLOCKS[-2:] and rec.evidence["basis"] == "no feature advantage"
+    assert rec.evidence["alternative_depth"] == 2  # the probe peak's depth stays as the alternative
+    why = rec.rationale[1]
+    assert "no better than the random-init twin's" in why and "+0.01 from the twin's best" in why
+    assert (
+        "within the probe's fold spread (0.05)" in why
+        and f"tune only the last 2 block(s) (K = {n - 2})" in why
+    )
+    # the bound is the probe's own fold spread, on either side of zero: a worse-than-random body (a
+    # memoriser, -0.11 against a spread of 0.033) is not "no advantage", it keeps the probe step
+    for adv, fires in ((0.053, True), (-0.053, True), (0.054, False), (-0.054, False)):
+        got = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, feature_advantage=adv)
+        assert (got.evidence["basis"] == "no feature advantage") is fires, adv
+    memo = recommend_freeze(curve(MEMORIZER_UCI, std=0.033), BLOCKS, n_target=300, n_classes=10,
+                            feature_advantage=-0.11)  # fmt: skip
+    assert memo.depth == 3 and memo.evidence["basis"] == "probe"
+    # the blocks tuned are the rule's constant (0 turns the step off); other constants do not move it
+    for tuned in (1, 2, 3):
+        got = recommend_freeze(
+            pre,
+            BLOCKS,
+            n_target=300,
+            n_classes=10,
+            feature_advantage=0.0,
+            rule=FreezeRule(no_advantage_tuned=tuned),
+        )
+        assert got.depth == n - tuned
+    off = FreezeRule(no_advantage_tuned=0)
+    assert (
+        recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, feature_advantage=0.0, rule=off).depth == 2
+    )
+    for rule in (FreezeRule(peak_offset=1), FreezeRule(min_tuned=0)):
+        assert (
+            recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, feature_advantage=0.0, rule=rule).depth
+            == 7
+        )
+    # the steps before it come first: a small target, a first-layer peak, lost plasticity
+    assert recommend_freeze(pre, BLOCKS, n_target=150, n_classes=10, feature_advantage=0.0).depth == n - 1
+    first = recommend_freeze(
+        curve(SHUFFLED_UCI, std=0.017), BLOCKS, n_target=300, n_classes=10, feature_advantage=0.0
+    )
+    assert first.depth == 0 and first.evidence["basis"] == "first-layer peak"
+    lost = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, feature_advantage=0.0, weight_scale=75.8)
+    assert lost.depth == n
+
+
+def test_no_feature_advantage_reads_the_negative_transfer_verdict() -> None:
+    from diag.predict.negative import negative_transfer
+
+    pre = curve(SCI_NOISE5, std=0.053)
+    # the random-init twin's probe as measured on sci-noise5: best at the stem, 0.87
+    twin = curve([0.87, 0.82, 0.79, 0.72, 0.7, 0.66, 0.64, 0.6, 0.41])
+    verdict = negative_transfer(pre, twin, n_target=300, n_classes=10)
+    assert abs(verdict.signals["feature_advantage"] - 0.007) < 1e-9
+    rec = recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, negative=verdict)
+    assert rec.depth == len(BLOCKS) - 2 and rec.evidence["basis"] == "no feature advantage"
+    # an explicit advantage wins over the verdict's
+    assert recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, negative=verdict,
+                            feature_advantage=0.2).depth == 2  # fmt: skip
