@@ -95,6 +95,7 @@ INV = f"{SC}/uci-inverted"
 MEMORIZER = f"efficientnet_lite0@{SC}/memorizer-lite0/last.pt"
 NOISE_MEMORIZER = f"efficientnet_lite0@{SC}/noise-memorizer-lite0/last.pt"
 NOISE_30 = "noise-memorizer-uci-30ep"
+STEP7 = "26505f5"  # the commit that fixed the freeze rule's "no feature advantage" step
 SCENARIOS = [
     _digits("mnist-uci", "efficientnet_lite0"),
     _digits("mnist-opencv", "efficientnet_lite0", "samples:opencv-digits", f"{SC}/opencv-val"),
@@ -177,6 +178,20 @@ SCENARIOS = [
     # A memoriser trained at too high a learning rate without weight decay (random labels, AdamW lr 0.05, 30
     # epochs; 25 times the memoriser's learning rate); built after the negative-transfer rule was fixed.
     _digits("hot-memorizer-uci", f"efficientnet_lite0@{SC}/hot-memorizer-lite0/last.pt", held_out=True),
+    # Lite1 and Lite2 on the heaviest noise of the texture and science ladders: built after step 7 of the
+    # freeze rule ("no feature advantage", commit 26505f5) was fixed, out of sample for it; screened only by
+    # diagnosing them (which step decides), before any sweep.
+    *[
+        {**_tex(f"{t}-{b}", f"efficientnet_{b}", f"{SC}/{t}", photos=t.split("-")[0]), "built_after": STEP7}
+        for t, b in (("tex-noise5", "lite1"), ("tex-noise5", "lite2"), ("sci-noise3", "lite1"),
+                     ("sci-noise5", "lite1"), ("sci-noise5", "lite2"), ("tex-noise3", "lite2"))
+    ],
+    # A new family, synthetic patterns (make_scenarios.py; built after step 7 too, screened the same way):
+    # band-pass noise by pass band (Lite0, Lite2) and gratings by orientation (Lite0); source: the photos.
+    *[
+        {**_tex(f"synth-{k}-{b}", f"efficientnet_{b}", f"{SC}/synth-{k}"), "built_after": STEP7}
+        for k, b in (("spectra", "lite0"), ("spectra", "lite2"), ("orient", "lite0"))
+    ],
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
         "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",
@@ -330,6 +345,7 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path, rule_
         "nt_only": bool(sc.get("nt_only")),
         "held_out": bool(sc.get("held_out")),
         "late": bool(sc.get("late")),
+        **({"built_after": sc["built_after"]} if sc.get("built_after") else {}),
         "epochs": int(sc["sweep_args"][sc["sweep_args"].index("--epochs") + 1]),
         "backbone": sc["backbone"],
         "target": sc["target"],

@@ -511,6 +511,7 @@ def _rescaled_family(out: Path) -> None:
     _rescaled(out / "big10-deep-lite0.safetensors", 10.0, only=DEEP)  # ... over ImageNet's features
     _gamma0(out / "gamma0-lite0.safetensors")
     _gratings(out / "gratings")
+    _synthetic_targets(out)
 
 
 def _gamma0(path: Path) -> None:
@@ -548,6 +549,44 @@ def _gratings(out: Path, per_class: int = 100, size: int = 32) -> None:
             labels.append(c)
     S.write_digits(out, np.stack(images), np.array(labels), np.arange(len(labels)))
     print(f"{out.name}: {len(labels)} gratings")
+
+
+def _synthetic_targets(out: Path, size: int = 32) -> None:
+    """Two synthetic targets, 30 per class with 50 per class for validation (another family: patterns that
+    a random-init network's features may separate as well as ImageNet's; built after step 7 of the freeze
+    rule was fixed). ``synth-orient``: sinusoidal gratings, the class is the orientation (10 steps of 18
+    degrees; frequency 2-8 cycles per image, random phase and contrast, noise sd 30). ``synth-spectra``:
+    band-pass filtered Gaussian noise, the class is the pass band (5 orientations x 2 radial frequencies;
+    random phase, so no shape, only the spectrum)."""
+    rng = np.random.default_rng(7007)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    fy, fx = np.meshgrid(np.fft.fftfreq(size) * size, np.fft.fftfreq(size) * size, indexing="ij")
+    radius, angle = np.hypot(fx, fy), np.arctan2(fy, fx) % np.pi
+    per, val = 30, 50
+    for kind in ("orient", "spectra"):
+        images, labels = [], []
+        for c in range(10):
+            for _ in range(per + val):
+                if kind == "orient":
+                    theta, freq = np.pi * c / 10, rng.uniform(2.0, 8.0)
+                    wave = np.sin(
+                        2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + rng.uniform(0, 6.3)
+                    )
+                    img = 128 + rng.uniform(30, 90) * wave + rng.normal(0, 30, size=wave.shape)
+                else:
+                    theta, centre = np.pi * (c % 5) / 5, (3.0, 9.0)[c // 5]
+                    d_angle = np.minimum(np.abs(angle - theta), np.pi - np.abs(angle - theta))
+                    band = np.exp(-((radius - centre) ** 2) / 4.0 - d_angle**2 / 0.08)
+                    field = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(size, size))) * band))
+                    img = 128 + 50 * field / (field.std() + 1e-9)
+                grey = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+                images.append(np.repeat(grey[:, :, None], 3, axis=2))
+                labels.append(c)
+        y = np.array(labels)
+        pos = np.arange(len(y)) % (per + val)
+        S.write_digits(out / f"synth-{kind}", np.stack(images), y, np.flatnonzero(pos < per))
+        S.write_digits(out / f"synth-{kind}-val", np.stack(images), y, np.flatnonzero(pos >= per))
+        print(f"synth-{kind}: {per} + {val} per class")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,16 @@ FAMILY = {
     **{n: "64 px" for n in ("uci64-lite0", "uci64-lite2", "opencv64-lite0")},
     **{f"sci-{b}": "science images" for b in ("lite0", "lite1", "lite2")},
     **{f"sci-{c}{k}": "input corruption" for c in ("noise", "blur", "contrast", "jpeg") for k in (1, 3, 5)},
+    **{
+        f"{t}-{b}": "input corruption"
+        for t in ("tex-noise3", "tex-noise5", "sci-noise3", "sci-noise5")
+        for b in ("lite1", "lite2")
+    },
+    **{
+        f"synth-{k}-{b}": "synthetic patterns"
+        for k in ("spectra", "orient")
+        for b in ("lite0", "lite1", "lite2")
+    },
     "tiny001-uci": "collapsed signal",
     "tiny01-uci": "collapsed signal",
     "gamma0-uci": "collapsed signal",
@@ -629,8 +639,38 @@ def noise_ceiling(tables: dict[str, dict[str, Any]], sweeps: Path) -> dict[str, 
     return {"tables": per, "by_seeds": groups}
 
 
+def built_after_check(rows: list[dict], tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The tables built after a step of the freeze rule was fixed (a row's ``built_after`` commit): per
+    table, the step that decided it, its depth and ratio, the depth and ratio without the no-feature-advantage
+    step (``no_advantage_tuned=0``: the probe's), tuning everything, and the leave-one-family-out ratio."""
+    out: dict[str, Any] = {}
+    for r in freeze_rows(rows):
+        if not r.get("built_after"):
+            continue
+        rec = freeze_recommendation(r, FreezeRule())
+        k_off = freeze_depth(r, FreezeRule(no_advantage_tuned=0))
+        out[r["name"]] = {
+            "built_after": r["built_after"],
+            "basis": rec.evidence["basis"],
+            "depth": rec.depth,
+            "ratio": ratio_at(r, rec.depth)[0],
+            "depth_without_step": k_off,
+            "ratio_without_step": ratio_at(r, k_off)[0],
+            "tune_all": ratio_at(r, 0)[0],
+            "best_depth": r["best_depth"],
+            "lofo_ratio": tables[r["name"]]["lofo_ratio"],
+        }
+    if out:
+        out["mean"] = {
+            k: _mean([t[k] for t in out.values()])
+            for k in ("ratio", "ratio_without_step", "tune_all", "lofo_ratio")
+        }
+    return out
+
+
 def evaluate(rows: list[dict], sweeps: Path = ROOT / "benchmarks" / "results" / "sweeps") -> dict[str, Any]:
     freeze = lofo_freeze(rows)
+    freeze["built_after"] = built_after_check(rows, freeze["tables"])
     freeze["first_layer_peak"] = first_layer_peak_support(rows)
     freeze["lost_plasticity"] = lost_plasticity_support(rows)
     freeze["noise_ceiling"] = noise_ceiling(freeze["tables"], sweeps)
@@ -733,6 +773,7 @@ def print_tables(res: dict[str, Any]) -> None:
     print("first-layer peak (K 0):", json.dumps(fr.get("first_layer_peak", {})))
     print("lost plasticity (K n):", json.dumps(fr.get("lost_plasticity", {})))
     print("noise ceiling (split halves of the seeds):", json.dumps(fr["noise_ceiling"]["by_seeds"]))
+    print("built after a step was fixed:", json.dumps(fr.get("built_after", {})))
     print(json.dumps(fr["folds"], indent=None))
     nt = res["negative_transfer"]
     keys = ("n_tables", "n_negative", "negative_families", "shipped", "refit_all", "lofo")
