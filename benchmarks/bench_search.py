@@ -40,11 +40,13 @@ CURVES = ROOT / "benchmarks" / "results" / "curves"
 BUDGETS = (0.25, 0.5, 1.0)
 
 
-def harvest(name: str, sweep_root: Path) -> dict | None:
+def harvest(name: str, sweep_root: Path, seeds: set[str] | None = None) -> dict | None:
     """Per-epoch validation accuracy of every run of a sweep: ``{"K": {"seed": [acc, ...]}}``.
 
     Read from the sweep's own runs (``v2/NAME``) and, for tables whose sweep predates kept runs, from the
-    candidate depths re-run with the same recipe and seeds (``curves/NAME``, ``run_sweeps.sh``)."""
+    candidate depths re-run with the same recipe and seeds (``curves/NAME``, ``run_sweeps.sh``). ``seeds``:
+    only those (the committed sweep's), so that a re-run adding seeds is not simulated before its table
+    is."""
     curves: dict[str, dict[str, list[float]]] = {}
     for runs in (sweep_root / "v2" / name / "runs", sweep_root / "curves" / name / "runs"):
         if not runs.is_dir():
@@ -52,6 +54,8 @@ def harvest(name: str, sweep_root: Path) -> dict | None:
         for d in sorted(runs.iterdir()):
             parts = d.name.split("-")
             if parts[0] != "freeze" or not (d / "result.json").exists():
+                continue
+            if seeds is not None and parts[3] not in seeds:
                 continue
             res = json.loads((d / "result.json").read_text())
             if res.get("status") != "completed":
@@ -215,7 +219,8 @@ def main() -> int:
         if row.get("nt_only") or row.get("negative_transfer_measured") or "accuracy_by_depth" not in row:
             continue
         path = CURVES / f"{row['name']}.json"
-        curves = harvest(row["name"], sweep_root)
+        committed = {str(x) for d in _sweep(row["name"])["depths"] for x in d["seeds"]}
+        curves = harvest(row["name"], sweep_root, committed)
         if curves:
             path.write_text(json.dumps(curves, indent=0) + "\n")
         elif path.is_file():
@@ -270,6 +275,7 @@ def main() -> int:
         }
     for b in map(str, BUDGETS):
         out[f"budget_{b}"]["design_chosen_lofo"] = design_lofo(out["tables"], b)
+        out[f"budget_{b}"]["gain_over_rule"] = gain_over_rule(out["tables"], b)
     dst = ROOT / "benchmarks" / "results" / "search.json"
     if dst.is_file():
         out["real"] = json.loads(dst.read_text()).get("real", {})
@@ -317,6 +323,27 @@ def design_lofo(tables: dict, budget: str) -> dict:
         "min_ratio_search": min(values),
         "below_0.95": sum(v < 0.95 for v in values),
         "chosen_elsewhere": {f: k for f, k in chosen.items() if k != ["candidates, margin"]},
+    }
+
+
+def gain_over_rule(tables: dict, budget: str, n_boot: int = 10_000, seed: int = 0) -> dict:
+    """The search's ratio minus the rule's, per table: the mean, a paired bootstrap 95 % interval over the
+    tables (percentile; ``n_boot`` resamples of the tables), and how many tables it is better / worse on."""
+    d = np.array(
+        [t[budget]["ratio_search"] - t[budget]["ratio_rule"] for t in tables.values()
+         if t[budget]["ratio_search"] is not None and t[budget]["ratio_rule"] is not None]
+    )  # fmt: skip
+    if not len(d):
+        return {}
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {
+        "n_tables": len(d),
+        "mean": float(d.mean()),
+        "ci95": [float(lo), float(hi)],
+        "better": int((d > 1e-12).sum()),
+        "worse": int((d < -1e-12).sum()),
     }
 
 

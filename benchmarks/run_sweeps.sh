@@ -198,6 +198,30 @@ for b in lite0 lite1 lite2; do SIZE=64 four_seeds tex64-$b $S/tex64 $S/tex64-val
 SIZE=64 four_seeds uci64-lite0 samples:uci-digits $S/uci-val efficientnet_lite0
 SIZE=64 four_seeds uci64-lite2 samples:uci-digits $S/uci-val efficientnet_lite2
 SIZE=64 four_seeds opencv64-lite0 samples:opencv-digits $S/opencv-val efficientnet_lite0
+# ... and, re-run in full at four seeds (seeds 0/1 reproduced the committed values bit for bit, 62 of 62 cells;
+# 2026-11-30 13:33-14:02 UTC, two lanes, about 11 min a table): four of the digit tables.
+four_seeds mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0
+four_seeds mnist-uci-inverted $S/uci-inverted $S/uci-inverted-val efficientnet_lite0
+four_seeds mnist-opencv samples:opencv-digits $S/opencv-val efficientnet_lite0
+four_seeds lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1
+
+# Built after step 7 of the freeze rule ("no feature advantage", commit 26505f5), out of sample for it, and
+# screened only by diagnosing them: Lite1/Lite2 on the heaviest noise of the texture and science ladders, and
+# the synthetic patterns (make_scenarios.py: band-pass noise by pass band, gratings by orientation). Every
+# depth but K 1, four seeds. Time: 40 runs a table; see benchmarks/README.md for the measured minutes.
+ladder() {  # NAME DATA BACKBONE
+  $D sweep -t "$S/$2" --val "$S/$2-val" -b "$3" --preset small --image-size 32 --epochs 6 \
+    --depths 0,2,3,4,5,6,7,8,9 --seeds 0,1,2,3 --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
+}
+ladder tex-noise5-lite1 tex-noise5 efficientnet_lite1
+ladder tex-noise5-lite2 tex-noise5 efficientnet_lite2
+ladder sci-noise3-lite1 sci-noise3 efficientnet_lite1
+ladder synth-spectra-lite0 synth-spectra efficientnet_lite0
+ladder synth-spectra-lite2 synth-spectra efficientnet_lite2
+ladder synth-orient-lite0 synth-orient efficientnet_lite0
+ladder sci-noise5-lite1 sci-noise5 efficientnet_lite1
+ladder sci-noise5-lite2 sci-noise5 efficientnet_lite2
+ladder tex-noise3-lite2 tex-noise3 efficientnet_lite2
 
 # Per-epoch curves for the budgeted-search simulation (bench_search.py) on the tables whose sweeps predate kept
 # runs: the search's candidate depths re-run with the same recipe and seeds into runs/sweeps/curves/NAME (no

@@ -25,6 +25,7 @@ from diag.errors import DataError, param_error
 from diag.predict.negative import SCALE_MAX, NegativeTransfer
 
 __all__ = [
+    "DEFAULT_SEARCH_BUDGET",
     "SMALL_TARGET",
     "FreezeRecommendation",
     "FreezeRule",
@@ -38,6 +39,14 @@ __all__ = [
 #: 0.744, 0.700 vs 0.549; linear probe 0.635, 0.538); at 30 per class the probe peak won. Set between the
 #: two sizes measured, on those two tables, after they had been held out from the rest of the rule.
 SMALL_TARGET = 20
+
+
+#: Extra compute of ``diag finetune --freeze search`` by default, in units of one full run
+#: (:mod:`diag.train.search`). One, not half: with the no-feature-advantage step (step 7) the rule alone
+#: reached 0.984 of the best depth over the 59 benchmark tables and the search, simulated from their
+#: per-epoch curves, 0.983 at half a run (gain -0.001, 95 % [-0.004, +0.003]) but 0.990 at one (+0.006,
+#: [+0.003, +0.010]; 22 tables better, 6 worse; ``benchmarks/bench_search.py``).
+DEFAULT_SEARCH_BUDGET = 1.0
 
 
 #: The measured spread of the rule's ratio (accuracy at its depth / the best depth's) per family of truth
@@ -543,9 +552,10 @@ def _search_line(depth: int, alternative: int | None, n: int) -> str:
         return "the alternative" if k == alternative else f"K = {k}"
 
     others = [name(k) for k in search_candidates(depth, alternative, n)[1:]]
+    more = "one run" if DEFAULT_SEARCH_BUDGET == 1 else f"{DEFAULT_SEARCH_BUDGET:g} of a run"
     return (
-        f"`diag finetune --freeze search` checks K = {depth} against {' and '.join(others)} for about half "
-        "a run more."
+        f"`diag finetune --freeze search` checks K = {depth} against {' and '.join(others)} for about "
+        f"{more} more."
     )
 
 

@@ -262,7 +262,7 @@ def test_an_unmeasured_step_with_an_alternative_points_to_the_search_once() -> N
     assert "(unmeasured)." in line and line.count("--freeze search") == 1
     # K 5 already tunes the last two blocks: the search's third candidate is the alternative
     assert "(`--freeze 4` trains it)" in line
-    assert "checks K = 5 against tuning every block and the alternative for about half a run more" in line
+    assert "checks K = 5 against tuning every block and the alternative for about one run more" in line
     # without an alternative the unmeasured line itself points to the search
     sharp = {k: {**v, "linear_probe_std": 0.01} for k, v in pre.items()}
     rec = recommend_freeze(sharp, text_blocks, n_target=1000, n_classes=2)
