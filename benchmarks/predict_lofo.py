@@ -122,8 +122,6 @@ FREEZE_GRID: dict[str, tuple[float, ...]] = {
     "small_target": (10, 15, 20, 25, 31, 40),  # 10 = no small-target step; 31 catches 30 per class
     "min_tuned": (0, 1, 2, 3),
     "peak_offset": (-1, 0, 1),
-    # blocks tuned when the pretrained features probe no better than the random-init twin's; 0: step off
-    "no_advantage_tuned": (0, 1, 2, 3),
 }
 #: The negative-transfer rule's constants: head start at 30 per class, its shrink per doubling, the
 #: gradient-reach floor (p = sigmoid(20(-a - head_start) + 0.5 shift + 8 blocked), high above 0.6) and the
@@ -160,10 +158,10 @@ def freeze_recommendation(row: dict, rule: FreezeRule) -> FreezeRecommendation:
         for k, v in ev["linear_probe"].items()
     }
     per_class = float(ev["examples_per_class"])
-    sig = row.get("nt_signals") or {}
+    scale = (row.get("nt_signals") or {}).get("weight_scale")
     return recommend_freeze(
         curve, row["blocks"], n_target=round(per_class * 1000), n_classes=1000, rgn=ev.get("rgn"),
-        weight_scale=sig.get("weight_scale"), feature_advantage=sig.get("feature_advantage"), rule=rule,
+        weight_scale=scale, rule=rule,
     )  # fmt: skip
 
 
@@ -640,30 +638,45 @@ def noise_ceiling(tables: dict[str, dict[str, Any]], sweeps: Path) -> dict[str, 
 
 
 def built_after_check(rows: list[dict], tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The tables built after a step of the freeze rule was fixed (a row's ``built_after`` commit): per
-    table, the step that decided it, its depth and ratio, the depth and ratio without the no-feature-advantage
-    step (``no_advantage_tuned=0``: the probe's), tuning everything, and the leave-one-family-out ratio."""
+    """The tables built after the "no feature advantage" step was added to the freeze rule (a row's
+    ``built_after``: commit 26505f5) to check it out of sample; the step was withdrawn after them. Per table:
+    the step of the shipped rule that decides it, its depth and ratio; whether the withdrawn step fired (the
+    best-layer advantage over the random-init twin within the probe's fold spread, on a table the probe or
+    ceiling step decides) and the ratio at its depth (the last two blocks tuned, K = n - 2); tuning
+    everything; the leave-one-family-out ratio."""
     out: dict[str, Any] = {}
     for r in freeze_rows(rows):
         if not r.get("built_after"):
             continue
         rec = freeze_recommendation(r, FreezeRule())
-        k_off = freeze_depth(r, FreezeRule(no_advantage_tuned=0))
+        adv = (r.get("nt_signals") or {}).get("feature_advantage")
+        fires = (
+            adv is not None
+            and abs(adv) <= rec.evidence["tolerance"]
+            and rec.evidence["basis"] in ("probe", "probe ceiling")
+        )
+        k_step = r["n_blocks"] - 2 if fires else rec.depth
         out[r["name"]] = {
             "built_after": r["built_after"],
             "basis": rec.evidence["basis"],
             "depth": rec.depth,
             "ratio": ratio_at(r, rec.depth)[0],
-            "depth_without_step": k_off,
-            "ratio_without_step": ratio_at(r, k_off)[0],
+            "withdrawn_step_fires": fires,
+            "withdrawn_step_depth": k_step,
+            "withdrawn_step_ratio": ratio_at(r, k_step)[0],
             "tune_all": ratio_at(r, 0)[0],
             "best_depth": r["best_depth"],
             "lofo_ratio": tables[r["name"]]["lofo_ratio"],
         }
+    fired = [t for t in out.values() if t["withdrawn_step_fires"]]
     if out:
         out["mean"] = {
             k: _mean([t[k] for t in out.values()])
-            for k in ("ratio", "ratio_without_step", "tune_all", "lofo_ratio")
+            for k in ("ratio", "withdrawn_step_ratio", "tune_all", "lofo_ratio")
+        }
+        out["where_the_withdrawn_step_fires"] = {
+            "n_tables": len(fired),
+            **{k: _mean([t[k] for t in fired]) for k in ("ratio", "withdrawn_step_ratio")},
         }
     return out
 

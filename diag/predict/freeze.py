@@ -42,10 +42,10 @@ SMALL_TARGET = 20
 
 
 #: Extra compute of ``diag finetune --freeze search`` by default, in units of one full run
-#: (:mod:`diag.train.search`). One, not half: with the no-feature-advantage step (step 7) the rule alone
-#: reached 0.984 of the best depth over the 59 benchmark tables and the search, simulated from their
-#: per-epoch curves, 0.983 at half a run (gain -0.001, 95 % [-0.004, +0.003]) but 0.990 at one (+0.006,
-#: [+0.003, +0.010]; 22 tables better, 6 worse; ``benchmarks/bench_search.py``).
+#: (:mod:`diag.train.search`). One, not half: over the 59 benchmark tables the search, simulated from their
+#: per-epoch curves, added to the rule alone at half a run a gain whose 95 % interval includes zero, at one
+#: run one that excludes it (``benchmarks/bench_search.py``: ``gain_over_rule``; figures in
+#: ``benchmarks/README.md``).
 DEFAULT_SEARCH_BUDGET = 1.0
 
 
@@ -162,10 +162,6 @@ class FreezeRule:
     scale_max : float
         Weights above this many times the He-initialisation scale have lost plasticity: a linear probe
         (the negative-transfer rule's ``SCALE_MAX``, set from the physics).
-    no_advantage_tuned : int
-        Blocks tuned when the pretrained features probe no better than the random-init twin's (0: that
-        step is off). Two, as the cap ``min_tuned`` and the search's "last two blocks" recipe; a separate
-        constant so that leave-one-family-out refits it on its own.
     """
 
     few_examples: float = 10
@@ -173,7 +169,6 @@ class FreezeRule:
     min_tuned: int = 2
     peak_offset: int = 0
     scale_max: float = SCALE_MAX
-    no_advantage_tuned: int = 2
 
 
 @dataclass(frozen=True)
@@ -226,7 +221,6 @@ def recommend_freeze(
     rgn: dict[str, float] | None = None,
     negative: NegativeTransfer | None = None,
     weight_scale: float | None = None,
-    feature_advantage: float | None = None,
     rule: FreezeRule | None = None,
 ) -> FreezeRecommendation:
     """Recommend ``K`` (blocks to freeze) from the per-layer probe curve, the shift profile and, when the
@@ -280,21 +274,6 @@ def recommend_freeze(
        moved nine off the argmax, five for it and four against, +0.5 points on average: no evidence
        either way yet.
 
-    7. *No feature advantage*: the pretrained features probe no better than the random-init twin's — the
-       best-layer advantage (``feature_advantage``, the negative-transfer rule's) within the probe's fold
-       spread, on either side of zero. The probe curve then measures the architecture, not what
-       pretraining put where, so its peak cannot place the depth; and tuning the body amounts to training
-       it from scratch on a small target. The body is kept as a fixed feature extractor and the last
-       ``no_advantage_tuned`` (2) blocks are tuned; the probe peak's depth is the "about as defensible"
-       alternative. A worse-than-random body (a memoriser: −0.11 against a fold spread of 0.03) is not
-       "no advantage" and keeps the probe step. Built after the misses on heavy input noise, on the tables
-       that showed them: it decides 8 of the 59 tables of the day, all corrupted images (Gaussian noise on
-       the textures, science images and OpenCV digits; JPEG on two), where it reached 0.987 of the best
-       depth on average against the probe step's 0.937 (sci-noise5 0.998 against 0.871, tex-noise5 1.000
-       against 0.865), in sample. No other family has a table it decides, so leave-one-family-out averages
-       its constant over 0 (off), 1, 2 and 3 for the held-out corruption family. It also decides two
-       negative-transfer checkpoints (too-high learning rate), where no depth beats scratch training.
-
     LP-FT (Kumar et al., ICLR 2022) is not recommended: where it is usually advised — good pretrained
     features (peak accuracy ≥ 0.8) and a large shift (AUC ≥ 0.9) — it was measured worse than the
     standard recipe at the recommended depth on every truth table (8 of 8; ``benchmarks/lpft_column.py``),
@@ -320,17 +299,10 @@ def recommend_freeze(
     weight_scale : float, optional
         :func:`diag.predict.negative.weight_scale` of the pretrained backbone (the negative-transfer
         verdict's ``signals["weight_scale"]``); None: not measured, step 0 is skipped.
-    feature_advantage : float, optional
-        Best-layer linear-probe accuracy of the pretrained features minus the random-init twin's (the
-        negative-transfer verdict's ``signals["feature_advantage"]``, read from ``negative`` when not
-        given); None: not measured, step 7 is skipped.
     rule : FreezeRule, optional
         The rule's constants (default: diag's, :class:`FreezeRule`).
     """
     rule = rule or FreezeRule()
-    if feature_advantage is None and negative is not None:
-        fa = negative.signals.get("feature_advantage")
-        feature_advantage = None if fa is None else float(fa)
     blocks = list(blocks)
     n = len(blocks)
     lp = {k: v["scores"].get("linear_probe_accuracy", math.nan) for k, v in pretrained.items()}
@@ -407,21 +379,6 @@ def recommend_freeze(
             "block (K = 0). (Measured: with Lite0's weights shuffled within each tensor, freezing the stem "
             "got 0.429 on UCI digits and tuning everything 0.586; from a backbone trained on synthetic "
             "gratings, 0.612 at K 0 against 0.587 at K 3.)"
-        )
-    elif feature_advantage is not None and abs(feature_advantage) <= tol and 0 < rule.no_advantage_tuned < n:
-        # the advantage within the probe's own fold spread: the curve's peak cannot place the depth
-        basis = "no feature advantage"
-        depth, at_peak = n - rule.no_advantage_tuned, through(best)
-        if at_peak != depth:
-            alternative, alt_layer = at_peak, best
-        rationale.append(
-            f"The pretrained features probe no better than the random-init twin's: at their best layer, "
-            f"{best} ({top:.2f}), they are {feature_advantage:+.2f} from the twin's best, within the probe's "
-            f"fold spread ({tol:.2f}). The probe curve then shows where this architecture's features "
-            "separate the target, not where pretrained features turn source-specific, so its peak cannot "
-            "place the depth; and tuning the body would amount to training it from scratch on "
-            f"{per_class:.0f} examples per class. Keep the body as a fixed feature extractor and tune only "
-            f"the last {n - depth} block(s) (K = {depth})."
         )
     elif top + tol >= 1.0:
         # Structural, no constant: a probe at its ceiling cannot rank the layers that reach it.
