@@ -260,6 +260,9 @@ def recommend_freeze(
        (statistics kept, features gone; Raghu et al., NeurIPS 2019) on UCI digits, K 0 0.586 vs K 1
        0.429; a backbone trained on synthetic gratings, K 0 0.612 vs K 3 0.587; against it, the
        shuffled weights on textures, K 0 0.347 vs K 1 0.364 (0.95 of the best, a negative-transfer table).
+       Out of sample it fails where the stem peaks because heavy input noise blurs the deeper features, not
+       because the weights are worthless: the science images with Gaussian noise of sd 97 through ImageNet
+       Lite1 and Lite2, K 0 0.825 and 0.720 of the best depth (K 7 on both; ``benchmarks/README.md``).
 
     6. A probe at its *ceiling* — the peak's accuracy within its fold spread of 1 — cannot rank the layers
        that reach it: every layer within the fold spread of the peak is as good as the argmax by the
