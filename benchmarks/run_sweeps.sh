@@ -208,7 +208,8 @@ four_seeds lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1
 # Built after step 7 of the freeze rule ("no feature advantage", commit 26505f5), out of sample for it, and
 # screened only by diagnosing them: Lite1/Lite2 on the heaviest noise of the texture and science ladders, and
 # the synthetic patterns (make_scenarios.py: band-pass noise by pass band, gratings by orientation). Every
-# depth but K 1, four seeds. Time: 40 runs a table; see benchmarks/README.md for the measured minutes.
+# depth but K 1, four seeds. Time: 40 runs a table, 13-21 min each on one lane (two lanes side by side, nice 19,
+# 2026-11-30 14:03-15:23 UTC, with diagnoses and a test run on the same cores): Lite0 13-15 min, Lite1/Lite2 15-21.
 ladder() {  # NAME DATA BACKBONE
   $D sweep -t "$S/$2" --val "$S/$2-val" -b "$3" --preset small --image-size 32 --epochs 6 \
     --depths 0,2,3,4,5,6,7,8,9 --seeds 0,1,2,3 --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
