@@ -204,6 +204,11 @@ four_seeds mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0
 four_seeds mnist-uci-inverted $S/uci-inverted $S/uci-inverted-val efficientnet_lite0
 four_seeds mnist-opencv samples:opencv-digits $S/opencv-val efficientnet_lite0
 four_seeds lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1
+# ... and four more between the out-of-sample tables below (14:59-15:36 UTC; 90 of 90 cells bit for bit over the eight)
+four_seeds damaged-light-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-light-lite0/last.pt
+four_seeds damaged-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-lite0/last.pt
+four_seeds lite2-uci samples:uci-digits $S/uci-val efficientnet_lite2
+four_seeds noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/noise-memorizer-lite0/last.pt
 
 # Built after step 7 of the freeze rule ("no feature advantage", commit 26505f5), out of sample for it, and
 # screened only by diagnosing them: Lite1/Lite2 on the heaviest noise of the texture and science ladders, and
