@@ -204,7 +204,7 @@ four_seeds mnist-uci samples:uci-digits $S/uci-val efficientnet_lite0
 four_seeds mnist-uci-inverted $S/uci-inverted $S/uci-inverted-val efficientnet_lite0
 four_seeds mnist-opencv samples:opencv-digits $S/opencv-val efficientnet_lite0
 four_seeds lite1-uci samples:uci-digits $S/uci-val efficientnet_lite1
-# ... and four more between the out-of-sample tables below (14:59-15:36 UTC; 90 of 90 cells bit for bit over the eight)
+# ... and four more between the out-of-sample tables below (15:15-15:36 UTC; 122 of 122 cells bit for bit over the eight)
 four_seeds damaged-light-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-light-lite0/last.pt
 four_seeds damaged-uci samples:uci-digits $S/uci-val efficientnet_lite0@$S/damaged-lite0/last.pt
 four_seeds lite2-uci samples:uci-digits $S/uci-val efficientnet_lite2
