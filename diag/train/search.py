@@ -27,9 +27,10 @@ it reached 0.979 / 0.981 / 0.988 at budgets 0.25 / 0.5 / 1 (the neighbours under
 challenger: 0.970 / 0.976 / 0.978); the best of the three candidates averages 0.992, but the early rungs
 cannot always tell which one it is. With four seeds on 41 of those tables (four families; the rule alone
 0.978): 0.979 / 0.982 / 0.988, the neighbours 0.971 / 0.976 / 0.984, no margin 0.976 / 0.979 / 0.989.
-With the 4-seed re-runs of four digit tables (the rule alone 0.978): the gain over the rule at half a run
-is not distinguishable from zero, at one run it is — so one run is the default budget
-(:data:`diag.predict.freeze.DEFAULT_SEARCH_BUDGET`; figures in ``benchmarks/README.md``).
+Over 68 tables (nine built after the rule's last change; the rule alone 0.972): 0.975 / 0.981 / 0.988; the
+gain over the rule at half a run is not distinguishable from zero (+0.008, 95 % [-0.001, +0.020]), at one
+run it is (+0.016, [+0.007, +0.027]) — so one run is the default budget
+(:data:`diag.predict.freeze.DEFAULT_SEARCH_BUDGET`).
 """
 
 from __future__ import annotations
