@@ -111,7 +111,8 @@ def test_a_peak_at_the_first_probed_layer_tunes_everything() -> None:
         f for f, v in shipped.items() if "first-layer peak" in v["bases"] and v["modality"] == "image"
     )
     # shuffled weights, where the step was set, and input corruption since ImageNet Lite1/Lite2 on heavy noise
-    assert "shuffled weights" in first and rec.evidence["calibration"]["families"] == first
+    assert first == ["input corruption", "shuffled weights"]
+    assert rec.evidence["calibration"]["families"] == first
     # structural, with no constant: the offset from the peak and the blocks always tuned do not move it
     for rule in (FreezeRule(peak_offset=1), FreezeRule(peak_offset=-1), FreezeRule(min_tuned=0)):
         assert recommend_freeze(pre, BLOCKS, n_target=300, n_classes=10, rule=rule).depth == 0
