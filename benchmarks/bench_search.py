@@ -219,7 +219,8 @@ def main() -> int:
         if row.get("nt_only") or row.get("negative_transfer_measured") or "accuracy_by_depth" not in row:
             continue
         path = CURVES / f"{row['name']}.json"
-        committed = {str(x) for d in _sweep(row["name"])["depths"] for x in d["seeds"]}
+        sweep = _sweep(row["name"])
+        committed = {str(x) for d in sweep["depths"] for x in d["seeds"]}
         curves = harvest(row["name"], sweep_root, committed)
         if curves:
             path.write_text(json.dumps(curves, indent=0) + "\n")
@@ -227,7 +228,6 @@ def main() -> int:
             curves = json.loads(path.read_text())
         if not curves:
             continue
-        sweep = _sweep(row["name"])
         val = sweep.get("val")
         n_val = row.get("val") or (val.get("n") if isinstance(val, dict) else None)
         table = out["tables"][row["name"]] = {str(b): simulate(row, curves, b, n_val) for b in BUDGETS}

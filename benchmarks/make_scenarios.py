@@ -582,10 +582,10 @@ def _synthetic_targets(out: Path, size: int = 32) -> None:
                 grey = np.clip(np.rint(img), 0, 255).astype(np.uint8)
                 images.append(np.repeat(grey[:, :, None], 3, axis=2))
                 labels.append(c)
-        y = np.array(labels)
+        x, y = np.stack(images), np.array(labels)
         pos = np.arange(len(y)) % (per + val)
-        S.write_digits(out / f"synth-{kind}", np.stack(images), y, np.flatnonzero(pos < per))
-        S.write_digits(out / f"synth-{kind}-val", np.stack(images), y, np.flatnonzero(pos >= per))
+        S.write_digits(out / f"synth-{kind}", x, y, np.flatnonzero(pos < per))
+        S.write_digits(out / f"synth-{kind}-val", x, y, np.flatnonzero(pos >= per))
         print(f"synth-{kind}: {per} + {val} per class")
 
 

@@ -25,9 +25,9 @@ D=.venv/bin/diag
 S=runs/scenarios
 .venv/bin/python benchmarks/make_scenarios.py --out $S
 
-sweep() {  # NAME TARGET VAL BACKBONE DEPTHS (input size: $SIZE, default 32 px)
+sweep() {  # NAME TARGET VAL BACKBONE DEPTHS (input size: $SIZE, default 32 px; seeds: $SEEDS, default 0,1)
   $D sweep -t "$2" --val "$3" -b "$4" --preset small --image-size "${SIZE:-32}" --epochs 6 --depths "$5" \
-    --seeds 0,1 --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
+    --seeds "${SEEDS:-0,1}" --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
 }
 damage() {  # OUT DATA [--from-scratch] [EPOCHS] [LR]: train every layer on random labels, keep the last weights
   [ -f "$S/$1/last.pt" ] && [ -f "$S/$1/result.json" ] && grep -q '"completed"' "$S/$1/result.json" && return
@@ -215,10 +215,7 @@ four_seeds noise-memorizer-uci samples:uci-digits $S/uci-val efficientnet_lite0@
 # the synthetic patterns (make_scenarios.py: band-pass noise by pass band, gratings by orientation). Every
 # depth but K 1, four seeds. Time: 40 runs a table, 13-21 min each on one lane (two lanes side by side, nice 19,
 # 2026-11-30 14:03-15:23 UTC, with diagnoses and a test run on the same cores): Lite0 13-15 min, Lite1/Lite2 15-21.
-ladder() {  # NAME DATA BACKBONE
-  $D sweep -t "$S/$2" --val "$S/$2-val" -b "$3" --preset small --image-size 32 --epochs 6 \
-    --depths 0,2,3,4,5,6,7,8,9 --seeds 0,1,2,3 --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"
-}
+ladder() { SEEDS=0,1,2,3 sweep "$1" "$S/$2" "$S/$2-val" "$3" 0,2,3,4,5,6,7,8,9; }  # NAME DATA BACKBONE
 ladder tex-noise5-lite1 tex-noise5 efficientnet_lite1
 ladder tex-noise5-lite2 tex-noise5 efficientnet_lite2
 ladder sci-noise3-lite1 sci-noise3 efficientnet_lite1
