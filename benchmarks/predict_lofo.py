@@ -147,7 +147,14 @@ NT_GRID: dict[str, tuple[float, ...]] = {
 
 
 def family(name: str) -> str:
-    return FAMILY.get(name, "other")
+    """The family of a truth table (``FAMILY``). A table with none is an error, not a family of its own: it
+    would otherwise be scored as "other" and held out alone, outside the family it belongs to."""
+    try:
+        return FAMILY[name]
+    except KeyError:
+        raise KeyError(
+            f"truth table {name!r} has no family: add it to FAMILY in benchmarks/predict_lofo.py"
+        ) from None
 
 
 def freeze_recommendation(row: dict, rule: FreezeRule) -> FreezeRecommendation:

@@ -1,0 +1,98 @@
+"""The benchmark helpers whose figures ``benchmarks/README.md`` quotes: the family of each truth table
+(``predict_lofo.family``), the search's paired bootstrap against the rule (``bench_search.gain_over_rule``)
+and the out-of-sample check of the withdrawn freeze step (``predict_lofo.built_after_check``)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PREDICT = ROOT / "benchmarks" / "results" / "predict.json"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[tuple[ModuleType, ModuleType]]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_search
+        import predict_lofo
+
+        yield predict_lofo, bench_search
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return json.loads(PREDICT.read_text())["scenarios"]
+
+
+def test_every_truth_table_has_a_family_and_an_unknown_one_is_an_error(bench, rows) -> None:
+    lofo, _ = bench
+    assert {lofo.family(r["name"]) for r in rows} <= set(lofo.FAMILY.values())
+    with pytest.raises(KeyError, match="'no-such-table' has no family: add it to FAMILY"):
+        lofo.family("no-such-table")
+
+
+def _tables(diffs: list[float]) -> dict[str, dict]:
+    return {f"t{i}": {"0.5": {"ratio_search": 0.9 + d, "ratio_rule": 0.9}} for i, d in enumerate(diffs)}
+
+
+def test_gain_over_rule_is_the_mean_paired_difference_with_a_percentile_interval(bench) -> None:
+    _, search = bench
+    # every table gains the same: each resample's mean is that gain, so the interval collapses onto it
+    same = search.gain_over_rule(_tables([0.02] * 7), "0.5", n_boot=500)
+    assert same["n_tables"] == 7 and same["better"] == 7 and same["worse"] == 0
+    assert same["mean"] == pytest.approx(0.02, abs=1e-12)
+    assert same["ci95"] == pytest.approx([0.02, 0.02], abs=1e-12)
+
+    diffs = [0.05, -0.01, 0.0, 0.02, -0.03, 0.04, 0.01, 0.0]
+    res = search.gain_over_rule(_tables(diffs), "0.5", n_boot=20_000, seed=3)
+    assert res["mean"] == pytest.approx(np.mean(diffs), abs=1e-12)
+    assert (res["better"], res["worse"]) == (4, 2)
+    # the bootstrap mean of n draws has the standard deviation s / sqrt(n) (s with divisor n); the 95 %
+    # percentile interval is about mean ± 1.96 of it — within the Monte Carlo error of 20 000 resamples
+    se = np.std(diffs) / np.sqrt(len(diffs))
+    lo, hi = res["ci95"]
+    assert lo < res["mean"] < hi
+    assert (hi - lo) / (2 * 1.96 * se) == pytest.approx(1.0, abs=0.08)
+    # a table without a search figure is left out, not counted as zero
+    tables = _tables(diffs) | {"none": {"0.5": {"ratio_search": None, "ratio_rule": 0.9}}}
+    assert search.gain_over_rule(tables, "0.5", n_boot=100)["n_tables"] == len(diffs)
+    assert search.gain_over_rule({}, "0.5") == {}
+
+
+def test_built_after_check_scores_the_withdrawn_step_where_its_condition_holds(bench, rows) -> None:
+    lofo, _ = bench
+    rows = copy.deepcopy(rows)
+    after = [r for r in lofo.freeze_rows(rows) if r.get("built_after")]
+    assert after, "the tables built after the withdrawn step are in predict.json"
+    row = next(
+        r for r in after if lofo.freeze_recommendation(r, lofo.FreezeRule()).evidence["basis"] == "probe"
+    )
+    rec = lofo.freeze_recommendation(row, lofo.FreezeRule())
+    tol = rec.evidence["tolerance"]
+    tables = {r["name"]: {"lofo_ratio": 0.5} for r in lofo.freeze_rows(rows)}
+    acc = {int(k): float(v) for k, v in row["accuracy_by_depth"].items()}
+    best, n = max(acc.values()), row["n_blocks"]
+
+    row["nt_signals"]["feature_advantage"] = -0.999 * tol  # within the fold spread: the step fires
+    fired = lofo.built_after_check(rows, tables)[row["name"]]
+    assert fired["withdrawn_step_fires"] and fired["withdrawn_step_depth"] == n - 2
+    assert fired["withdrawn_step_ratio"] == pytest.approx(acc[n - 2] / best, rel=1e-12)
+    assert fired["depth"] == rec.depth and fired["ratio"] == pytest.approx(acc[rec.depth] / best, rel=1e-12)
+    assert fired["tune_all"] == pytest.approx(acc[0] / best, rel=1e-12)
+    assert fired["lofo_ratio"] == 0.5  # taken from the leave-one-family-out table it is given
+
+    row["nt_signals"]["feature_advantage"] = 1.001 * tol  # beyond it: the rule's own depth
+    held = lofo.built_after_check(rows, tables)[row["name"]]
+    assert not held["withdrawn_step_fires"]
+    assert held["withdrawn_step_depth"] == rec.depth and held["withdrawn_step_ratio"] == held["ratio"]
