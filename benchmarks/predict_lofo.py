@@ -70,6 +70,9 @@ FAMILY = {
     "dead60-uci": "dead units",
     "dead-uci": "dead units",
     "speeches-debates": "text",
+    "debates-role": "text",
+    "rt-sentiment": "text",
+    "speeches-party": "text",
     "tex-lite0": "textures",
     "tex-lite1": "textures",
     "tex-lite2": "textures",
@@ -644,6 +647,11 @@ def noise_ceiling(tables: dict[str, dict[str, Any]], sweeps: Path) -> dict[str, 
     return {"tables": per, "by_seeds": groups}
 
 
+#: The commit that added the freeze rule's "no feature advantage" step, withdrawn after the tables built
+#: after it (``built_after``) were swept.
+WITHDRAWN_STEP = "26505f5"
+
+
 def built_after_check(rows: list[dict], tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The tables built after the "no feature advantage" step was added to the freeze rule (a row's
     ``built_after``: commit 26505f5) to check it out of sample; the step was withdrawn after them. Per table:
@@ -653,7 +661,7 @@ def built_after_check(rows: list[dict], tables: dict[str, dict[str, Any]]) -> di
     everything; the leave-one-family-out ratio."""
     out: dict[str, Any] = {}
     for r in freeze_rows(rows):
-        if not r.get("built_after"):
+        if r.get("built_after") != WITHDRAWN_STEP:
             continue
         rec = freeze_recommendation(r, FreezeRule())
         adv = (r.get("nt_signals") or {}).get("feature_advantage")

@@ -226,6 +226,15 @@ ladder sci-noise5-lite1 sci-noise5 efficientnet_lite1
 ladder sci-noise5-lite2 sci-noise5 efficientnet_lite2
 ladder tex-noise3-lite2 tex-noise3 efficientnet_lite2
 
+# Three more text targets for MiniLM (make_scenarios.py: speaker role in the 2016 debates, Rotten Tomatoes
+# sentiment, party of the 2012 convention passages), each with its own validation table; built after the freeze
+# rule's last change and screened by diagnosing them first. Every depth but K 1, scratch, four seeds.
+text() { $D sweep -t "$S/$1.csv" --val "$S/$1-val.csv" -b minilm --preset small --epochs 6 --max-length "$2" \
+  --depths 0,2,3,4,5,6,7 --seeds "${SEEDS:-0,1,2,3}" --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"; }
+text debates-role 64
+text rt-sentiment 64
+text speeches-party 128
+
 # Per-epoch curves for the budgeted-search simulation (bench_search.py) on the tables whose sweeps predate kept
 # runs: the search's candidate depths re-run with the same recipe and seeds into runs/sweeps/curves/NAME (no
 # scratch). 90 runs, 15 min on 2 cores (two lanes, nice 19, 2026-11-30); the debates (4 MiniLM runs) 9 min more.

@@ -73,7 +73,7 @@ def test_gain_over_rule_is_the_mean_paired_difference_with_a_percentile_interval
 def test_built_after_check_scores_the_withdrawn_step_where_its_condition_holds(bench, rows) -> None:
     lofo, _ = bench
     rows = copy.deepcopy(rows)
-    after = [r for r in lofo.freeze_rows(rows) if r.get("built_after")]
+    after = [r for r in lofo.freeze_rows(rows) if r.get("built_after") == lofo.WITHDRAWN_STEP]
     assert after, "the tables built after the withdrawn step are in predict.json"
     row = next(
         r for r in after if lofo.freeze_recommendation(r, lofo.FreezeRule()).evidence["basis"] == "probe"
