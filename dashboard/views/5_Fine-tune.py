@@ -16,6 +16,7 @@ import streamlit as st
 
 from diag.report import figures, tables
 from diag.train import jobs
+from diag.train.config import DEFAULT_LR
 
 LIVE_STATES = ("starting", "running", "stopping")
 FREEZE_HELP = "Blocks frozen from the input side: 0 tunes everything; the number of blocks is a linear probe."
@@ -37,6 +38,8 @@ n_blocks = freeze_section.n_blocks if freeze_section and isinstance(freeze_secti
 preselected = freeze_section is not None and freeze_section.depth is not None
 recommends_lp_ft = freeze_section is not None and freeze_section.lr_scheme == "lp-ft"
 image_default = 0
+modality = "text" if report.backbone.get("modality") == "text" else "image"
+lr_default = DEFAULT_LR[modality]  # diag finetune's rate for this kind of backbone when --lr is not given
 if report.backbone.get("modality") == "image":
     size = (report.backbone.get("preprocessing") or {}).get("input_size") or [0]
     image_default = int(size[-1]) if isinstance(size, list) and size else 0
@@ -48,7 +51,7 @@ DEFAULTS = {
     "ft_image_size": image_default,
     "ft_batch": 32,
     "ft_lp_ft": 0,
-    "ft_lr": 1e-3,
+    "ft_lr": lr_default,
     "ft_scratch": False,
     "ft_extra": "",
 }
@@ -104,7 +107,10 @@ with st.form("ft_form"):
     )  # fmt: skip
     lr = c2.number_input(
         "Learning rate", min_value=1e-7, max_value=1.0, step=1e-4, format="%.1e", key="ft_lr",
-        help="Peak learning rate of the top tuned block (diag finetune --lr).",
+        help=f"Peak learning rate of the top tuned block (diag finetune --lr). Left at {lr_default:.0e}, "
+        "the default for this kind of backbone, the run takes diag's recipe"
+        + (" (the new head at 1e-3)." if modality == "text" else ".")
+        + " Another value sets the head's rate too.",
     )  # fmt: skip
     scratch = c3.checkbox(
         "From scratch (random init)", key="ft_scratch",
@@ -130,7 +136,8 @@ if submitted:
         job = jobs.launch_finetune(
             target.strip(), backbone.strip(), out, freeze=int(freeze), epochs=int(epochs),
             image_size=int(image_size) or None, batch_size=int(batch_size), extra_args=extra_args,
-            lp_ft=int(lp_ft) or None, lr=float(lr), from_scratch=True if scratch else None,
+            lp_ft=int(lp_ft) or None, lr=None if float(lr) == lr_default else float(lr),
+            from_scratch=True if scratch else None,
         )  # fmt: skip
         st.session_state["ft_last_run"] = str(out)
         st.success(f"Started fine-tuning (pid {job.pid}) in `{out}`.")

@@ -36,7 +36,7 @@ from diag.models.weights import load_weights_only
 from diag.provenance import device_description, versions
 from diag.train.blocks import resolve_freeze, units_of_model
 from diag.train.callbacks import STOP_FILE, EarlyStopping, MetricsLog, StopFile, TrainCallback, TrainState
-from diag.train.config import FinetuneConfig
+from diag.train.config import DEFAULT_LR, FinetuneConfig
 from diag.train.data import PreparedData, prepare_data
 from diag.train.model import FinetuneModel, build_model
 from diag.train.result import FinetuneResult, describe_backbone
@@ -125,6 +125,22 @@ def comparable_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in _RESUMABLE_FIELDS}
 
 
+def resolved_configs(
+    cfg: FinetuneConfig, prev_config: dict[str, Any], backbone: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``cfg`` and a previous run's (or sweep's) config dict with the default learning rates of the previous
+    backbone's modality filled in (:meth:`FinetuneConfig.for_modality`): a default rate is the same run as
+    the rate it stands for. ``backbone``: the previous result's ``backbone`` entry."""
+    modality = backbone.get("modality") if isinstance(backbone, dict) else None
+    if modality not in DEFAULT_LR:
+        return cfg.to_dict(), dict(prev_config)
+    try:
+        old = FinetuneConfig.from_dict(dict(prev_config)).for_modality(modality).to_dict()
+    except ConfigError:
+        old = dict(prev_config)
+    return cfg.for_modality(modality).to_dict(), old
+
+
 def check_run_folder(
     out: Path, cfg: FinetuneConfig, *, resume: bool, overwrite: bool
 ) -> FinetuneResult | None:
@@ -151,13 +167,12 @@ def check_run_folder(
             "is reused), --overwrite to start over, or another --out."
         )
     if prev is not None:
+        new, old_cfg = resolved_configs(cfg, prev.config, prev.backbone)
         diff = sorted(
-            k
-            for k, v in comparable_config(cfg.to_dict()).items()
-            if comparable_config(prev.config).get(k, v) != v
+            k for k, v in comparable_config(new).items() if comparable_config(old_cfg).get(k, v) != v
         )
         if diff:
-            old = {k: prev.config.get(k) for k in diff}
+            old = {k: old_cfg.get(k) for k in diff}
             raise ConfigError(
                 f"out {out} holds a run with another configuration ({', '.join(diff)}: was {old}); a resumed "
                 "run must use the same settings. Pass the same ones, --overwrite, or another --out."
@@ -262,6 +277,7 @@ def run_job(
     if precision not in ("fp32", "bf16"):
         raise param_error("precision", "must be fp32 or bf16 for training", precision)
     bb = load_job_backbone(job, cfg)
+    cfg = cfg.for_modality(bb.modality)  # the learning rates this run uses, recorded in result.json
     if job.prepared is None:
         job.prepared = prepare_data(bb, job.target, job.val, cfg)
     prep = job.prepared

@@ -33,7 +33,14 @@ from diag.train.config import FinetuneConfig
 from diag.train.data import prepare_data
 from diag.train.model import build_model
 from diag.train.result import ResultFile, describe_backbone
-from diag.train.run import TrainJob, check_run_folder, comparable_config, load_job_backbone, run_job
+from diag.train.run import (
+    TrainJob,
+    check_run_folder,
+    comparable_config,
+    load_job_backbone,
+    resolved_configs,
+    run_job,
+)
 
 __all__ = ["SWEEP_SCHEMA", "DepthSummary", "SweepResult", "default_depths", "sweep"]
 
@@ -221,6 +228,7 @@ def sweep(
     job = TrainJob.open(target, backbone, val)
     name = job.backbone_name
     bb = load_job_backbone(job, base)
+    base = base.for_modality(bb.modality)  # the learning rates every run uses, recorded in sweep.json
     units = units_of_model(build_model(bb, 2).body, bb)
     block_names = [u.name for u in units]
     ks = sorted({resolve_freeze(d, units) for d in depths}) if depths else default_depths(len(units))
@@ -276,10 +284,13 @@ def _check_previous(out: Path, base: FinetuneConfig, *, overwrite: bool) -> None
     if overwrite or not path.exists():
         return
     try:
-        prev = json.loads(path.read_text()).get("config", {})
+        saved = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return
-    cur = comparable_config(base.to_dict())
+    if not isinstance(saved, dict):
+        return
+    cur, prev = resolved_configs(base, saved.get("config") or {}, saved.get("backbone"))
+    cur = comparable_config(cur)
     diff = sorted(k for k, v in cur.items() if k not in _PER_RUN and comparable_config(prev).get(k, v) != v)
     if diff:
         raise ConfigError(

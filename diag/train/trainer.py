@@ -114,7 +114,8 @@ class Trainer:
         image_stats: tuple[Sequence[float], Sequence[float]] | None = None,
         pad_id: int = 0,
     ) -> None:
-        self.cfg = config
+        self.cfg = config.for_modality(model.modality)  # the learning rates a run uses (by modality)
+        config = self.cfg
         self.device = device
         self.model = model.to(device)
         self.units = units
@@ -167,16 +168,16 @@ class Trainer:
 
     def _param_groups(self, body_params: dict[str, nn.Parameter]) -> list[dict[str, Any]]:
         cfg = self.cfg
+        body_lr, head_lr = cfg.learning_rates(self.model.modality)
         groups: list[dict[str, Any]] = []
         n = len(self.units)
         for u in self.units[self.k :]:
-            lr = cfg.lr * cfg.layer_decay ** (n - 1 - u.index)
+            lr = body_lr * cfg.layer_decay ** (n - 1 - u.index)
             decay = [body_params[p] for p in u.params if body_params[p].ndim > 1]
             no_decay = [body_params[p] for p in u.params if body_params[p].ndim <= 1]
             for ps, wd, tag in ((decay, cfg.weight_decay, ""), (no_decay, 0.0, ":no_decay")):
                 if ps:
                     groups.append({"params": ps, "lr": lr, "weight_decay": wd, "name": u.name + tag})
-        head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
         head = self.model.head
         groups.append(
             {"params": [head.weight], "lr": head_lr, "weight_decay": cfg.weight_decay, "name": "head"}

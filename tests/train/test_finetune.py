@@ -152,6 +152,44 @@ def test_text_blocks_and_a_text_run(tmp_path: Path) -> None:
         after["body.encoder.layer.1.output.dense.weight"],
         bb.model.state_dict()["encoder.layer.1.output.dense.weight"],
     )
+    # No lr given: a text encoder's body at 5e-5 and its new head at 1e-3 (the optimiser's groups, logged
+    # per step at the end of warm-up, and the recorded config).
+    assert res.config["lr"] == 5e-5 and res.config["head_lr"] == 1e-3
+    steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    peak = max((r for r in steps if r["kind"] == "step"), key=lambda r: r["head_lr"])
+    assert peak["lr"] / peak["head_lr"] == pytest.approx(5e-5 / 1e-3, rel=1e-3)  # the log keeps 8 decimals
+
+
+def test_default_learning_rates_by_modality() -> None:
+    cfg = FinetuneConfig()
+    assert cfg.lr is None and cfg.head_lr is None
+    assert cfg.learning_rates("image") == (1e-3, 1e-3)
+    assert cfg.learning_rates("text") == (5e-5, 1e-3)
+    # a given lr sets the head's rate too, whatever the modality; a given head rate alone keeps the body's
+    assert FinetuneConfig(lr=2e-4).learning_rates("text") == (2e-4, 2e-4)
+    assert FinetuneConfig(head_lr=3e-3).learning_rates("text") == (5e-5, 3e-3)
+    assert FinetuneConfig(lr=2e-4, head_lr=3e-3).learning_rates("image") == (2e-4, 3e-3)
+    # what a run records: the image recipe as before (head_lr None = the body's), the text one in full
+    assert (cfg.for_modality("image").lr, cfg.for_modality("image").head_lr) == (1e-3, None)
+    assert (cfg.for_modality("text").lr, cfg.for_modality("text").head_lr) == (5e-5, 1e-3)
+    assert FinetuneConfig(lr=2e-4).for_modality("text") == FinetuneConfig(lr=2e-4)
+    with pytest.raises(ConfigError, match="modality"):
+        cfg.learning_rates("audio")
+
+
+def test_a_run_recorded_with_the_default_rate_resumes_without_it(digits: Path, tiny, tmp_path: Path) -> None:
+    """Runs made before the rate became modality-dependent recorded ``lr: 0.001``; the same settings given
+    now (lr left unset) are the same run on an image backbone, and another run on a text one."""
+    cfg = quick(freeze=1, epochs=1)
+    first = finetune(digits, tiny, cfg, out=tmp_path)
+    assert first.config["lr"] == 1e-3 and first.config["head_lr"] is None  # recorded as before
+    assert finetune(digits, tiny, quick(freeze=1, epochs=1, lr=1e-3), out=tmp_path, resume=True) == first
+    assert finetune(digits, tiny, cfg, out=tmp_path, resume=True) == first
+    from diag.train.run import resolved_configs
+
+    text = {"name": "minilm", "modality": "text"}
+    new, old = resolved_configs(cfg, first.config, text)
+    assert (new["lr"], new["head_lr"]) == (5e-5, 1e-3) and (old["lr"], old["head_lr"]) == (1e-3, None)
 
 
 # -- config -----------------------------------------------------------------------------------------
