@@ -40,13 +40,20 @@ CURVES = ROOT / "benchmarks" / "results" / "curves"
 BUDGETS = (0.25, 0.5, 1.0)
 
 
-def harvest(name: str, sweep_root: Path, seeds: set[str] | None = None) -> dict | None:
+#: The recipe fields a harvested run must share with the committed sweep (a re-run under another recipe, such
+#: as the debates' runs at the text encoders' former learning rate, is not the same table).
+RECIPE = ("epochs", "batch_size", "lr", "head_lr", "image_size", "max_length")
+
+
+def harvest(
+    name: str, sweep_root: Path, seeds: set[str] | None = None, recipe: dict | None = None
+) -> dict | None:
     """Per-epoch validation accuracy of every run of a sweep: ``{"K": {"seed": [acc, ...]}}``.
 
     Read from the sweep's own runs (``v2/NAME``) and, for tables whose sweep predates kept runs, from the
     candidate depths re-run with the same recipe and seeds (``curves/NAME``, ``run_sweeps.sh``). ``seeds``:
     only those (the committed sweep's), so that a re-run adding seeds is not simulated before its table
-    is."""
+    is; ``recipe``: the committed sweep's config, whose :data:`RECIPE` fields every run must match."""
     curves: dict[str, dict[str, list[float]]] = {}
     for runs in (sweep_root / "v2" / name / "runs", sweep_root / "curves" / name / "runs"):
         if not runs.is_dir():
@@ -59,6 +66,8 @@ def harvest(name: str, sweep_root: Path, seeds: set[str] | None = None) -> dict 
                 continue
             res = json.loads((d / "result.json").read_text())
             if res.get("status") != "completed":
+                continue
+            if recipe is not None and any(res["config"].get(k) != recipe.get(k) for k in RECIPE):
                 continue
             vals = [h["val_acc"] for h in res["history"] if h.get("val_acc") is not None]
             curves.setdefault(parts[1], {}).setdefault(parts[3], vals)
@@ -221,7 +230,7 @@ def main() -> int:
         path = CURVES / f"{row['name']}.json"
         sweep = _sweep(row["name"])
         committed = {str(x) for d in sweep["depths"] for x in d["seeds"]}
-        curves = harvest(row["name"], sweep_root, committed)
+        curves = harvest(row["name"], sweep_root, committed, sweep["config"])
         if curves:
             path.write_text(json.dumps(curves, indent=0) + "\n")
         elif path.is_file():
