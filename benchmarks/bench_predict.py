@@ -205,7 +205,7 @@ SCENARIOS = [
     ],
     {
         "name": "speeches-debates", "source": "samples:speeches", "target": "samples:debates", "val": None,
-        "backbone": "minilm", "options": {"max_length": 128}, "sweep": "speeches-debates",
+        "backbone": "minilm", "options": {"max_length": 128}, "sweep": "v2/speeches-debates",
         "sweep_args": ["--preset", "small", "--epochs", "6", "--seeds", "0,1"],
     },
     # Three more text targets for MiniLM (make_scenarios.py ``_text_targets``; built after the freeze rule's
