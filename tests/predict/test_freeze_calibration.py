@@ -248,10 +248,17 @@ def test_a_probe_at_its_ceiling_freezes_through_the_middle_of_the_span() -> None
     assert rec.depth == 5 and rec.evidence["alternative_depth"] is None
 
 
-def test_an_unmeasured_step_with_an_alternative_points_to_the_search_once() -> None:
-    # A text backbone decided by the probe step: no text table in the shipped calibration was (the one
-    # text table is decided by the gradient norms), so "How sure" says unmeasured; the alternative names
-    # the search.
+def test_an_unmeasured_step_with_an_alternative_points_to_the_search_once(monkeypatch) -> None:
+    # A text backbone decided by the probe step, with a calibration in which no text table was (only an
+    # image family): "How sure" says unmeasured, and the alternative names the search.
+    import diag.predict.freeze as freeze_module
+
+    shipped = json.loads(SHIPPED.read_text())
+    image_only = {
+        **shipped,
+        "families": {f: v for f, v in shipped["families"].items() if v.get("modality") != "text"},
+    }
+    monkeypatch.setattr(freeze_module, "calibration", lambda: image_only)
     text_blocks = ["embeddings", *[f"layer.{i}" for i in range(6)]]
     values = [0.60, 0.70, 0.80, 0.86, 0.88, 0.84, 0.80]
     pre = {
@@ -271,3 +278,28 @@ def test_an_unmeasured_step_with_an_alternative_points_to_the_search_once() -> N
     line = next(x for x in rec.rationale if x.startswith("How sure"))
     assert rec.evidence["alternative_depth"] is None and line.count("--freeze search") == 1
     assert "checks the depth for a fraction of a run" in line
+
+
+def test_a_text_target_decided_by_the_probe_step_quotes_the_text_tables() -> None:
+    # the shipped calibration holds text tables the probe step decided (Rotten Tomatoes sentiment, ...): a
+    # text target it decides is measured against those, and only those
+    shipped = json.loads(SHIPPED.read_text())
+    text = {
+        t: r
+        for f, v in shipped["families"].items()
+        if v["modality"] == "text"
+        for t, r in v["lofo_by_table"].items()
+        if v["basis_by_table"][t] == "probe"
+    }
+    assert text, "the shipped calibration has a text table decided by the probe step"
+    text_blocks = ["embeddings", *[f"layer.{i}" for i in range(6)]]
+    values = [0.60, 0.70, 0.80, 0.86, 0.88, 0.84, 0.80]
+    pre = {
+        k: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": 0.01}
+        for k, v in zip(text_blocks, values, strict=True)
+    }
+    rec = recommend_freeze(pre, text_blocks, n_target=1000, n_classes=2)
+    cal = rec.evidence["calibration"]
+    assert rec.evidence["basis"] == "probe" and cal["families"] == ["text"]
+    assert cal["n_tables"] == len(text) and cal["lofo_mean"] == pytest.approx(sum(text.values()) / len(text))
+    assert cal["lofo_min"] == min(text.values())
