@@ -45,7 +45,8 @@ SMALL_TARGET = 20
 #: (:mod:`diag.train.search`). One, not half: over the 68 benchmark tables the search, simulated from their
 #: per-epoch curves, added +0.008 of the best depth's accuracy to the rule alone at half a run (95 %
 #: [-0.001, +0.020], paired bootstrap over the tables) and +0.016 at one run ([+0.007, +0.027]), with no
-#: table below 0.95 (``benchmarks/bench_search.py``: ``gain_over_rule``).
+#: table below 0.95 (``benchmarks/bench_search.py``: ``gain_over_rule``). Over 71 (three text tables
+#: added): +0.009 [+0.000, +0.020] at half a run, +0.017 [+0.008, +0.028] at one.
 DEFAULT_SEARCH_BUDGET = 1.0
 
 
@@ -263,6 +264,8 @@ def recommend_freeze(
        Out of sample it fails where the stem peaks because heavy input noise blurs the deeper features, not
        because the weights are worthless: the science images with Gaussian noise of sd 97 through ImageNet
        Lite1 and Lite2, K 0 0.825 and 0.720 of the best depth (K 7 on both; ``benchmarks/README.md``).
+       Right out of sample on text: MiniLM on the speaker's role in the 2016 debates, where the word
+       embeddings probe best, K 0 0.992 of the best depth (K 2).
 
     6. A probe at its *ceiling* — the peak's accuracy within its fold spread of 1 — cannot rank the layers
        that reach it: every layer within the fold spread of the peak is as good as the argmax by the
