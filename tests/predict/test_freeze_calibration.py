@@ -248,6 +248,18 @@ def test_a_probe_at_its_ceiling_freezes_through_the_middle_of_the_span() -> None
     assert rec.depth == 5 and rec.evidence["alternative_depth"] is None
 
 
+TEXT_BLOCKS = ["embeddings", *[f"layer.{i}" for i in range(6)]]
+
+
+def _text_curve(std: float) -> dict[str, dict]:
+    """A MiniLM-like probe curve peaking at layer.3 (K 5), with fold spread ``std``."""
+    values = [0.60, 0.70, 0.80, 0.86, 0.88, 0.84, 0.80]
+    return {
+        name: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": std}
+        for name, v in zip(TEXT_BLOCKS, values, strict=True)
+    }
+
+
 def test_an_unmeasured_step_with_an_alternative_points_to_the_search_once(monkeypatch) -> None:
     # A text backbone decided by the probe step, with a calibration in which no text table was (only an
     # image family): "How sure" says unmeasured, and the alternative names the search.
@@ -259,13 +271,8 @@ def test_an_unmeasured_step_with_an_alternative_points_to_the_search_once(monkey
         "families": {f: v for f, v in shipped["families"].items() if v.get("modality") != "text"},
     }
     monkeypatch.setattr(freeze_module, "calibration", lambda: image_only)
-    text_blocks = ["embeddings", *[f"layer.{i}" for i in range(6)]]
-    values = [0.60, 0.70, 0.80, 0.86, 0.88, 0.84, 0.80]
-    pre = {
-        name: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": 0.03}
-        for name, v in zip(text_blocks, values, strict=True)
-    }
-    rec = recommend_freeze(pre, text_blocks, n_target=1000, n_classes=2)
+    pre = _text_curve(std=0.03)
+    rec = recommend_freeze(pre, TEXT_BLOCKS, n_target=1000, n_classes=2)
     assert rec.evidence["basis"] == "probe" and rec.depth == 5 and rec.evidence["alternative_depth"] == 4
     line = next(x for x in rec.rationale if x.startswith("How sure"))
     assert "(unmeasured)." in line and line.count("--freeze search") == 1
@@ -273,8 +280,7 @@ def test_an_unmeasured_step_with_an_alternative_points_to_the_search_once(monkey
     assert "(`--freeze 4` trains it)" in line
     assert "checks K = 5 against tuning every block and the alternative for about one run more" in line
     # without an alternative the unmeasured line itself points to the search
-    sharp = {k: {**v, "linear_probe_std": 0.01} for k, v in pre.items()}
-    rec = recommend_freeze(sharp, text_blocks, n_target=1000, n_classes=2)
+    rec = recommend_freeze(_text_curve(std=0.01), TEXT_BLOCKS, n_target=1000, n_classes=2)
     line = next(x for x in rec.rationale if x.startswith("How sure"))
     assert rec.evidence["alternative_depth"] is None and line.count("--freeze search") == 1
     assert "checks the depth for a fraction of a run" in line
@@ -292,13 +298,7 @@ def test_a_text_target_decided_by_the_probe_step_quotes_the_text_tables() -> Non
         if v["basis_by_table"][t] == "probe"
     }
     assert text, "the shipped calibration has a text table decided by the probe step"
-    text_blocks = ["embeddings", *[f"layer.{i}" for i in range(6)]]
-    values = [0.60, 0.70, 0.80, 0.86, 0.88, 0.84, 0.80]
-    pre = {
-        k: {"scores": {"linear_probe_accuracy": v}, "linear_probe_std": 0.01}
-        for k, v in zip(text_blocks, values, strict=True)
-    }
-    rec = recommend_freeze(pre, text_blocks, n_target=1000, n_classes=2)
+    rec = recommend_freeze(_text_curve(std=0.01), TEXT_BLOCKS, n_target=1000, n_classes=2)
     cal = rec.evidence["calibration"]
     assert rec.evidence["basis"] == "probe" and cal["families"] == ["text"]
     assert cal["n_tables"] == len(text) and cal["lofo_mean"] == pytest.approx(sum(text.values()) / len(text))

@@ -1,11 +1,11 @@
 """The benchmark helpers whose figures ``benchmarks/README.md`` quotes: the family of each truth table
 (``predict_lofo.family``), the search's paired bootstrap against the rule (``bench_search.gain_over_rule``)
-and the out-of-sample check of the withdrawn freeze step (``predict_lofo.built_after_check``)."""
+and the out-of-sample check of the withdrawn freeze step (``predict_lofo.built_after_check``). The ``lofo``
+and ``rows`` fixtures are in ``conftest.py``."""
 
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,24 +15,17 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PREDICT = ROOT / "benchmarks" / "results" / "predict.json"
 
 
 @pytest.fixture(scope="module")
-def bench() -> Iterator[tuple[ModuleType, ModuleType]]:
+def bench(lofo: ModuleType) -> Iterator[tuple[ModuleType, ModuleType]]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import bench_search
-        import predict_lofo
 
-        yield predict_lofo, bench_search
+        yield lofo, bench_search
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-
-
-@pytest.fixture(scope="module")
-def rows() -> list[dict]:
-    return json.loads(PREDICT.read_text())["scenarios"]
 
 
 def test_every_truth_table_has_a_family_and_an_unknown_one_is_an_error(bench, rows) -> None:

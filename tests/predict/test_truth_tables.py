@@ -8,8 +8,6 @@ re-diagnosed. These tests fail when it does not."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,22 +16,6 @@ from diag.predict.freeze import FreezeRule
 
 ROOT = Path(__file__).resolve().parents[2]
 PREDICT = ROOT / "benchmarks" / "results" / "predict.json"
-
-
-@pytest.fixture(scope="module")
-def lofo():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import predict_lofo
-
-        yield predict_lofo
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
-@pytest.fixture(scope="module")
-def rows() -> list[dict]:
-    return json.loads(PREDICT.read_text())["scenarios"]
 
 
 def test_the_shipped_freeze_rule_reproduces_every_stored_depth(lofo, rows) -> None:
