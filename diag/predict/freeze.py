@@ -46,7 +46,7 @@ SMALL_TARGET = 20
 #: per-epoch curves, added +0.008 of the best depth's accuracy to the rule alone at half a run (95 %
 #: [-0.001, +0.020], paired bootstrap over the tables) and +0.016 at one run ([+0.007, +0.027]), with no
 #: table below 0.95 (``benchmarks/bench_search.py``: ``gain_over_rule``). Over 71 (three text tables
-#: added): +0.009 [+0.000, +0.020] at half a run, +0.017 [+0.008, +0.028] at one.
+#: added): +0.009 [-0.000, +0.020] at half a run, +0.017 [+0.008, +0.028] at one.
 DEFAULT_SEARCH_BUDGET = 1.0
 
 
