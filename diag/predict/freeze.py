@@ -265,7 +265,7 @@ def recommend_freeze(
        because the weights are worthless: the science images with Gaussian noise of sd 97 through ImageNet
        Lite1 and Lite2, K 0 0.825 and 0.720 of the best depth (K 7 on both; ``benchmarks/README.md``).
        Right out of sample on text: MiniLM on the speaker's role in the 2016 debates, where the word
-       embeddings probe best, K 0 0.992 of the best depth (K 2).
+       embeddings probe best, K 0 0.994 of the best depth (K 2).
 
     6. A probe at its *ceiling* — the peak's accuracy within its fold spread of 1 — cannot rank the layers
        that reach it: every layer within the fold spread of the peak is as good as the argmax by the
