@@ -240,8 +240,8 @@ ladder tex-noise3-lite2 tex-noise3 efficientnet_lite2
 # (128 tokens); the debates table above about 60 min.
 text() { $D sweep -t "$S/$1.csv" --val "$S/$1-val.csv" -b minilm --preset small --epochs 6 --max-length "$2" \
   --depths 0,2,3,4,5,6,7 --seeds "${SEEDS:-0,1}" --no-keep-checkpoint --no-save-best -q -o "runs/sweeps/v2/$1"; }
-text debates-role 64
-text rt-sentiment 64
+SEEDS=0,1,2,3 text debates-role 64  # seeds 2/3 added 18:15-18:42 UTC (27 min, one lane)
+SEEDS=0,1,2,3 text rt-sentiment 64  # seeds 2/3 added 18:05-18:24 UTC (19 min)
 text speeches-party 128
 
 # Per-epoch curves for the budgeted-search simulation (bench_search.py) on the tables whose sweeps predate kept
