@@ -16,7 +16,7 @@ import streamlit as st
 
 from diag.report import figures, tables
 from diag.train import jobs
-from diag.train.config import DEFAULT_LR
+from diag.train.config import DEFAULT_HEAD_LR, DEFAULT_LR
 
 LIVE_STATES = ("starting", "running", "stopping")
 FREEZE_HELP = "Blocks frozen from the input side: 0 tunes everything; the number of blocks is a linear probe."
@@ -109,7 +109,7 @@ with st.form("ft_form"):
         "Learning rate", min_value=1e-7, max_value=1.0, step=1e-4, format="%.1e", key="ft_lr",
         help=f"Peak learning rate of the top tuned block (diag finetune --lr). Left at {lr_default:.0e}, "
         "the default for this kind of backbone, the run takes diag's recipe"
-        + (" (the new head at 1e-3)." if modality == "text" else ".")
+        + (f" (the new head at {DEFAULT_HEAD_LR[modality]:.0e})." if DEFAULT_HEAD_LR[modality] else ".")
         + " Another value sets the head's rate too.",
     )  # fmt: skip
     scratch = c3.checkbox(

@@ -188,8 +188,7 @@ class FinetuneConfig:
         """``(lr, head_lr)`` of a run of this config on a backbone of ``modality`` ("image" or "text"):
         the given ones, else :data:`DEFAULT_LR` and :data:`DEFAULT_HEAD_LR`; a given ``lr`` alone sets the
         head's rate too."""
-        if modality not in DEFAULT_LR:
-            raise param_error("modality", f"must be one of {', '.join(DEFAULT_LR)}", modality)
+        _check_modality(modality)
         if self.lr is not None:
             return self.lr, self.head_lr if self.head_lr is not None else self.lr
         lr = DEFAULT_LR[modality]
@@ -203,7 +202,7 @@ class FinetuneConfig:
         ``result.json`` and a sweep in ``sweep.json``."""
         if self.lr is not None:
             return self
-        self.learning_rates(modality)  # checks the modality
+        _check_modality(modality)
         head_lr = self.head_lr if self.head_lr is not None else DEFAULT_HEAD_LR[modality]
         return replace(self, lr=DEFAULT_LR[modality], head_lr=head_lr)
 
@@ -279,6 +278,12 @@ DEFAULT_LR: dict[str, float] = {"image": 1e-3, "text": 5e-5}
 #: The new head's rate when neither ``lr`` nor ``head_lr`` is given (None: the body's). A text encoder's head
 #: starts at zero and has a few dozen steps on a small target: it keeps the image rate, 1e-3.
 DEFAULT_HEAD_LR: dict[str, float | None] = {"image": None, "text": 1e-3}
+
+
+def _check_modality(modality: str) -> None:
+    if modality not in DEFAULT_LR:
+        raise param_error("modality", f"must be one of {', '.join(DEFAULT_LR)}", modality)
+
 
 #: Named budgets. ``small`` runs the bundled digit samples in about half a minute per run on 2 CPU cores
 #: (64 px, 8 epochs of batch 32); fields given explicitly override a preset.

@@ -114,8 +114,7 @@ class Trainer:
         image_stats: tuple[Sequence[float], Sequence[float]] | None = None,
         pad_id: int = 0,
     ) -> None:
-        self.cfg = config.for_modality(model.modality)  # the learning rates a run uses (by modality)
-        config = self.cfg
+        self.cfg = config
         self.device = device
         self.model = model.to(device)
         self.units = units
@@ -168,7 +167,7 @@ class Trainer:
 
     def _param_groups(self, body_params: dict[str, nn.Parameter]) -> list[dict[str, Any]]:
         cfg = self.cfg
-        body_lr, head_lr = cfg.learning_rates(self.model.modality)
+        body_lr, head_lr = cfg.learning_rates(self.model.modality)  # lr None: the modality's defaults
         groups: list[dict[str, Any]] = []
         n = len(self.units)
         for u in self.units[self.k :]:
