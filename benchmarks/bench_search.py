@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,44 +86,123 @@ def neighbour_candidates(depth: int, alternative: int | None, n_blocks: int) -> 
     return out[:4]
 
 
+@dataclass(frozen=True)
+class Design:
+    """One way to run the search, replayed on the same curves. The shipped one is :data:`SHIPPED`; the others
+    (:data:`DESIGNS`) are what was tried to reach the goal at half a run (0.99 of the best depth)."""
+
+    label: str
+    #: ``(rule's depth, its alternative, n_blocks) -> depths``, most trusted first
+    candidates: Callable[[int, int | None, int], list[int]] = search_candidates
+    #: the incumbent's margin, in standard errors (0: plain successive halving)
+    z: float = DISPLACE_Z
+    #: a trial's score at a rung, from its validation accuracies so far (the real search: the best)
+    score: Callable[[Sequence[float]], float] = max
+    #: the fraction of candidates kept per rung is 1 / eta
+    eta: int = 2
+    #: search only on the tables where this is true of the predict.json row; elsewhere the rule alone
+    gate: Callable[[dict], bool] | None = None
+    #: no trials: each seed's best candidate after full runs of all of them (the selection's ceiling)
+    oracle: bool = False
+
+
+Candidates = Callable[[int, int | None, int], list[int]]
+
+
+def _pair(second: Callable[[int, int | None, int], int | None]) -> Candidates:
+    def candidates(depth: int, alternative: int | None, n_blocks: int) -> list[int]:
+        k = second(depth, alternative, n_blocks)
+        return [depth] if k is None or k == depth or not 0 <= k <= n_blocks else [depth, k]
+
+    return candidates
+
+
+def _last(v: Sequence[float]) -> float:
+    return float(v[-1])
+
+
+def _mean(v: Sequence[float]) -> float:
+    return float(np.mean(v))
+
+
+def _shallow_rule(row: dict) -> bool:
+    return 2 * row["recommended_depth"] <= row["n_blocks"]
+
+
+SHIPPED = Design("shipped: the rule's depth, the last two blocks, every block; margin 2 SE")
+DESIGNS = (
+    SHIPPED,
+    Design("no margin (plain successive halving)", z=0.0),
+    Design("the rule's neighbours (before 2026-11-30)", candidates=neighbour_candidates),
+    Design("four candidates (adds the alternative)", candidates=partial(search_candidates, limit=4)),
+    Design("pair: the rule's depth and the last two blocks", candidates=_pair(lambda d, a, n: n - 2)),
+    Design("pair: the rule's depth and every block", candidates=_pair(lambda d, a, n: 0)),
+    Design("pair: the rule's depth and its alternative", candidates=_pair(lambda d, a, n: a)),
+    Design(
+        "pair: the rule's depth and the far end (last two if it tunes half or more, else every block)",
+        candidates=_pair(lambda d, a, n: n - 2 if 2 * d <= n else 0),
+    ),
+    Design("rung score: the last epoch's accuracy", score=_last),
+    Design("rung score: the mean over the epochs so far", score=_mean),
+    Design("one rung (eta 3: the best of three goes on)", eta=3),
+    Design("gated: search only where the rule tunes half the blocks or more", gate=_shallow_rule),
+    Design("oracle: each seed's best candidate after full runs (no trials)", oracle=True),
+)
+
+
+def _accuracy_by_depth(row: dict, curves: dict) -> dict[int, float]:
+    """The sweep's mean accuracy per depth, and for a depth only the curves measured (re-runs of the same
+    recipe), the mean of their best epochs."""
+    acc = {int(k): float(v) for k, v in row["accuracy_by_depth"].items()}
+    for k, runs in curves.items():
+        if int(k) not in acc and len(runs) >= 2:
+            acc[int(k)] = float(np.mean([max(v) for v in runs.values()]))
+    return acc
+
+
 def simulate(
     row: dict,
     curves: dict,
     budget: float,
     n_val: int | None,
-    z: float = DISPLACE_Z,
-    candidates: Callable[[int, int | None, int], list[int]] = search_candidates,
+    design: Design = SHIPPED,
 ) -> dict:
-    """The search on one table's curves; ``n_val`` validation items, ``z`` the incumbent's margin in
-    standard errors (0: plain successive halving). The best depth is the sweep's, or a depth only the
-    curves measured (re-runs of the same recipe) where that one is better."""
-    acc = {int(k): float(v) for k, v in row["accuracy_by_depth"].items()}
-    for k, runs in curves.items():  # depths the sweep did not measure: the mean of their best epochs
-        if int(k) not in acc and len(runs) >= 2:
-            acc[int(k)] = float(np.mean([max(v) for v in runs.values()]))
+    """The search on one table's curves; ``n_val`` validation items. The best depth is the sweep's, or a
+    depth only the curves measured (re-runs of the same recipe) where that one is better. A seed's accuracy
+    is the best epoch of the winner's full run, whatever ``design.score`` ranked the trials by."""
+    acc = _accuracy_by_depth(row, curves)
     best = max(acc.values())
+    rule_k = row["recommended_depth"]
     alt = row["freeze_evidence"].get("alternative_depth")
-    cands_all = candidates(row["recommended_depth"], alt, row["n_blocks"])
+    cands_all = design.candidates(rule_k, alt, row["n_blocks"])
+    if design.gate is not None and not design.gate(row):
+        cands_all = [rule_k]
     cands = [c for c in cands_all if str(c) in curves]
     seeds = sorted(set.intersection(*(set(curves[str(c)]) for c in cands))) if cands else []
     per_seed = []
     for s in seeds:
         epochs = len(curves[str(cands[0])][s])
+        if design.oracle:
+            winner = max(cands, key=lambda c, s=s: (max(curves[str(c)][s]), -cands.index(c)))
+            extra, tried = float(len(cands) - 1), cands
+        else:
 
-        def train_to(c: int, e: int, s: str = s) -> float:
-            return max(curves[str(c)][s][:e])
+            def train_to(c: int, e: int, s: str = s) -> float:
+                return design.score(curves[str(c)][s][:e])
 
-        res = successive_halving(cands, epochs, budget, train_to, n_val=n_val, z=z)
+            res = successive_halving(cands, epochs, budget, train_to, n_val=n_val, z=design.z, eta=design.eta)
+            winner, extra, tried = res.winner, res.extra_cost, res.candidates
         per_seed.append(
             {
                 "seed": s,
-                "winner": res.winner,
-                "accuracy": res.winner_score,
-                "extra_cost": res.extra_cost,
-                "candidates": res.candidates,
+                "winner": winner,
+                "accuracy": max(curves[str(winner)][s]),
+                "extra_cost": extra,
+                "candidates": tried,
             }
         )
-    rule_k = row["recommended_depth"]
+    if not per_seed and cands_all == [rule_k] and rule_k in acc:  # gated off, the rule without its curve
+        per_seed = [{"seed": None, "winner": rule_k, "accuracy": acc[rule_k], "extra_cost": 0.0}]
     return {
         "budget": budget,
         "candidates": cands_all,
@@ -129,7 +210,9 @@ def simulate(
         "per_seed": per_seed,
         "ratio_search": float(np.mean([p["accuracy"] for p in per_seed])) / best if per_seed else None,
         "ratio_rule": acc[rule_k] / best if rule_k in acc else None,
-        "ratio_best_candidate": max(acc[c] for c in cands) / best if cands else None,
+        "ratio_best_candidate": max(acc[c] for c in cands_all if c in acc) / best
+        if any(c in acc for c in cands_all)
+        else None,
         "extra_cost": float(np.mean([p["extra_cost"] for p in per_seed])) if per_seed else None,
     }
 
@@ -188,6 +271,135 @@ def real(name: str, seeds: list[int], budget: float = 0.5) -> dict:
     }
 
 
+LOSS_TRIALS = ROOT / "benchmarks" / "results" / "search-loss-trials.json"
+
+
+def loss_trials(names: list[str], seeds: list[str]) -> None:
+    """Re-run the trials of the shipped search at half a run (the candidates of :func:`search_candidates`,
+    stopped at the last rung of ``plan_rungs(3, epochs, 0.5)``: epoch 2 of 6) to record what the curves do
+    not keep: the validation *loss* per epoch. Each run is the sweep's recipe and seed, so its accuracies
+    must equal the curve's (checked, and recorded as ``acc_matches_curve``). Saved per table to
+    :data:`LOSS_TRIALS` (resumable); a table whose backbone is not on this machine (the checkpoints
+    ``run_sweeps.sh`` trains) is skipped."""
+    import bench_predict
+
+    from diag.train import FinetuneConfig
+    from diag.train.run import TrainJob, run_job
+    from diag.train.search import _StopAfter, plan_rungs
+
+    data = json.loads((ROOT / "benchmarks" / "results" / "predict.json").read_text())
+    rows = {r["name"]: r for r in data["scenarios"]}
+    saved = json.loads(LOSS_TRIALS.read_text()) if LOSS_TRIALS.is_file() else {}
+    for name in names:
+        row, sc, sweep = (
+            rows[name],
+            next(s for s in bench_predict.SCENARIOS if s["name"] == name),
+            _sweep(name),
+        )
+        curves = json.loads((CURVES / f"{name}.json").read_text())
+        cfg0 = FinetuneConfig.from_dict(sweep["config"])
+        stop = plan_rungs(3, cfg0.epochs, 0.5)[1][-1]
+        alt = row["freeze_evidence"].get("alternative_depth")
+        cands = [
+            c for c in search_candidates(row["recommended_depth"], alt, row["n_blocks"]) if str(c) in curves
+        ]
+        try:
+            job = TrainJob.open(sc["target"], sc["backbone"], sc["val"])
+        except Exception as e:  # a table this machine cannot open: reported, skipped
+            print(f"skip {name}: {e}")
+            continue
+        table = saved.setdefault(name, {})
+        for seed in seeds:
+            for k in cands:
+                if seed in table.get(str(k), {}) or seed not in curves[str(k)]:
+                    continue
+                cfg = replace(cfg0, seed=int(seed), from_scratch=False, freeze=k)
+                with tempfile.TemporaryDirectory() as tmp:
+                    try:
+                        res = run_job(job, cfg, Path(tmp), callbacks=[_StopAfter(stop)], resume=False)
+                    except Exception as e:  # e.g. a checkpoint only run_sweeps.sh builds
+                        print(f"skip {name} K {k} seed {seed}: {e}")
+                        continue
+                hist = [h for h in res.history if h.get("val_acc") is not None]
+                acc = [h["val_acc"] for h in hist]
+                table.setdefault(str(k), {})[seed] = {
+                    "val_loss": [h["val_loss"] for h in hist],
+                    "val_acc": acc,
+                    "acc_matches_curve": all(
+                        abs(a - b) <= 5e-7 for a, b in zip(acc, curves[str(k)][seed], strict=False)
+                    ),
+                }
+                LOSS_TRIALS.write_text(json.dumps(saved, indent=0) + "\n")
+                print(name, k, seed, table[str(k)][seed])
+
+
+#: What :func:`loss_design` compares: label, the incumbent's margin (standard errors), the trial's key.
+RANKINGS = (("accuracy, margin 2 SE", DISPLACE_Z, "val_acc"), ("accuracy, no margin", 0.0, "val_acc"),
+            ("loss", 0.0, "val_loss"))  # fmt: skip
+
+
+def _trial_winner(cands: list[int], trial: dict, curve: dict, n_val: int | None, z: float, key: str) -> int:
+    """The winner at half a run of one seed: ``trial[K][key]`` per epoch up to the last rung (accuracy:
+    higher is better, loss: lower), ``curve[K]`` the full runs."""
+    epochs = len(curve[str(cands[0])])
+
+    def train_to(c: int, e: int) -> float:
+        if e == epochs:
+            return max(curve[str(c)])
+        v = trial[str(c)][key][:e]
+        return max(v) if key == "val_acc" else -min(v)
+
+    return successive_halving(cands, epochs, 0.5, train_to, n_val=n_val, z=z).winner
+
+
+def loss_design(tables: dict, curves_by_table: dict[str, dict], n_vals: dict[str, int | None]) -> dict:
+    """The shipped search at half a run with its trials ranked by validation loss (lower is better) instead
+    of accuracy, on the (table, seed) pairs of :data:`LOSS_TRIALS`; beside it the accuracy ranking on the
+    same pairs."""
+    if not LOSS_TRIALS.is_file():
+        return {}
+    trials = json.loads(LOSS_TRIALS.read_text())
+    data = json.loads((ROOT / "benchmarks" / "results" / "predict.json").read_text())
+    rows = {r["name"]: r for r in data["scenarios"]}
+    per_table = {}
+    for name, tr in trials.items():
+        if name not in tables:
+            continue
+        row, curves = rows[name], curves_by_table[name]
+        alt = row["freeze_evidence"].get("alternative_depth")
+        cands = [
+            c for c in search_candidates(row["recommended_depth"], alt, row["n_blocks"]) if str(c) in curves
+        ]
+        seeds = sorted(set.intersection(*(set(tr.get(str(c), {})) for c in cands)))
+        if not seeds:
+            continue
+        best = max(_accuracy_by_depth(row, curves).values())
+        found: dict[str, list[float]] = {label: [] for label, _, _ in RANKINGS}
+        for s in seeds:
+            trial = {str(c): tr[str(c)][s] for c in cands}
+            curve = {str(c): curves[str(c)][s] for c in cands}
+            for label, z, key in RANKINGS:
+                winner = _trial_winner(cands, trial, curve, n_vals[name], z, key)
+                found[label].append(max(curve[str(winner)]))
+        per_table[name] = {k: float(np.mean(v)) / best for k, v in found.items()} | {"seeds": seeds}
+    return {
+        "n_tables": len(per_table),
+        **{
+            label: {
+                "mean_ratio": float(np.mean([t[label] for t in per_table.values()])),
+                "below_0.95": sum(t[label] < 0.95 for t in per_table.values()),
+                "min": min(t[label] for t in per_table.values()),
+            }
+            for label, _, _ in RANKINGS
+            if per_table
+        },
+        "trials_match_curves": all(
+            x["acc_matches_curve"] for t in trials.values() for k in t.values() for x in k.values()
+        ),
+        "tables": per_table,
+    }
+
+
 def agreement(sweep: dict, curves: dict) -> dict:
     """How well the curves' best epochs reproduce the committed sweep's values (the same runs, or re-runs
     of the same recipe and seed): the largest difference and how many (depth, seed) cells are equal."""
@@ -213,6 +425,10 @@ def _sweep(name: str) -> dict:
 def main() -> int:
     sweep_root = ROOT / "runs" / "sweeps"
     data = json.loads((ROOT / "benchmarks" / "results" / "predict.json").read_text())
+    if len(sys.argv) > 1 and sys.argv[1] == "--loss-trials":  # --loss-trials SEEDS [NAME ...]
+        names = sys.argv[3:] or sorted(p.stem for p in CURVES.glob("*.json"))
+        loss_trials(names, sys.argv[2].split(","))
+        return 0
     if len(sys.argv) > 2 and sys.argv[1] == "--real":  # --real NAME [NAME ...]: run it on these tables
         dst = ROOT / "benchmarks" / "results" / "search.json"
         for name in sys.argv[2:]:
@@ -224,6 +440,8 @@ def main() -> int:
         return 0
     CURVES.mkdir(parents=True, exist_ok=True)
     out: dict = {"simulated": True, "tables": {}}
+    seen_curves: dict[str, dict] = {}
+    n_vals: dict[str, int | None] = {}
     for row in data["scenarios"]:
         if row.get("nt_only") or row.get("negative_transfer_measured") or "accuracy_by_depth" not in row:
             continue
@@ -239,10 +457,11 @@ def main() -> int:
             continue
         val = sweep.get("val")
         n_val = row.get("val") or (val.get("n") if isinstance(val, dict) else None)
+        seen_curves[row["name"]], n_vals[row["name"]] = curves, n_val
         table = out["tables"][row["name"]] = {str(b): simulate(row, curves, b, n_val) for b in BUDGETS}
-        table["plain"] = {str(b): simulate(row, curves, b, n_val, z=0.0) for b in BUDGETS}
-        table["neighbours"] = {
-            str(b): simulate(row, curves, b, n_val, candidates=neighbour_candidates) for b in BUDGETS
+        table["designs"] = {  # kept short: the ratio, the cost, each seed's winner
+            d.label: {str(b): _brief(simulate(row, curves, b, n_val, d)) for b in BUDGETS}
+            for d in DESIGNS[1:]
         }
         table["curves_vs_sweep"] = agreement(sweep, curves)
     simulated = [t for t in out["tables"].values() if t["0.5"]["ratio_search"] is not None]
@@ -260,18 +479,7 @@ def main() -> int:
             "below_0.95": sum(r["ratio_search"] < 0.95 for r in rows),
             "mean_ratio_best_candidate": float(np.mean([r["ratio_best_candidate"] for r in rows])),
             "dropped_unmeasured": sum(len(r["dropped_unmeasured"]) for r in rows),
-            "without_margin": {  # plain successive halving (z = 0), the same tables
-                "mean_ratio_search": float(np.mean([t["plain"][b]["ratio_search"] for t in simulated])),
-                "min_ratio_search": min(t["plain"][b]["ratio_search"] for t in simulated),
-            },
-            "neighbour_candidates": {  # the previous candidates: rule, alternative, rule ± 1 block
-                k: float(np.mean([t["neighbours"][b][k] for t in simulated]))
-                for k in ("ratio_search", "extra_cost", "ratio_best_candidate")
-            }
-            | {
-                "below_0.95": sum(t["neighbours"][b]["ratio_search"] < 0.95 for t in simulated),
-                "dropped_unmeasured": sum(len(t["neighbours"][b]["dropped_unmeasured"]) for t in simulated),
-            },
+            "designs": design_summary(simulated, b),
             "curves_vs_sweeps": {  # (depth, seed) cells whose best epoch equals the committed sweep's value
                 "cells": sum(t["curves_vs_sweep"]["cells"] for t in out["tables"].values()),
                 "equal": sum(t["curves_vs_sweep"]["equal"] for t in out["tables"].values()),
@@ -285,6 +493,12 @@ def main() -> int:
     for b in map(str, BUDGETS):
         out[f"budget_{b}"]["design_chosen_lofo"] = design_lofo(out["tables"], b)
         out[f"budget_{b}"]["gain_over_rule"] = gain_over_rule(out["tables"], b)
+    out["loss_trials"] = loss_design(out["tables"], seen_curves, n_vals)
+    if out["loss_trials"]:
+        print(
+            "rung score by validation loss, at half a run:",
+            {k: v for k, v in out["loss_trials"].items() if k != "tables"},
+        )
     dst = ROOT / "benchmarks" / "results" / "search.json"
     if dst.is_file():
         out["real"] = json.loads(dst.read_text()).get("real", {})
@@ -299,23 +513,63 @@ def main() -> int:
             f"({r['ratio_search']:.3f}) | {r['extra_cost']:.2f} | {r['ratio_best_candidate']:.3f} |"
         )
     for b in map(str, BUDGETS):
-        print(b, out[f"budget_{b}"])
+        print(b, {k: v for k, v in out[f"budget_{b}"].items() if k != "designs"})
+    print("\n| design | " + " | ".join(f"budget {b}: ratio (below 0.95), extra cost" for b in BUDGETS) + " |")
+    print("|---|" + "---|" * len(BUDGETS))
+    for d in DESIGNS:
+        cells = []
+        for b in map(str, BUDGETS):
+            x = out[f"budget_{b}"]["designs"][d.label]
+            cells.append(f"{x['mean_ratio_search']:.3f} ({x['below_0.95']}), {x['mean_extra_cost']:.2f}")
+        print(f"| {d.label} | " + " | ".join(cells) + " |")
+    for b in map(str, BUDGETS):
+        print(f"chosen leave-one-family-out at {b}:", out[f"budget_{b}"]["design_chosen_lofo"])
     print(f"wrote {dst}")
     return 0
 
 
+def _brief(sim: dict) -> dict:
+    return {
+        "candidates": sim["candidates"],
+        "winners": [p["winner"] for p in sim["per_seed"]],
+        **{k: sim[k] for k in ("ratio_search", "ratio_rule", "ratio_best_candidate", "extra_cost")},
+    }
+
+
+def _design_ratios(tables: dict, budget: str) -> dict[str, dict[str, float]]:
+    """Per design (:data:`DESIGNS`), per table: the search's ratio at ``budget``."""
+    out = {SHIPPED.label: {n: t[budget]["ratio_search"] for n, t in tables.items()}}
+    for d in DESIGNS[1:]:
+        out[d.label] = {n: t["designs"][d.label][budget]["ratio_search"] for n, t in tables.items()}
+    return out
+
+
+def design_summary(tables: list[dict], budget: str) -> dict[str, dict]:
+    """Per design, over the tables it could be replayed on: the mean ratio, the worst, how many below 0.95,
+    the mean and largest extra cost."""
+    out = {}
+    for d in DESIGNS:
+        rows = [t[budget] if d is SHIPPED else t["designs"][d.label][budget] for t in tables]
+        rows = [r for r in rows if r["ratio_search"] is not None]
+        out[d.label] = {
+            "n_tables": len(rows),
+            "mean_ratio_search": float(np.mean([r["ratio_search"] for r in rows])),
+            "min_ratio_search": min(r["ratio_search"] for r in rows),
+            "below_0.95": sum(r["ratio_search"] < 0.95 for r in rows),
+            "mean_extra_cost": float(np.mean([r["extra_cost"] for r in rows])),
+            "max_extra_cost": max(r["extra_cost"] for r in rows),
+        }
+    return out
+
+
 def design_lofo(tables: dict, budget: str) -> dict:
-    """The search's design chosen leave-one-family-out: for each family, the design (these candidates with
-    the margin, the same without it, the rule's neighbours with it) with the best mean ratio on the other
-    families, scored on the family held out (ties averaged) — whether choosing the design on these tables
-    holds beyond the family it is scored on."""
+    """The search's design chosen leave-one-family-out: for each family, the design (any of :data:`DESIGNS`
+    but the oracle) with the best mean ratio on the other families, scored on the family held out (ties
+    averaged) — whether choosing the design on these tables holds beyond the family it is scored on."""
     from predict_lofo import family
 
-    designs = {
-        "candidates, margin": {n: t[budget]["ratio_search"] for n, t in tables.items()},
-        "candidates, no margin": {n: t["plain"][budget]["ratio_search"] for n, t in tables.items()},
-        "neighbours, margin": {n: t["neighbours"][budget]["ratio_search"] for n, t in tables.items()},
-    }
+    oracles = {d.label for d in DESIGNS if d.oracle}
+    designs = {k: v for k, v in _design_ratios(tables, budget).items() if k not in oracles}
     held: dict[str, float] = {}
     chosen = {}
     for fam in sorted({family(n) for n in tables}):
@@ -331,7 +585,7 @@ def design_lofo(tables: dict, budget: str) -> dict:
         "mean_ratio_search": float(np.mean(values)),
         "min_ratio_search": min(values),
         "below_0.95": sum(v < 0.95 for v in values),
-        "chosen_elsewhere": {f: k for f, k in chosen.items() if k != ["candidates, margin"]},
+        "chosen_elsewhere": {f: k for f, k in chosen.items() if k != [SHIPPED.label]},
     }
 
 

@@ -89,3 +89,64 @@ def test_built_after_check_scores_the_withdrawn_step_where_its_condition_holds(b
     held = lofo.built_after_check(rows, tables)[row["name"]]
     assert not held["withdrawn_step_fires"]
     assert held["withdrawn_step_depth"] == rec.depth and held["withdrawn_step_ratio"] == held["ratio"]
+
+
+def _row(rule: int, n_blocks: int = 9, alternative: int | None = None) -> dict:
+    return {
+        "recommended_depth": rule,
+        "n_blocks": n_blocks,
+        "freeze_evidence": {"alternative_depth": alternative},
+        "accuracy_by_depth": {},
+    }
+
+
+def test_the_replay_scores_the_winners_best_epoch_and_the_oracle_each_seeds_best_candidate(bench) -> None:
+    _, search = bench
+    # three candidates (the rule's K 4, the last two blocks K 7, every block K 0), two seeds, 6 epochs
+    curves = {
+        "4": {"0": [0.30, 0.40, 0.50, 0.60, 0.70, 0.70], "1": [0.30, 0.40, 0.50, 0.60, 0.62, 0.64]},
+        "7": {"0": [0.50, 0.55, 0.60, 0.62, 0.64, 0.65], "1": [0.50, 0.55, 0.60, 0.62, 0.64, 0.66]},
+        "0": {"0": [0.10, 0.20, 0.40, 0.60, 0.80, 0.75], "1": [0.10, 0.20, 0.30, 0.40, 0.50, 0.60]},
+    }
+    row = _row(4)
+    row["accuracy_by_depth"] = {"4": 0.67, "7": 0.655, "0": 0.70}  # the sweep's means: K 0 is the best
+    oracle = search.simulate(row, curves, 0.5, None, search.DESIGNS[-1])
+    assert search.DESIGNS[-1].oracle
+    assert [p["winner"] for p in oracle["per_seed"]] == [0, 7]  # seed 0: 0.80 at K 0; seed 1: 0.66 at K 7
+    assert oracle["ratio_search"] == pytest.approx((0.80 + 0.66) / 2 / 0.70)
+    assert oracle["extra_cost"] == 2.0  # the two losers' full runs
+    # without a margin, successive halving at half a run (rungs at epochs 1 and 2) keeps K 7, then K 4 or
+    # K 7: K 7 leads both rungs on both seeds, so it wins and scores its full run's best epoch
+    plain = search.simulate(row, curves, 0.5, None, search.Design("plain", z=0.0))
+    assert [p["winner"] for p in plain["per_seed"]] == [7, 7]
+    assert plain["ratio_search"] == pytest.approx((0.65 + 0.66) / 2 / 0.70)
+    assert plain["extra_cost"] == pytest.approx(3 / 6)  # one epoch of one loser, two of the other
+    assert plain["ratio_rule"] == pytest.approx(0.67 / 0.70)
+
+
+def test_a_pair_adds_one_challenger_and_a_gate_leaves_the_rule_alone(bench) -> None:
+    _, search = bench
+    far_end = next(d for d in search.DESIGNS if d.label.startswith("pair: the rule's depth and the far end"))
+    assert far_end.candidates(3, None, 9) == [3, 7]  # tunes 6 of 9 blocks: challenged by the last two
+    assert far_end.candidates(6, None, 9) == [6, 0]  # tunes 3 of 9: challenged by every block
+    alternative = next(d for d in search.DESIGNS if d.label == "pair: the rule's depth and its alternative")
+    assert alternative.candidates(5, None, 9) == [5]  # no alternative: nothing to try
+    gated = next(d for d in search.DESIGNS if d.gate is not None)
+    curves = {"6": {"0": [0.5] * 6}, "7": {"0": [0.9] * 6}, "0": {"0": [0.9] * 6}}
+    row = _row(6)
+    row["accuracy_by_depth"] = {"6": 0.5, "7": 0.9, "0": 0.9}
+    off = search.simulate(row, curves, 1.0, None, gated)  # the rule tunes 3 of 9 blocks: no search
+    assert off["candidates"] == [6] and off["extra_cost"] == 0.0
+    assert off["ratio_search"] == pytest.approx(0.5 / 0.9)
+
+
+def test_a_trial_ranked_by_loss_keeps_the_lower_loss(bench) -> None:
+    _, search = bench
+    trial = {
+        "4": {"val_acc": [0.50, 0.60], "val_loss": [2.0, 1.9]},
+        "7": {"val_acc": [0.40, 0.55], "val_loss": [1.5, 1.2]},  # less accurate, lower loss
+        "0": {"val_acc": [0.30, 0.35], "val_loss": [2.2, 2.1]},
+    }
+    curve = {"4": [0.5, 0.6, 0.7, 0.7, 0.7, 0.7], "7": [0.4, 0.55, 0.6, 0.6, 0.6, 0.6], "0": [0.3] * 6}
+    assert search._trial_winner([4, 7, 0], trial, curve, None, 0.0, "val_acc") == 4
+    assert search._trial_winner([4, 7, 0], trial, curve, None, 0.0, "val_loss") == 7
