@@ -31,6 +31,15 @@ Over 68 tables (nine built after the rule's last change; the rule alone 0.972): 
 gain over the rule at half a run is not distinguishable from zero (+0.008, 95 % [-0.001, +0.020]), at one
 run it is (+0.016, [+0.007, +0.027]) — so one run is the default budget
 (:data:`diag.predict.freeze.DEFAULT_SEARCH_BUDGET`).
+
+What else was replayed on the 71 tables' curves (``bench_search.DESIGNS``; 69 tables at four seeds), at half
+a run, against the shipped design's 0.980: a pair of candidates (the rule's depth and the far end: 0.983, the
+best found), the rung scored by the last or the mean epoch (0.979, 0.980), one rung (0.978), a gate that
+searches only where the rule tunes half the blocks or more (0.981 at 0.16 runs); and the trials ranked by
+validation loss instead of accuracy (re-run to epoch 2 on 63 tables, seeds 0 and 1: 0.967 against 0.978 on
+the same seeds; at epoch 2 the two rankings disagree on the leader in 50 of 126 table-seeds, in both
+directions). None reaches 0.99; each seed's best candidate after full runs would (0.997), at about two extra
+runs.
 """
 
 from __future__ import annotations
