@@ -314,13 +314,19 @@ def auroc(scores: list[float], positive: list[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+#: The truth tables next to the figures: each sweep's ``sweep.json``, copied here after it is evaluated.
+COMMITTED_SWEEPS = ROOT / "benchmarks" / "results" / "sweeps"
+
+
 def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path, rule_only: bool = False) -> dict:
     import diag
 
     sweep_dir = sweep_root / sc["sweep"]
     path = sweep_dir / "sweep.json"
+    if not path.is_file():  # a fresh clone: the committed truth table (the runs stay in runs/)
+        path = COMMITTED_SWEEPS / f"{sc['name']}.json"
     if not path.is_file():
-        return {"name": sc["name"], "status": f"no sweep at {path}"}
+        return {"name": sc["name"], "status": f"no sweep at {sweep_dir / 'sweep.json'} or {path}"}
     if json.loads(path.read_text()).get("status") != "completed":
         return {"name": sc["name"], "status": f"sweep at {path} not finished: rerun benchmarks/run_sweeps.sh"}
     t0 = time.perf_counter()
@@ -342,7 +348,7 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path, rule_
         other = next(x for x in SCENARIOS if x["name"] == sc["scratch_from"])
         where = sweep_root / other["sweep"] / "sweep.json"
         if not where.is_file():  # the committed copy (bench_predict.py writes it below)
-            where = ROOT / "benchmarks" / "results" / "sweeps" / f"{other['name']}.json"
+            where = COMMITTED_SWEEPS / f"{other['name']}.json"
         scratch = json.loads(where.read_text()).get("scratch_mean")
     alt = {name: rule(fr["evidence"], blocks) for name, rule in ALT_RULES.items()}
     if run_missing and not sc.get("nt_only"):
@@ -585,13 +591,13 @@ def main() -> int:
     for sc in chosen:  # the truth tables next to the figures (sweep.json only; checkpoints stay in runs/)
         src = args.sweeps / sc["sweep"] / "sweep.json"
         if src.is_file():
-            dst = ROOT / "benchmarks" / "results" / "sweeps" / f"{sc['name']}.json"
+            dst = COMMITTED_SWEEPS / f"{sc['name']}.json"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     if args.only and args.out.is_file():  # merge with the scenarios evaluated before
         before = json.loads(args.out.read_text())["scenarios"]
         old = {r["name"]: r for r in before if "alternative_rules" in r}
-        old.update({r["name"]: r for r in rows})
+        old.update({r["name"]: r for r in rows if "alternative_rules" in r or r["name"] not in old})
         rows = [old[sc["name"]] for sc in SCENARIOS if sc["name"] in old]
     if args.backfill_nt:
         import backfill_nt
