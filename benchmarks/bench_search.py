@@ -12,11 +12,15 @@ alternative), beside the previous design's (the rule's depth, its alternative an
 without a curve is dropped (and counted).
 
 Reported per table and seed: the search's depth, accuracy / best depth's (the table's mean over seeds), the
-rule's ratio, and the extra cost in full runs; at budgets 0.25, 0.5 and 1.
+rule's ratio, and the extra cost in full runs; at budgets 0.25, 0.5 and 1. Beside the shipped search, the
+other designs of :data:`DESIGNS` (other candidates, rung scores, rungs, a gate, each seed's oracle), replayed
+on the same curves and chosen among leave-one-family-out; and, from ``--loss-trials``' re-runs of the
+trials, the search with its trials ranked by validation loss (:func:`loss_design`).
 
 Usage::
 
     .venv/bin/python benchmarks/bench_search.py        # after bench_predict.py (reads predict.json)
+    .venv/bin/python benchmarks/bench_search.py --loss-trials 0,1 [NAME ...]   # re-run the trials (minutes)
 """
 
 from __future__ import annotations
@@ -86,14 +90,17 @@ def neighbour_candidates(depth: int, alternative: int | None, n_blocks: int) -> 
     return out[:4]
 
 
+#: ``(rule's depth, its alternative, n_blocks) -> depths``, most trusted first
+Candidates = Callable[[int, int | None, int], list[int]]
+
+
 @dataclass(frozen=True)
 class Design:
     """One way to run the search, replayed on the same curves. The shipped one is :data:`SHIPPED`; the others
     (:data:`DESIGNS`) are what was tried to reach the goal at half a run (0.99 of the best depth)."""
 
     label: str
-    #: ``(rule's depth, its alternative, n_blocks) -> depths``, most trusted first
-    candidates: Callable[[int, int | None, int], list[int]] = search_candidates
+    candidates: Candidates = search_candidates
     #: the incumbent's margin, in standard errors (0: plain successive halving)
     z: float = DISPLACE_Z
     #: a trial's score at a rung, from its validation accuracies so far (the real search: the best)
@@ -104,9 +111,6 @@ class Design:
     gate: Callable[[dict], bool] | None = None
     #: no trials: each seed's best candidate after full runs of all of them (the selection's ceiling)
     oracle: bool = False
-
-
-Candidates = Callable[[int, int | None, int], list[int]]
 
 
 def _pair(second: Callable[[int, int | None, int], int | None]) -> Candidates:
