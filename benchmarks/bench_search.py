@@ -287,6 +287,7 @@ def loss_trials(names: list[str], seeds: list[str]) -> None:
     ``run_sweeps.sh`` trains) is skipped."""
     import bench_predict
 
+    from diag.fileio import atomic_write_bytes
     from diag.train import FinetuneConfig
     from diag.train.run import TrainJob, run_job
     from diag.train.search import _StopAfter, plan_rungs
@@ -333,7 +334,7 @@ def loss_trials(names: list[str], seeds: list[str]) -> None:
                         abs(a - b) <= 5e-7 for a, b in zip(acc, curves[str(k)][seed], strict=False)
                     ),
                 }
-                LOSS_TRIALS.write_text(json.dumps(saved, indent=0) + "\n")
+                atomic_write_bytes(LOSS_TRIALS, (json.dumps(saved, indent=0) + "\n").encode())  # resumable
                 print(name, k, seed, table[str(k)][seed])
 
 
