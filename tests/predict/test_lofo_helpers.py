@@ -150,3 +150,28 @@ def test_a_trial_ranked_by_loss_keeps_the_lower_loss(bench) -> None:
     curve = {"4": [0.5, 0.6, 0.7, 0.7, 0.7, 0.7], "7": [0.4, 0.55, 0.6, 0.6, 0.6, 0.6], "0": [0.3] * 6}
     assert search._trial_winner([4, 7, 0], trial, curve, None, 0.0, "val_acc") == 4
     assert search._trial_winner([4, 7, 0], trial, curve, None, 0.0, "val_loss") == 7
+
+
+def test_a_borrowed_scratch_accuracy_is_refreshed_with_its_gap_and_verdict(bench) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_predict
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    scenarios = [{"name": "borrows", "scratch_from": "other"}, {"name": "owns"}]
+    row = {
+        "name": "borrows", "alternative_rules": {}, "accuracy_by_depth": {"0": 0.50, "5": 0.54},
+        "best_accuracy": 0.54, "scratch": 0.53, "risk": "low", "measured_gap": 0.01,
+        "measured_gap_tune_all": -0.03, "negative_transfer_measured": False,
+        "negative_transfer_correct": True,
+    }  # fmt: skip
+    own = {**row, "name": "owns"}
+    out = bench_predict.refresh_borrowed_scratch([row, own], lambda sc: 0.56, scenarios)
+    # the other table's scratch runs now reach 0.56: transfer (0.54) loses, and the "low" risk is wrong
+    assert out[0]["scratch"] == 0.56
+    assert out[0]["measured_gap"] == pytest.approx(-0.02)
+    assert out[0]["measured_gap_tune_all"] == pytest.approx(-0.06)
+    assert out[0]["negative_transfer_measured"] is True and out[0]["negative_transfer_correct"] is False
+    assert out[1] is own  # no scratch_from: its own sweep's value stands
+    assert row["scratch"] == 0.53  # the input row is not modified
+    assert bench_predict.refresh_borrowed_scratch([row], lambda sc: None, scenarios)[0] is row
