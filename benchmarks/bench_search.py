@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from diag.fileio import atomic_write_bytes  # noqa: E402
 from diag.train.search import DISPLACE_Z, search_candidates, successive_halving  # noqa: E402
 
 CURVES = ROOT / "benchmarks" / "results" / "curves"
@@ -247,8 +248,9 @@ def real(name: str, seeds: list[int], budget: float = 0.5) -> dict:
         # the sweep's own recipe (its config), this seed
         cfg = replace(FinetuneConfig.from_dict(_sweep(name)["config"]), seed=seed, from_scratch=False)
         t0 = time.perf_counter()
+        folder = f"seed-{seed}" if budget == 0.5 else f"budget-{budget:g}-seed-{seed}"
         res, found = freeze_search(
-            sc["target"], sc["backbone"], cfg, out=ROOT / "runs" / "search" / name / f"seed-{seed}",
+            sc["target"], sc["backbone"], cfg, out=ROOT / "runs" / "search" / name / folder,
             candidates=cands, budget=budget, val=sc["val"],
         )  # fmt: skip
         out.append(
@@ -287,7 +289,6 @@ def loss_trials(names: list[str], seeds: list[str]) -> None:
     ``run_sweeps.sh`` trains) is skipped."""
     import bench_predict
 
-    from diag.fileio import atomic_write_bytes
     from diag.train import FinetuneConfig
     from diag.train.run import TrainJob, run_job
     from diag.train.search import _StopAfter, plan_rungs
@@ -434,14 +435,19 @@ def main() -> int:
         names = sys.argv[3:] or sorted(p.stem for p in CURVES.glob("*.json"))
         loss_trials(names, sys.argv[2].split(","))
         return 0
-    if len(sys.argv) > 2 and sys.argv[1] == "--real":  # --real NAME [NAME ...]: run it on these tables
+    if len(sys.argv) > 2 and sys.argv[1] == "--real":  # --real [--budget B] NAME [NAME ...]: run it for real
         dst = ROOT / "benchmarks" / "results" / "search.json"
-        for name in sys.argv[2:]:
-            found = real(name, [0, 1])
+        names, budget = sys.argv[2:], 0.5
+        if names[0] == "--budget":
+            budget, names = float(names[1]), names[2:]
+        for name in names:
+            found = real(name, [0, 1], budget)
             saved = json.loads(dst.read_text()) if dst.is_file() else {}
-            saved.setdefault("real", {})[name] = found
+            sim = saved.get("tables", {}).get(name, {}).get(str(budget), {}).get("per_seed", [])
+            found["simulated_winners"] = {p["seed"]: p["winner"] for p in sim if p["seed"] in ("0", "1")}
+            saved.setdefault("real", {})[name if budget == 0.5 else f"{name} @ budget {budget:g}"] = found
             print(name, json.dumps(found))
-            dst.write_text(json.dumps(saved, indent=1) + "\n")
+            atomic_write_bytes(dst, (json.dumps(saved, indent=1) + "\n").encode())
         return 0
     CURVES.mkdir(parents=True, exist_ok=True)
     out: dict = {"simulated": True, "tables": {}}
