@@ -280,6 +280,12 @@ def real(name: str, seeds: list[int], budget: float = 0.5) -> dict:
 LOSS_TRIALS = ROOT / "benchmarks" / "results" / "search-loss-trials.json"
 
 
+def _shipped_candidates(row: dict, curves: dict) -> list[int]:
+    """The shipped search's candidates for a predict.json row, those the curves measured."""
+    alt = row["freeze_evidence"].get("alternative_depth")
+    return [c for c in search_candidates(row["recommended_depth"], alt, row["n_blocks"]) if str(c) in curves]
+
+
 def loss_trials(names: list[str], seeds: list[str]) -> None:
     """Re-run the trials of the shipped search at half a run (the candidates of :func:`search_candidates`,
     stopped at the last rung of ``plan_rungs(3, epochs, 0.5)``: epoch 2 of 6) to record what the curves do
@@ -305,10 +311,7 @@ def loss_trials(names: list[str], seeds: list[str]) -> None:
         curves = json.loads((CURVES / f"{name}.json").read_text())
         cfg0 = FinetuneConfig.from_dict(sweep["config"])
         stop = plan_rungs(3, cfg0.epochs, 0.5)[1][-1]
-        alt = row["freeze_evidence"].get("alternative_depth")
-        cands = [
-            c for c in search_candidates(row["recommended_depth"], alt, row["n_blocks"]) if str(c) in curves
-        ]
+        cands = _shipped_candidates(row, curves)
         try:
             job = TrainJob.open(sc["target"], sc["backbone"], sc["val"])
         except Exception as e:  # a table this machine cannot open: reported, skipped
@@ -358,24 +361,21 @@ def _trial_winner(cands: list[int], trial: dict, curve: dict, n_val: int | None,
     return successive_halving(cands, epochs, 0.5, train_to, n_val=n_val, z=z).winner
 
 
-def loss_design(tables: dict, curves_by_table: dict[str, dict], n_vals: dict[str, int | None]) -> dict:
+def loss_design(
+    rows: dict[str, dict], tables: dict, curves_by_table: dict[str, dict], n_vals: dict[str, int | None]
+) -> dict:
     """The shipped search at half a run with its trials ranked by validation loss (lower is better) instead
     of accuracy, on the (table, seed) pairs of :data:`LOSS_TRIALS`; beside it the accuracy ranking on the
     same pairs."""
     if not LOSS_TRIALS.is_file():
         return {}
     trials = json.loads(LOSS_TRIALS.read_text())
-    data = json.loads((ROOT / "benchmarks" / "results" / "predict.json").read_text())
-    rows = {r["name"]: r for r in data["scenarios"]}
     per_table = {}
     for name, tr in trials.items():
         if name not in tables:
             continue
         row, curves = rows[name], curves_by_table[name]
-        alt = row["freeze_evidence"].get("alternative_depth")
-        cands = [
-            c for c in search_candidates(row["recommended_depth"], alt, row["n_blocks"]) if str(c) in curves
-        ]
+        cands = _shipped_candidates(row, curves)
         seeds = sorted(set.intersection(*(set(tr.get(str(c), {})) for c in cands)))
         if not seeds:
             continue
@@ -504,7 +504,8 @@ def main() -> int:
     for b in map(str, BUDGETS):
         out[f"budget_{b}"]["design_chosen_lofo"] = design_lofo(out["tables"], b)
         out[f"budget_{b}"]["gain_over_rule"] = gain_over_rule(out["tables"], b)
-    out["loss_trials"] = loss_design(out["tables"], seen_curves, n_vals)
+    rows = {r["name"]: r for r in data["scenarios"]}
+    out["loss_trials"] = loss_design(rows, out["tables"], seen_curves, n_vals)
     if out["loss_trials"]:
         print(
             "rung score by validation loss, at half a run:",
@@ -547,12 +548,14 @@ def _brief(sim: dict) -> dict:
     }
 
 
+def _replayed(table: dict, design: Design, budget: str) -> dict:
+    """A table's simulation of ``design`` at ``budget`` (the shipped one is kept whole, the others brief)."""
+    return table[budget] if design is SHIPPED else table["designs"][design.label][budget]
+
+
 def _design_ratios(tables: dict, budget: str) -> dict[str, dict[str, float]]:
     """Per design (:data:`DESIGNS`), per table: the search's ratio at ``budget``."""
-    out = {SHIPPED.label: {n: t[budget]["ratio_search"] for n, t in tables.items()}}
-    for d in DESIGNS[1:]:
-        out[d.label] = {n: t["designs"][d.label][budget]["ratio_search"] for n, t in tables.items()}
-    return out
+    return {d.label: {n: _replayed(t, d, budget)["ratio_search"] for n, t in tables.items()} for d in DESIGNS}
 
 
 def design_summary(tables: list[dict], budget: str) -> dict[str, dict]:
@@ -560,8 +563,7 @@ def design_summary(tables: list[dict], budget: str) -> dict[str, dict]:
     the mean and largest extra cost."""
     out = {}
     for d in DESIGNS:
-        rows = [t[budget] if d is SHIPPED else t["designs"][d.label][budget] for t in tables]
-        rows = [r for r in rows if r["ratio_search"] is not None]
+        rows = [r for r in (_replayed(t, d, budget) for t in tables) if r["ratio_search"] is not None]
         out[d.label] = {
             "n_tables": len(rows),
             "mean_ratio_search": float(np.mean([r["ratio_search"] for r in rows])),
