@@ -40,6 +40,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -394,12 +395,8 @@ def evaluate(sc: dict, sweep_root: Path, run_missing: bool, reports: Path, rule_
         "diagnosed_at": diagnosed_at(),
     }
     if scratch is not None:
-        gap = best - scratch
-        out["measured_gap"] = gap
-        out["measured_gap_tune_all"] = acc[0] - scratch if 0 in acc else None
-        out["negative_transfer_measured"] = gap < 0
         out["risk"], out["probability"] = nt["risk"], nt["probability"]
-        out["negative_transfer_correct"] = (nt["risk"] == "high") == (gap < 0)
+        out.update(measured_truth(best, acc.get(0), scratch, nt["risk"]))
         out["nt_signals"] = nt["signals"]
         out["nt_drivers"] = nt["drivers"]
     layers = rep.sections["transferability"]["layers"]
@@ -455,19 +452,21 @@ def refresh_borrowed_scratch(
         if scratch is None or scratch == r["scratch"]:
             out.append(r)
             continue
-        gap = r["best_accuracy"] - scratch
-        tune_all = r["accuracy_by_depth"].get("0")
-        out.append(
-            {
-                **r,
-                "scratch": scratch,
-                "measured_gap": gap,
-                "measured_gap_tune_all": None if tune_all is None else tune_all - scratch,
-                "negative_transfer_measured": gap < 0,
-                "negative_transfer_correct": (r["risk"] == "high") == (gap < 0),
-            }
-        )
+        truth = measured_truth(r["best_accuracy"], r["accuracy_by_depth"].get("0"), scratch, r["risk"])
+        out.append({**r, "scratch": scratch, **truth})
     return out
+
+
+def measured_truth(best: float, tune_all: float | None, scratch: float, risk: str) -> dict[str, Any]:
+    """What the sweep says of negative transfer: the best depth's and tune-all's gaps over training from
+    scratch, whether scratch won (the truth), and whether the verdict ``risk`` got it right."""
+    gap = best - scratch
+    return {
+        "measured_gap": gap,
+        "measured_gap_tune_all": None if tune_all is None else tune_all - scratch,
+        "negative_transfer_measured": gap < 0,
+        "negative_transfer_correct": (risk == "high") == (gap < 0),
+    }
 
 
 def diagnosed_at() -> dict[str, object]:
